@@ -1,0 +1,568 @@
+"""The data layer: find MNIST, check it, split it, and cut it into per-worker shards.
+
+`load(source, validation)` returns an `MnistSplits` of flat uint8 arrays ready for training:
+
+    splits = load("sample")              # the 10,000-image sample bundled with the package
+    splits.sizes()                       # {"source": "sample", "validation": "holdout",
+                                         #  "n_train": 8334, "n_val": 1666, "n_test": 2000}
+
+Sources:
+
+* ``"mnist"``  -- full MNIST from the Keras cache (``~/.keras/datasets/mnist.npz``), downloaded
+  into that cache on first use.
+* ``"sample"`` -- the first 10,000 training and 2,000 test images, shipped inside the package so
+  that everything runs offline.
+* ``"auto"``   -- full MNIST when it can be had, else the sample with a loud warning.
+* a ``.npz`` path (or any existing file) in the Keras layout: x_train, y_train, x_test, y_test.
+* a Parquet directory or URI with ``train`` and ``test`` parts, read with Ray Data.
+
+Every problem with the data becomes one `DataError` line that says what is wrong and how to
+fix it, raised here on the driver before any worker starts.
+
+Why no TensorFlow here: this module runs on the driver, where importing TensorFlow costs seconds
+and is not needed to read arrays. Ray is imported only when a Parquet source is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Union
+
+import numpy as np
+
+# Keras's own download location and checksum for mnist.npz, so a file fetched here is the same
+# file `keras.datasets.mnist.load_data()` would have fetched, and each can use the other's cache.
+MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+# Short, so that "auto" on a machine without internet falls back to the sample quickly.
+DOWNLOAD_TIMEOUT_S = 10.0
+
+# The bundled sample, as package data (see scripts/make_sample.py for how it was cut).
+SAMPLE_PACKAGE = "service"
+SAMPLE_RESOURCE = "sample/mnist-sample.npz"
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+PIXELS = 28 * 28
+VALIDATIONS = ("holdout", "test")
+# How a user can point at other data; repeated in every "could not find data" message.
+ALTERNATIVES = "use --data sample for the bundled 10,000-image sample, or --data PATH/TO/mnist.npz"
+
+
+class DataError(ValueError):
+    """One line: what is wrong with the data and how to fix it."""
+
+
+@dataclass
+class MnistSplits:
+    """Train / validation / test arrays, flat and uint8, plus where they came from.
+
+    x arrays are (n, 784) uint8 pixels 0..255 and y arrays are (n,) uint8 labels 0..9. Scaling to
+    [0, 1] is left to the model's input pipeline, so the arrays stay small when sent to workers.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str  # "mnist", "sample", or the path/URI that was read
+    validation: str  # "holdout" or "test"
+
+    def sizes(self) -> dict:
+        """What a results record needs to say which data a run used."""
+        return {
+            "source": self.source,
+            "validation": self.validation,
+            "n_train": int(len(self.y_train)),
+            "n_val": int(len(self.y_val)),
+            "n_test": int(len(self.y_test)),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _print_warning(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def load(
+    source: str = "auto", validation: str = "holdout", *, warn: Callable[[str], object] = _print_warning
+) -> MnistSplits:
+    """Read, check and split MNIST from `source` (see the module docstring for the choices).
+
+    validation="holdout" validates on the last sixth of the training images and trains on the
+    rest, keeping the test set unseen; validation="test" validates on the test set and trains on
+    all training images, which is what the original seed script did.
+
+    `warn` receives the one-line warning when "auto" falls back to the sample, without a
+    "WARNING:" prefix so that the caller can present it its own way; by default it is printed
+    to stderr with that prefix.
+    """
+    if validation not in VALIDATIONS:
+        raise DataError(f"validation must be 'holdout' or 'test', got {validation!r}")
+    arrays, used = _read_source(source, warn)
+    return _split(arrays, used, validation)
+
+
+def _read_source(source: str, warn: Callable[[str], object]) -> tuple[dict[str, np.ndarray], str]:
+    """Dispatch on `source`; return the checked Keras-layout arrays and the name to record."""
+    if not isinstance(source, str) or not source.strip():
+        raise DataError(
+            f"data source must be auto, mnist, sample, a .npz path or a Parquet directory; got {source!r}"
+        )
+    source = source.strip()
+    if source == "sample":
+        return _read_sample(), "sample"
+    if source in ("mnist", "auto"):
+        path, reason = _find_mnist()
+        if path is not None:
+            return _read_npz(path), "mnist"
+        if source == "mnist":
+            raise DataError(f"MNIST could not be downloaded from {MNIST_URL} ({reason}); {ALTERNATIVES}")
+        # Loud on purpose: a run on 10,000 images is not comparable to one on 60,000.
+        warn(
+            f"full MNIST could not be downloaded ({reason}); this run uses the bundled "
+            "10,000-image sample. For full data pass --data PATH/TO/mnist.npz "
+            f"or put mnist.npz in {keras_cache_dir()}"
+        )
+        return _read_sample(), "sample"
+    if "://" in source:
+        return _read_parquet(source), source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_parquet(str(path)), source
+    if path.suffix == ".npz" or path.exists():
+        return _read_npz(path), source
+    raise DataError(
+        f"{source}: no such file or directory; data source must be auto, mnist, sample, "
+        "a Keras-layout .npz file, or a Parquet directory/URI with train and test parts"
+    )
+
+
+def _split(arrays: Mapping[str, np.ndarray], source: str, validation: str) -> MnistSplits:
+    """Carve the validation set out of the checked arrays."""
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
+    if validation == "test":
+        return MnistSplits(x_train, y_train, x_test, y_test, x_test, y_test, source, validation)
+    n = len(y_train)
+    # The last sixth, not a random draw: for full MNIST that is the classic 50,000 / 10,000
+    # split, and it is the same on every run and on every worker with no seed to pass around.
+    n_val = n // 6
+    if n_val == 0:
+        raise DataError(
+            f"{source}: only {n} training images, too few for a holdout validation split "
+            "(need at least 6); use validation: test or more data"
+        )
+    cut = n - n_val
+    return MnistSplits(
+        x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source, validation
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding across data-parallel workers
+
+
+def shard(n: int, num_workers: int, rank: int) -> slice:
+    """The contiguous range of `n` examples that worker `rank` of `num_workers` trains on.
+
+    Same ranges as np.array_split: the first n % num_workers workers get one extra example, so
+    sizes differ by at most one, the ranges are disjoint and together cover 0..n. Computed from
+    (n, num_workers, rank) alone so that each worker can find its part without talking to others.
+    """
+    if n < 0 or num_workers < 1 or not 0 <= rank < num_workers:
+        raise ValueError(
+            "shard needs n >= 0, num_workers >= 1 and 0 <= rank < num_workers; "
+            f"got n={n}, num_workers={num_workers}, rank={rank}"
+        )
+    base, extra = divmod(n, num_workers)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    return slice(start, stop)
+
+
+def steps_per_epoch(n_train: int, global_batch: int, num_workers: int) -> int:
+    """Optimizer steps per epoch, the same on every worker.
+
+    Each step is a collective all-reduce, so a worker that ran one step more than the others
+    would wait forever. Every rank therefore runs as many steps as the SMALLEST shard allows:
+    floor(smallest shard / per-worker batch), with per-worker batch = global_batch // num_workers.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    per_worker = global_batch // num_workers
+    if per_worker < 1:
+        raise DataError(
+            f"batch size {global_batch} is smaller than the {num_workers} workers it is split across; "
+            f"use a batch size of at least {num_workers}"
+        )
+    smallest = n_train // num_workers  # the size of the smallest shard(n_train, num_workers, r)
+    steps = smallest // per_worker
+    if steps == 0:
+        raise DataError(
+            f"too little training data for batch size {global_batch} on {num_workers} workers: "
+            f"{n_train} images give each worker {smallest}, less than its batch of {per_worker}; "
+            "use a smaller batch size, fewer workers or more data"
+        )
+    return steps
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled sample and full MNIST
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded datasets: $KERAS_HOME/datasets, else ~/.keras/datasets."""
+    keras_home = os.environ.get("KERAS_HOME")
+    if keras_home:
+        return Path(keras_home).expanduser() / "datasets"
+    return Path(os.path.expanduser("~/.keras/datasets"))
+
+
+def _read_sample() -> dict[str, np.ndarray]:
+    ref = resources.files(SAMPLE_PACKAGE).joinpath(SAMPLE_RESOURCE)
+    if not ref.is_file():
+        raise DataError(
+            f"the bundled sample {SAMPLE_PACKAGE}/{SAMPLE_RESOURCE} is missing from the installation; "
+            "reinstall the package, or pass --data PATH/TO/mnist.npz"
+        )
+    # as_file gives a real path even if the package is installed as a zip.
+    with resources.as_file(ref) as path:
+        return _read_npz(path)
+
+
+def _find_mnist() -> tuple[Path | None, str]:
+    """Full MNIST in the Keras cache, downloaded there if not cached yet; else (None, why not)."""
+    path = keras_cache_dir() / "mnist.npz"
+    if path.is_file():
+        return path, ""
+    try:
+        _download_mnist(path)
+    except Exception as exc:  # any failure on the network boundary means "not available"
+        # URLError's str() wraps the reason in "<urlopen error ...>"; the reason alone reads better.
+        return None, str(getattr(exc, "reason", "") or _first_line(exc))
+    return path, ""
+
+
+def _download_mnist(dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch mnist.npz from Keras's URL into `dest`, verifying Keras's checksum.
+
+    The file (11 MB) is held in memory until verified, then written to a temporary file and
+    renamed: a failed or interrupted download leaves nothing in the cache that a later run
+    would take for the real file.
+    """
+    with urllib.request.urlopen(MNIST_URL, timeout=timeout) as response:
+        payload = response.read()
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != MNIST_SHA256:
+        raise DataError(f"the downloaded file has sha256 {digest}, expected {MNIST_SHA256}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".mnist-", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(payload)
+        os.replace(tmp_name, dest)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras-layout .npz files
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read and check a Keras-layout .npz; every numpy/zipfile failure becomes a DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; {ALTERNATIVES}")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file; expected a Keras-layout .npz with {', '.join(KEYS)}")
+    layout = f"a Keras-layout .npz with {', '.join(KEYS)}"
+    if not zipfile.is_zipfile(path):
+        parquet = path.suffix == ".parquet"
+        hint = " (for Parquet, pass the directory holding train/ and test/)" if parquet else ""
+        raise DataError(f"{path}: not an .npz archive; expected {layout}{hint}")
+    arrays, key = {}, "the archive"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in KEYS if k not in f.files]
+            if missing:
+                found = ", ".join(f.files) or "nothing"
+                raise DataError(f"{path}: missing {', '.join(missing)} (found {found}); expected {layout}")
+            for key in KEYS:
+                arrays[key] = f[key]  # members are read (and decompressed) here, lazily
+    except DataError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError, OSError, ValueError: never raw
+        if isinstance(exc, ValueError) and "pickle" in str(exc):
+            # An object array: reading it would mean unpickling, which we never do.
+            raise DataError(
+                f"{path}: {key} holds Python objects, not a numeric array; save numeric arrays with np.savez"
+            ) from exc
+        raise DataError(
+            f"{path}: damaged .npz archive, {key} is unreadable ({_first_line(exc)}); "
+            "re-create or re-download it"
+        ) from exc
+    return _check(arrays, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Checking and normalising arrays, whatever format they came from
+
+
+def _check(arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """Return x as (n, 784) uint8 and y as (n,) uint8, or raise one DataError line."""
+    out = {}
+    for split in ("train", "test"):
+        x = _pixels(arrays[f"x_{split}"], f"{where}: x_{split}")
+        y = _labels(arrays[f"y_{split}"], f"{where}: y_{split}")
+        if len(x) != len(y):
+            raise DataError(
+                f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
+                "they must match one to one"
+            )
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
+    return out
+
+
+def _pixels(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    _numeric(x, name, "pixels 0..255")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise DataError(f"{name} is empty; expected images of shape (n, 28, 28) or (n, 784) with n > 0")
+    if x.shape[1:] not in ((PIXELS,), (28, 28), (28, 28, 1)):
+        raise DataError(f"{name} has shape {x.shape}; expected (n, 28, 28) or (n, 784)")
+    scaled_hint = " (if the images were scaled to [0, 1], multiply by 255 and round)"
+    _whole_numbers_in(x, 0, 255, name, "pixels", scaled_hint)
+    return np.ascontiguousarray(x.reshape(len(x), PIXELS), dtype=np.uint8)
+
+
+def _labels(y, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    _numeric(y, name, "labels 0..9")
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise DataError(f"{name} is empty; expected labels of shape (n,) with n > 0")
+    if y.shape[1:] not in ((), (1,)):
+        one_hot = y.ndim == 2 and y.shape[1] == 10
+        hint = " (one-hot labels? pass the class index, e.g. y.argmax(axis=1))" if one_hot else ""
+        raise DataError(f"{name} has shape {y.shape}; expected (n,){hint}")
+    _whole_numbers_in(y, 0, 9, name, "labels")
+    return np.ascontiguousarray(y.reshape(len(y)), dtype=np.uint8)
+
+
+def _numeric(a: np.ndarray, name: str, expected: str) -> None:
+    if a.dtype.kind not in "iuf":
+        raise DataError(f"{name} has dtype {a.dtype}; expected integer {expected} (uint8)")
+
+
+def _whole_numbers_in(a: np.ndarray, lo: int, hi: int, name: str, what: str, fraction_hint: str = "") -> None:
+    """Values must be whole numbers in lo..hi, so the conversion to uint8 loses nothing."""
+    if a.dtype == np.uint8 and hi >= 255:
+        return  # every uint8 is a valid pixel; skip the scan for the common case
+    if a.dtype.kind == "f":
+        expected = f"expected whole-number {what} {lo}..{hi}"
+        if not np.isfinite(a).all():
+            raise DataError(f"{name} contains NaN or infinite values; {expected}")
+        if not (a == np.round(a)).all():
+            raise DataError(f"{name} has fractional values; {expected}{fraction_hint}")
+    amin, amax = a.min(), a.max()
+    if amin < lo or amax > hi:
+        raise DataError(f"{name} has values {amin:g}..{amax:g}; expected {what} {lo}..{hi}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet: read with Ray Data, written with pyarrow
+
+
+def _read_parquet(root: str) -> dict[str, np.ndarray]:
+    """Read a Parquet dataset with `train` and `test` parts, each with `image` and `label`.
+
+    Ray Data reads it so that the same code works for a local directory and for any URI Ray
+    can reach (s3://, gs://, hdfs://, ...). If Ray is not running yet, ray.data starts a local
+    instance; we shut that one down again afterwards, so that the trainer can start Ray with
+    its own settings. A Ray the caller started is left running.
+    """
+    import ray  # lazily: importing Ray costs seconds and only Parquet sources need it
+
+    parts = _parquet_parts(root)
+    started_here = not ray.is_initialized()
+    try:
+        arrays = {}
+        for split, location in parts.items():
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = _read_parquet_part(location, f"{root}: {split}")
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
+    return _check(arrays, root)
+
+
+def _parquet_parts(root: str) -> dict[str, str]:
+    """Find `train/` or `train.parquet` and `test/` or `test.parquet` under `root`."""
+    import pyarrow.fs as pafs
+
+    try:
+        if "://" in root:
+            fs, base = pafs.FileSystem.from_uri(root)
+        else:
+            fs, base = pafs.LocalFileSystem(), str(Path(root).resolve())
+        base = base.rstrip("/")
+        parts = {}
+        for split in ("train", "test"):
+            for name in (split, f"{split}.parquet"):
+                if fs.get_file_info(f"{base}/{name}").type in (pafs.FileType.Directory, pafs.FileType.File):
+                    # Hand Ray the user's own spelling, so that it resolves the URI scheme itself.
+                    parts[split] = f"{root.rstrip('/')}/{name}" if "://" in root else f"{base}/{name}"
+                    break
+    except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
+        raise DataError(f"{root}: cannot open ({_first_line(exc)})") from exc
+    missing = [s for s in ("train", "test") if s not in parts]
+    if missing:
+        wanted = " and ".join(f"{s}/ or {s}.parquet" for s in missing)
+        raise DataError(
+            f"{root}: no {wanted}; a Parquet data source needs train and test parts "
+            "with columns image and label"
+        )
+    return parts
+
+
+@contextmanager
+def _ordered_quiet_ray_data() -> Iterator[None]:
+    """Make Ray Data keep row order (the holdout split takes the LAST sixth) and skip progress bars."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _read_parquet_part(location: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    import ray.data
+
+    with _ordered_quiet_ray_data():
+        try:
+            ds = ray.data.read_parquet(location)
+            names = ds.schema().names
+            missing = [c for c in ("image", "label") if c not in names]
+            if missing:
+                found = ", ".join(names) or "none"
+                raise DataError(
+                    f"{where}: missing column {', '.join(missing)} (found {found}); expected image and label"
+                )
+            ds = ds.select_columns(["image", "label"])
+            batches = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        except DataError:
+            raise
+        except Exception as exc:  # Ray wraps reader errors in its own types; report the first line
+            raise DataError(f"{where}: cannot read as Parquet ({_first_line(exc)})") from exc
+    if not batches:
+        return np.zeros((0, PIXELS), np.uint8), np.zeros((0,), np.uint8)
+    # One numpy conversion per batch, then concatenate: this also tolerates files whose integer
+    # types differ (int32 in one, int64 in another), which pyarrow would refuse to concatenate.
+    xs = [_image_column(b.column("image"), where) for b in batches]
+    ys = [_label_column(b.column("label"), where) for b in batches]
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _image_column(column, where: str) -> np.ndarray:
+    """An `image` column as (n, 784): a list of 784 ints per row, or 784 bytes per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        raise DataError(f"{where}: image column has {arr.null_count} missing values")
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        _check_row_lengths(lengths, where, "values")
+        values = arr.flatten()
+        if values.null_count:
+            raise DataError(f"{where}: image column has {values.null_count} missing pixel values")
+        return values.to_numpy(zero_copy_only=False).reshape(len(arr), PIXELS)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        rows = arr.to_pylist()
+        _check_row_lengths(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), where, "bytes")
+        return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), PIXELS)
+    if isinstance(t, pa.ExtensionType):  # e.g. Ray's own tensor type, if Ray wrote the files
+        try:
+            return np.asarray(arr.to_numpy(zero_copy_only=False))
+        except Exception as exc:
+            raise DataError(f"{where}: image column of type {t} is unreadable ({_first_line(exc)})") from exc
+    raise DataError(
+        f"{where}: image column has type {t}; expected a list of 784 ints 0..255 or 784 bytes per row"
+    )
+
+
+def _check_row_lengths(lengths: np.ndarray, where: str, unit: str) -> None:
+    bad = np.flatnonzero(lengths != PIXELS)
+    if bad.size:
+        row = bad[0]
+        raise DataError(
+            f"{where}: image row {row} has {lengths[row]} {unit}; every row needs {PIXELS} (28x28)"
+        )
+
+
+def _label_column(column, where: str) -> np.ndarray:
+    if column.null_count:
+        raise DataError(f"{where}: label column has {column.null_count} missing values")
+    return column.to_numpy()
+
+
+ArraysLike = Union[MnistSplits, Mapping[str, np.ndarray]]
+
+
+def export_parquet(splits_or_arrays: ArraysLike, directory: Union[str, os.PathLike]) -> Path:
+    """Write data in the Parquet layout `load` reads: directory/train/ and directory/test/.
+
+    Takes an `MnistSplits` (a holdout split is stitched back together, so that loading the
+    result with the same validation gives the same arrays) or a Keras-layout mapping with
+    x_train, y_train, x_test, y_test. Each image is a list of 784 uint8 pixels; labels are uint8.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(splits_or_arrays, MnistSplits):
+        s = splits_or_arrays
+        arrays = {"x_train": s.x_train, "y_train": s.y_train, "x_test": s.x_test, "y_test": s.y_test}
+        if s.validation == "holdout":
+            arrays["x_train"] = np.concatenate([s.x_train, s.x_val])
+            arrays["y_train"] = np.concatenate([s.y_train, s.y_val])
+    else:
+        missing = [k for k in KEYS if k not in splits_or_arrays]
+        if missing:
+            raise DataError(f"export_parquet: missing {', '.join(missing)}; needs {', '.join(KEYS)}")
+        arrays = dict(splits_or_arrays)
+    arrays = _check(arrays, "export_parquet")
+
+    directory = Path(directory)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        offsets = np.arange(0, (len(x) + 1) * PIXELS, PIXELS, dtype=np.int32)
+        images = pa.ListArray.from_arrays(pa.array(offsets), pa.array(x.reshape(-1)))
+        table = pa.table({"image": images, "label": pa.array(y)})
+        part = directory / split
+        part.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, part / "part-00000.parquet")
+    return directory

@@ -1,0 +1,538 @@
+"""Ray Job Submission client: `plateau submit | status | logs | stop | jobs`.
+
+A job is `plateau run SPEC` executed on a Ray cluster by Ray's job server (the dashboard,
+`http://HEAD:8265`). `submit` validates the spec here first, so a bad spec never reaches the
+cluster, then uploads the project directory as the job's `working_dir` and starts::
+
+    python -m service.cli run jobs/x.yaml --address auto --set key=value ...
+
+Choices, and why:
+
+- working_dir = the project root: the nearest directory above the spec (else above the current
+  directory) that holds `pyproject.toml` and `service/cli.py`. Ray unpacks it on the cluster
+  and makes it the entrypoint's current directory, so `python -m service.cli` imports the code
+  you submitted (the current directory comes first on `sys.path`), and relative paths in the
+  spec (a compare spec's `base:`, a data file under the project) resolve as they do locally.
+  Results, caches, virtualenvs, `.git` and `*.egg-info` are not uploaded.
+- The interpreter is `python`, looked up on the cluster's PATH when the job starts: on the
+  Ray docker image (cluster.yaml) that is the image's Python, where the setup commands
+  installed the project's dependencies. Set `PLATEAU_JOB_PYTHON` (on the submitting side) to
+  an interpreter path on the cluster when its `python` is not the one with the project's
+  dependencies (e.g. a local head started from a virtualenv that is not on PATH).
+- `entrypoint_num_cpus=0`: the driver only waits on Ray Train, so it reserves no CPU; a
+  2-CPU head still fits two 1-CPU training workers. Without entrypoint resources Ray runs the
+  driver on the head node, which is where cluster.yaml puts no GPUs: the GPUs stay free for
+  the workers.
+- submission id `plateau-NAME-YYYYmmdd-HHMMSS` (a `-2`, `-3`... suffix if that one is taken);
+  metadata {product: plateau, spec, kind, spec_file, user}. `plateau jobs` lists only jobs
+  whose id starts with `plateau-` or whose metadata says product plateau.
+- Token auth (Ray 2.60): the token comes from RAY_AUTH_TOKEN, else the file named by
+  RAY_AUTH_TOKEN_PATH, else `~/.ray/auth_token`, and is sent whenever one is found (unless
+  RAY_AUTH_MODE=disabled); a cluster without token auth ignores it.
+- Every request has a short connection timeout, so an unreachable address fails in seconds.
+
+Every function returns the process exit code: 0 ok, 1 the job failed (FAILED or STOPPED),
+2 bad input (spec, address, token, unknown job id). Errors are one `plateau: ...` line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import getpass
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
+
+from service.spec import CompareSpec, SpecError, load_spec, read_yaml
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+JOB_PREFIX = "plateau-"
+PRODUCT = "plateau"
+PYTHON_ENV = "PLATEAU_JOB_PYTHON"
+DEFAULT_PYTHON = "python"
+ENTRYPOINT_NUM_CPUS = 0
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+UPLOAD_READ_TIMEOUT_S = 600.0
+POLL_S = 1.0
+STOP_WAIT_S = 30.0
+
+# Never uploaded with the working dir (gitignore syntax, relative to the project root).
+EXCLUDES = [
+    ".git/", "results/", "__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
+    ".ipynb_checkpoints/", ".venv/", "venv/", "env/", ".tox/", ".nox/", "*.egg-info/", "build/",
+    "dist/",
+]
+
+ADDRESS_HINT = ("pass the dashboard address, --address http://HEAD:8265 (for a cluster.yaml "
+                "cluster: run `ray dashboard cluster.yaml`, then use http://127.0.0.1:8265)")
+TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (print it on the head with `ray get-auth-token`) "
+              "or save it in ~/.ray/auth_token")
+
+
+class JobError(Exception):
+    """Bad input found before or while talking to the job server (exit 2), as one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _command(fn: Callable[..., int]) -> Callable[..., int]:
+    """Turn expected errors into one stderr line and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return fn(*args, **kwargs)
+        except (JobError, SpecError) as exc:
+            print(f"plateau: {_one_line(exc, 1000)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+    return wrapper
+
+
+def _suggest(address: str) -> str:
+    """`ray://h:10001`, `h:6379`, `h` -> `http://h:8265`; `h:8265` -> `http://h:8265`."""
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if not host or host == "auto":
+        return ""
+    port = port if port and port not in ("6379", "10001") else "8265"
+    return f"; did you mean --address http://{host}:{port}?"
+
+
+def check_address(address: str | None) -> str:
+    """The job server URL, or a JobError saying what to pass instead."""
+    if not address or not address.strip():
+        raise JobError(f"no cluster address; {ADDRESS_HINT} or set RAY_API_SERVER_ADDRESS")
+    address = address.strip()
+    if address.startswith("ray://"):
+        raise JobError(f"{address} is a Ray Client address, but jobs go to the dashboard's job server; "
+                       f"{ADDRESS_HINT}{_suggest(address)}")
+    if not re.match(r"^https?://", address):
+        raise JobError(f"{address!r} is not a job server address; {ADDRESS_HINT}{_suggest(address)}")
+    parsed = urlparse(address)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise JobError(f"{address!r} has a bad port; {ADDRESS_HINT}") from None
+    if not parsed.hostname:
+        raise JobError(f"{address!r} names no host; {ADDRESS_HINT}")
+    return address.rstrip("/")
+
+
+def _auth_token() -> str | None:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    candidates = []
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        candidates.append(Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser())
+    candidates.append(Path.home() / ".ray" / "auth_token")
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            token = path.read_text().strip()
+            if token:
+                return token
+    return None
+
+
+@contextlib.contextmanager
+def _without_address_env() -> Iterator[None]:
+    # Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is given;
+    # the CLI already chose (--address first), so hide them while the client is built.
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _quiet_ray_logs() -> None:
+    """Ray's client logs its uploads and websocket closes at INFO; we print our own lines.
+
+    Call after importing ray.job_submission: its module sets its own logger level on import.
+    """
+    for name in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk",
+                 "ray._private.runtime_env.working_dir", "ray._private.runtime_env.packaging",
+                 "ray._private.authentication.http_token_authentication"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _http_error(exc: Exception, address: str, job_id: str | None = None) -> JobError:
+    """Map what Ray's client raises to one actionable line."""
+    import requests
+
+    text = _one_line(exc)
+    if type(exc).__name__ == "AuthenticationError" or "Authentication" in text[:40]:
+        if "failed" in text.lower() or "403" in text or "invalid" in text.lower():
+            return JobError(f"the cluster at {address} refused the token; {TOKEN_HINT}")
+        return JobError(f"the cluster at {address} requires a token; {TOKEN_HINT}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return JobError(f"the job server at {address} did not answer in time; is the cluster up? {ADDRESS_HINT}")
+    if isinstance(exc, (ConnectionError, requests.exceptions.ConnectionError)):
+        return JobError(f"cannot reach a job server at {address}; is the cluster up? {ADDRESS_HINT}")
+    if job_id is not None and ("404" in text or "does not exist" in text):
+        return JobError(f"no job {job_id!r} on the cluster at {address}; `plateau jobs` lists them")
+    if "404" in text:
+        return JobError(f"{address} answered but is not a Ray job server; {ADDRESS_HINT}")
+    return JobError(f"the job server at {address} failed: {text}")
+
+
+def connect(address: str | None):
+    """A JobSubmissionClient for `address`, checked to answer, with short timeouts."""
+    address = check_address(address)
+    from ray.job_submission import JobSubmissionClient
+
+    _quiet_ray_logs()
+
+    class _Client(JobSubmissionClient):
+        def _do_request(self, method, endpoint, **kwargs):  # noqa: ANN001 - Ray's signature
+            read = UPLOAD_READ_TIMEOUT_S if method.upper() in ("PUT", "POST") else READ_TIMEOUT_S
+            kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, read))
+            return super()._do_request(method, endpoint, **kwargs)
+
+    token = _auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        with _without_address_env():
+            client = _Client(address, headers=headers)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        raise _http_error(exc, address) from None
+    client._plateau_address = address  # for messages
+    return client
+
+
+def _call(client, fn: Callable[..., Any], *args: Any, job_id: str | None = None) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        raise _http_error(exc, client._plateau_address, job_id) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Submission
+
+
+def find_project_root(spec_path: str | Path) -> Path:
+    """The directory uploaded as the job's working dir (holds pyproject.toml and service/)."""
+    spec = Path(spec_path).resolve()
+    for start in (spec.parent, Path.cwd().resolve()):
+        for directory in (start, *start.parents):
+            if (directory / "pyproject.toml").is_file() and (directory / "service" / "cli.py").is_file():
+                return directory
+    raise JobError(
+        f"no plateau project (pyproject.toml with service/) above {spec_path!r} or the current "
+        "directory; run plateau submit from the project"
+    )
+
+
+def _job_overrides(spec_path: str, overrides: list[str]) -> list[str]:
+    """Overrides as the job's `plateau run` reads them.
+
+    For a compare spec, shorthand flags (--data, --workers...) arrive as train-spec keys
+    (`data.source=...`); `plateau run` would prefix them with `base.`, so do the same here,
+    keeping the study's own keys (name, output, grid...) as they are.
+    """
+    if str(read_yaml(spec_path).get("kind", "train")) != "compare":
+        return list(overrides)
+    out = []
+    for text in overrides:
+        head = text.partition("=")[0].strip().split(".")[0]
+        out.append(text if head in CompareSpec.model_fields else f"base.{text}")
+    return out
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return os.environ.get("USER", "unknown")
+
+
+def build_submission(spec_path: str, overrides: list[str]) -> dict[str, Any]:
+    """Everything `submit` sends, computed and checked locally (no cluster needed)."""
+    job_overrides = _job_overrides(spec_path, overrides)
+    spec = load_spec(spec_path, job_overrides)  # SpecError -> exit 2, nothing submitted
+    root = find_project_root(spec_path)
+    resolved = Path(spec_path).resolve()
+    try:
+        rel = resolved.relative_to(root)
+    except ValueError:
+        raise JobError(
+            f"spec {spec_path!r} is outside the project directory {root.name}/ that is uploaded as "
+            "the job's working dir; move or copy it into the project (e.g. jobs/)"
+        ) from None
+    python = os.environ.get(PYTHON_ENV) or DEFAULT_PYTHON
+    # `--address auto` joins the cluster the job runs on (Ray sets RAY_ADDRESS for job drivers).
+    parts = [python, "-m", "service.cli", "run", rel.as_posix(), "--address", "auto"]
+    for text in job_overrides:
+        parts += ["--set", text]
+    excludes = list(EXCLUDES)
+    output = Path(spec.output)
+    if not output.is_absolute() and output.parts and output.parts[0] not in ("..", "."):
+        excludes.append(f"/{output.as_posix()}/")  # earlier results stay home
+    return {
+        "spec": spec,
+        "entrypoint": " ".join(shlex.quote(p) for p in parts),
+        "runtime_env": {
+            "working_dir": str(root),
+            "excludes": excludes,
+            "env_vars": {"PYTHONUNBUFFERED": "1"},  # logs arrive as they are written
+        },
+        "metadata": {
+            "product": PRODUCT,
+            "spec": spec.name,
+            "kind": spec.kind,
+            "spec_file": rel.as_posix(),
+            "user": _user(),
+        },
+        "entrypoint_num_cpus": ENTRYPOINT_NUM_CPUS,
+    }
+
+
+def submission_id(name: str, now: float | None = None) -> str:
+    return f"{JOB_PREFIX}{name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+
+
+@_command
+def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: bool, follow: bool) -> int:
+    job = build_submission(spec_path, overrides)  # local checks first: bad spec -> exit 2
+    client = connect(address)
+    base = submission_id(job["spec"].name)
+    job_id = base
+    for attempt in range(2, 12):
+        try:
+            job_id = client.submit_job(
+                entrypoint=job["entrypoint"],
+                submission_id=job_id,
+                runtime_env=job["runtime_env"],
+                metadata=job["metadata"],
+                entrypoint_num_cpus=job["entrypoint_num_cpus"],
+            )
+            break
+        except Exception as exc:  # noqa: BLE001
+            if "already exists" in str(exc) or "already been used" in str(exc):
+                job_id = f"{base}-{attempt}"
+                continue
+            raise _http_error(exc, client._plateau_address) from None
+    else:
+        raise JobError(f"could not find a free submission id like {base!r}; try again in a second")
+    print(job_id, flush=True)
+    addr = client._plateau_address
+    if not (wait or follow):
+        print(f"submitted to {addr}; watch it with: plateau logs {job_id} --follow --address {addr}",
+              file=sys.stderr)
+        return EXIT_OK
+    if follow:
+        return _follow(client, job_id)
+    return _wait(client, job_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching
+
+
+def _info(client, job_id: str):
+    return _call(client, client.get_job_info, job_id, job_id=job_id)
+
+
+def _poll_until_done(client, job_id: str, timeout: float | None = None):
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        info = _info(client, job_id)
+        if info.status.is_terminal() or (deadline is not None and time.monotonic() >= deadline):
+            return info
+        time.sleep(POLL_S)
+
+
+def _error_line(client, info) -> str | None:
+    """The most telling line of a failed job: its `plateau: ...` line, else the last error."""
+    text = ""
+    with contextlib.suppress(Exception):
+        text = client.get_job_logs(info.submission_id) or ""
+    if not text:
+        text = info.message or ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("plateau: "):
+            return ln.removeprefix("plateau: ")
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", ln):
+            return ln
+    return _one_line(info.message) if info.message else None
+
+
+def _finish(client, info) -> int:
+    """Final line of --wait/--follow, and the exit code for the job's terminal status."""
+    status = str(info.status)
+    if status == "SUCCEEDED":
+        print(f"{info.submission_id}: SUCCEEDED ({_duration(info)})", flush=True)
+        return EXIT_OK
+    if status == "FAILED":
+        why = _error_line(client, info)
+        print(f"plateau: job {info.submission_id} FAILED" + (f": {_one_line(why)}" if why else ""),
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"plateau: job {info.submission_id} {status}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _interrupted(job_id: str, address: str) -> int:
+    print(f"plateau: stopped watching; job {job_id} keeps running "
+          f"(plateau stop {job_id} --address {address} ends it)", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _wait(client, job_id: str) -> int:
+    try:
+        return _finish(client, _poll_until_done(client, job_id))
+    except KeyboardInterrupt:
+        return _interrupted(job_id, client._plateau_address)
+
+
+def _stream_logs(client, job_id: str) -> bool:
+    """Print the job's logs as they come until it ends; False if the stream broke."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(tail())
+        return True
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - fall back to polling
+        return False
+
+
+def _follow(client, job_id: str) -> int:
+    try:
+        _info(client, job_id)  # unknown id -> one line, before opening a stream
+        if not _stream_logs(client, job_id):
+            print(f"plateau: lost the log stream of {job_id}; waiting for it to end", file=sys.stderr)
+        return _finish(client, _poll_until_done(client, job_id))
+    except KeyboardInterrupt:
+        return _interrupted(job_id, client._plateau_address)
+
+
+# ---------------------------------------------------------------------------------------------
+# status, logs, stop, jobs
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+def _duration(info) -> str:
+    if not info.start_time:
+        return "-"
+    end = info.end_time or time.time() * 1000
+    seconds = max(0, int((end - info.start_time) / 1000))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _exit_for(status: str) -> int:
+    return EXIT_FAILED if status in ("FAILED", "STOPPED") else EXIT_OK
+
+
+@_command
+def status(job_id: str, address: str | None) -> int:
+    client = connect(address)
+    info = _info(client, job_id)
+    meta = info.metadata or {}
+    rows = [
+        ("job", info.submission_id or job_id),
+        ("status", str(info.status)),
+        ("spec", f"{meta.get('spec', '-')} ({meta.get('kind', '?')}, {meta.get('spec_file', '?')})"
+         if meta.get("spec") else "-"),
+        ("user", meta.get("user", "-")),
+        ("started", _when(info.start_time)),
+        ("ended", _when(info.end_time)),
+        ("duration", _duration(info)),
+        ("entrypoint", info.entrypoint),
+    ]
+    if str(info.status) == "FAILED":
+        rows.append(("error", _one_line(_error_line(client, info) or "-")))
+        if info.driver_exit_code is not None:
+            rows.append(("exit code", str(info.driver_exit_code)))
+    elif info.message:
+        rows.append(("message", _one_line(info.message)))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}")
+    return _exit_for(str(info.status))
+
+
+@_command
+def logs(job_id: str, address: str | None, *, follow: bool) -> int:
+    client = connect(address)
+    if follow:
+        return _follow(client, job_id)
+    text = _call(client, client.get_job_logs, job_id, job_id=job_id)
+    sys.stdout.write(text)
+    if text and not text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+@_command
+def stop(job_id: str, address: str | None) -> int:
+    client = connect(address)
+    info = _info(client, job_id)
+    if info.status.is_terminal():
+        print(f"{job_id}: already {info.status}; nothing to stop")
+        return EXIT_OK
+    _call(client, client.stop_job, job_id, job_id=job_id)
+    info = _poll_until_done(client, job_id, timeout=STOP_WAIT_S)
+    if info.status.is_terminal():
+        print(f"{job_id}: {info.status}")
+    else:
+        print(f"{job_id}: stop requested (still {info.status}; plateau status {job_id} to check)")
+    return EXIT_OK
+
+
+def is_plateau_job(info) -> bool:
+    return bool((info.submission_id or "").startswith(JOB_PREFIX)
+                or (info.metadata or {}).get("product") == PRODUCT)
+
+
+@_command
+def list_jobs(address: str | None) -> int:
+    client = connect(address)
+    jobs = [j for j in _call(client, client.list_jobs) if is_plateau_job(j)]
+    if not jobs:
+        print(f"no plateau jobs on {client._plateau_address}")
+        return EXIT_OK
+    jobs.sort(key=lambda j: j.start_time or 0)
+    rows = [("ID", "SPEC", "STATUS", "START", "DURATION")]
+    rows += [(j.submission_id or "-", (j.metadata or {}).get("spec", "-"), str(j.status),
+              _when(j.start_time), _duration(j)) for j in jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return EXIT_OK

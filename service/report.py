@@ -1,0 +1,167 @@
+"""Output files of a run: history.csv, decisions.jsonl, summary.json, curves.png.
+
+Every file is written whole to a temporary name and renamed into place, so a crash never
+leaves a torn file behind: a reader sees the previous version or the new one.
+
+Example::
+
+    write_history(out / "history.csv", rows)
+    write_json(out / "summary.json", summarize(...))
+    plot_curves(out / "curves.png", rows, lr_reductions, stop_epoch)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_history(path: Path, rows: Iterable[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    write_atomic(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_decisions(path: Path, decisions: Iterable[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(d, sort_keys=False) + "\n" for d in decisions))
+
+
+def read_decisions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def lr_reductions(history: list[dict], decisions: list[dict]) -> list[dict]:
+    """[{epoch, lr}]: the epochs at whose end the learning rate went down, and the new rate."""
+    return [{"epoch": d["epoch"], "lr": d["lr_after"]} for d in decisions if d["rank"] == 0 and d["reduced"]]
+
+
+def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: list[dict],
+              decisions: list[dict], test: dict, wall_seconds: float) -> dict:
+    """summary.json: the run in one object (see the README for each key)."""
+    rank0 = [d for d in decisions if d["rank"] == 0]
+    stopped = bool(rank0 and rank0[-1]["stop"])
+    best = max(history, key=lambda r: r["val_accuracy"]) if history else None
+    final_lr = rank0[-1]["lr_after"] if rank0 else None
+    return {
+        "name": name,
+        "data": data,
+        "workers": workers,
+        "max_epochs": max_epochs,
+        "epochs_run": len(history),
+        "stopped_early": stopped,
+        "stop_epoch": rank0[-1]["epoch"] if stopped else None,
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_accuracy": best["val_accuracy"] if best else None,
+        "best_val_loss": min(r["val_loss"] for r in history) if history else None,
+        "test_loss": test.get("test_loss"),
+        "test_accuracy": test.get("test_accuracy"),
+        "test_error": (1.0 - test["test_accuracy"]) if test.get("test_accuracy") is not None else None,
+        "lr_reductions": lr_reductions(history, decisions),
+        "final_lr": final_lr,
+        "ranks_agree": ranks_agree(decisions),
+        "wall_seconds": round(wall_seconds, 2),
+    }
+
+
+def ranks_agree(decisions: list[dict]) -> bool:
+    """True when every rank saw the same values and took the same decision at every epoch."""
+    by_epoch: dict[int, list[dict]] = {}
+    for d in decisions:
+        by_epoch.setdefault(d["epoch"], []).append(d)
+    keys = ("values", "lr_before", "lr_after", "reduced", "stop", "plateau_wait", "stopping_wait")
+    return all(all(tuple(d[k] for k in keys) == tuple(rows[0][k] for k in keys) for d in rows)
+               for rows in by_epoch.values())
+
+
+def epoch_line(row: dict, decision: dict | None, max_epochs: int) -> str:
+    """One terminal line per epoch, with the callbacks' actions spelled out."""
+    width = len(str(max_epochs))
+    parts = [
+        f"epoch {row['epoch']:>{width}}/{max_epochs}",
+        f"loss {row['loss']:.4f}",
+        f"accuracy {row['accuracy']:.4f}",
+        f"val_loss {row['val_loss']:.4f}",
+        f"val_accuracy {row['val_accuracy']:.4f}",
+        f"lr {row['lr']:.3g}",
+        f"{row['seconds']:.1f}s",
+    ]
+    if decision is not None and decision["reduced"]:
+        parts.append(f"lr -> {decision['lr_after']:.3g}")
+    if decision is not None and decision["stop"]:
+        parts.append("early stop")
+    return "  ".join(parts)
+
+
+def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,
+                title: str = "") -> None:
+    """accuracy / val_accuracy per epoch, the learning rate on a log axis, actions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_acc, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
+    ax_acc.plot(epochs, [r["accuracy"] for r in history], marker="o", ms=3, label="accuracy")
+    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], marker="o", ms=3, label="val_accuracy")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_lr.step(epochs, [r["lr"] for r in history], where="mid", color="tab:green", label="learning rate")
+    if all(r["lr"] > 0 for r in history) and history:
+        ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.grid(alpha=0.3, which="both")
+    for i, red in enumerate(reductions):
+        for ax in (ax_acc, ax_lr):
+            ax.axvline(red["epoch"] + 0.5, color="tab:green", ls="--", lw=1,
+                       label=f"lr reduced" if (i == 0 and ax is ax_acc) else None)
+    if stop_epoch is not None:
+        for ax in (ax_acc, ax_lr):
+            ax.axvline(stop_epoch, color="tab:red", lw=1.5, label="early stop" if ax is ax_acc else None)
+    ax_acc.legend(loc="lower right")
+    if title:
+        ax_acc.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())

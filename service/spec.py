@@ -1,0 +1,336 @@
+"""Job specs: what a user writes in YAML, validated before anything starts.
+
+A spec is data. `load_spec(path, overrides)` reads a YAML file, applies `--set key.sub=value`
+overrides, translates legacy names, and returns a validated `TrainSpec` or `CompareSpec`.
+Every problem becomes one `SpecError` line that names the field and says how to fix it.
+
+Example::
+
+    spec = load_spec("jobs/seed-reduce-lr.yaml", ["training.epochs=3", "reduce_lr=null"])
+    spec.reduce_lr is None   # True
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The metrics the seed's model produces; a callback can only monitor one of these.
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class SpecError(ValueError):
+    """A spec problem, as one line a user can act on."""
+
+
+class SpecWarning(UserWarning):
+    """A spec that works but uses a legacy name (shown to the user once, in one line)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Section):
+    # auto | mnist | sample | path to a Keras-layout .npz | Parquet directory or URI
+    source: str = "auto"
+    # holdout: the last sixth of the training images; test: validate on the test set (the seed)
+    validation: Literal["holdout", "test"] = "holdout"
+
+
+class ModelSpec(_Section):
+    hidden_units: int = Field(784, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    learning_rate: float = Field(0.01, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_lr(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lr" in data:
+            data = dict(data)
+            if "learning_rate" in data:
+                raise ValueError("give either lr or learning_rate, not both (lr is the legacy name)")
+            warnings.warn("model.lr is deprecated; use model.learning_rate", SpecWarning, stacklevel=2)
+            data["learning_rate"] = data.pop("lr")
+        return data
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(200, ge=1)  # the global batch: each worker takes batch_size / workers
+    seed: int = 7
+    # Steps a worker runs per call into TensorFlow; > 1 cuts per-step Python overhead and does
+    # not change what is computed.
+    steps_per_execution: int = Field(1, ge=1)
+
+
+class ScalingSpec(_Section):
+    num_workers: int = Field(2, ge=0)  # 0 = Ray Train's in-process local mode
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)  # only read when use_gpu
+    # Restart the worker group this many times after a worker dies (-1 = forever).
+    max_failures: int = Field(0, ge=-1)
+    # Where Ray Train keeps checkpoints: a local path, or a URI on shared storage for clusters.
+    storage_path: Optional[str] = None
+
+
+class _Monitored(_Section):
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    min_delta: float = Field(0.0, ge=0.0)
+    patience: int = Field(0, ge=0)
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        legacy = {"acc": "accuracy", "val_acc": "val_accuracy"}
+        value = legacy.get(value, value)
+        if value not in METRICS:
+            raise ValueError(f"the model does not produce {value!r}; use one of {', '.join(METRICS)}")
+        return value
+
+
+class EarlyStoppingSpec(_Monitored):
+    baseline: Optional[float] = None
+    restore_best_weights: bool = False
+    start_from_epoch: int = Field(0, ge=0)
+
+
+class ReduceLRSpec(_Monitored):
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(1e-4, ge=0.0)
+    cooldown: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_epsilon(cls, data: Any) -> Any:
+        # Keras 1/2 called min_delta `epsilon`; the seed uses it. Keras 3 silently ignores it,
+        # which would quietly change the experiment, so we translate it loudly instead.
+        if isinstance(data, dict) and "epsilon" in data:
+            data = dict(data)
+            if "min_delta" in data:
+                raise ValueError("give either epsilon or min_delta, not both (epsilon is the legacy name)")
+            warnings.warn(
+                "reduce_lr.epsilon is deprecated; it is read as reduce_lr.min_delta",
+                SpecWarning,
+                stacklevel=2,
+            )
+            data["min_delta"] = data.pop("epsilon")
+        return data
+
+
+class CheckpointSpec(_Section):
+    # How many epoch checkpoints to keep (null = all). A resume starts from the latest.
+    keep: Optional[int] = Field(2, ge=1)
+    # Which to keep: the most recent, or the best by the monitored metric.
+    score: Literal["recency", "monitor"] = "recency"
+
+
+class DebugSpec(_Section):
+    # Hard-kill one worker process once at the end of this epoch (1-based); for failure drills.
+    fail_at_epoch: Optional[int] = Field(None, ge=1)
+    fail_rank: int = Field(0, ge=0)
+    # Let each rank's callbacks see only its own shard's metrics (what a naive setup does).
+    # Only for demonstrating that consensus still keeps the ranks together.
+    rank_local_metrics: bool = False
+
+
+class TrainSpec(_Section):
+    kind: Literal["train"] = "train"
+    name: str = Field("plateau", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output: str = "results"
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    early_stopping: Optional[EarlyStoppingSpec] = None
+    reduce_lr: Optional[ReduceLRSpec] = None
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    debug: DebugSpec = DebugSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainSpec":
+        workers = max(self.scaling.num_workers, 1)
+        if self.training.batch_size % workers:
+            raise ValueError(
+                f"training.batch_size {self.training.batch_size} is not divisible by "
+                f"scaling.num_workers {workers}; pick a batch size that is a multiple of the workers"
+            )
+        if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= workers:
+            raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {workers} workers")
+        return self
+
+    @property
+    def monitor(self) -> Optional[str]:
+        """The metric the callbacks watch (ReduceLROnPlateau's, else EarlyStopping's)."""
+        section = self.reduce_lr or self.early_stopping
+        return section.monitor if section is not None else None
+
+    @property
+    def workers(self) -> int:
+        """How many processes train: local mode (0) still trains in one."""
+        return max(self.scaling.num_workers, 1)
+
+
+class CompareSpec(_Section):
+    kind: Literal["compare"] = "compare"
+    name: str = Field("compare", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output: str = "results"
+    base: Union[TrainSpec, str]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [7], min_length=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    scheduler: Optional[Literal["asha"]] = None
+
+
+def inline_compare_base(data: dict, base_dir: Path | None) -> dict:
+    """A compare spec whose `base` is a path -> the same spec with the base file's mapping.
+
+    The path is read relative to the compare spec's folder (`base_dir`), else to the working
+    directory. Anything that is not a compare spec with a string base is returned unchanged.
+    """
+    if not isinstance(data, dict) or data.get("kind") != "compare" or not isinstance(data.get("base"), str):
+        return data
+    data = dict(data)
+    base_path = Path(data["base"])
+    if not base_path.is_absolute() and base_dir is not None and (base_dir / base_path).is_file():
+        base_path = base_dir / base_path
+    data["base"] = read_yaml(base_path)
+    return data
+
+
+Spec = Union[TrainSpec, CompareSpec]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", value); the value is read as YAML (3, 0.1, null, true)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set reduce_lr.patience=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating sections as needed."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_path(data, key, value)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} not found; pass a YAML spec such as jobs/seed-reduce-lr.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}; check indentation and quoting") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping (key: value), not a {type(data).__name__}")
+    return data
+
+
+def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at `loc` (for 'did you mean')."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _one_line(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    field = ".".join(str(p) for p in loc) or "spec"
+    if err["type"] == "extra_forbidden":
+        known = _fields_of(model, loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"known fields: {', '.join(known)}"
+        return f"{where}{field}: unknown field; {hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        msg = msg.replace("Input should be", "use")
+    return f"{where}{field}: {msg} (got {err.get('input')!r})" if "input" in err and not isinstance(
+        err.get("input"), dict
+    ) else f"{where}{field}: {msg}"
+
+
+def validate_train(data: dict, where: str = "") -> TrainSpec:
+    try:
+        return TrainSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_one_line(exc, TrainSpec, where)) from None
+
+
+def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
+    """A raw dict -> TrainSpec or CompareSpec, dispatching on `kind`."""
+    kind = data.get("kind", "train")
+    if kind == "train":
+        return validate_train(data, where)
+    if kind == "compare":
+        data = inline_compare_base(data, base_dir)
+        try:
+            return CompareSpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(_one_line(exc, CompareSpec, where)) from None
+    raise SpecError(f"{where}kind: unknown kind {kind!r}; use 'train' or 'compare'")
+
+
+def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate a spec file (None = the default train spec)."""
+    data = read_yaml(path) if path is not None else {}
+    base_dir = Path(path).parent if path is not None else None
+    # A compare spec's base file is read before overrides, so `--set base.x=...` (and the
+    # shorthand flags) change the base instead of replacing it with an empty section.
+    data = inline_compare_base(data, base_dir)
+    data = apply_overrides(data, overrides)
+    where = f"{path}: " if path is not None else ""
+    return validate(data, where, base_dir)
+
+
+def dump_spec(spec: BaseModel) -> str:
+    """The resolved spec as YAML, legacy names already translated."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,330 @@
+"""Synchronisation: the callbacks of every rank see the whole job's metrics and take one decision.
+
+In data-parallel training each rank validates on its own shard. If ReduceLROnPlateau or
+EarlyStopping decide from that shard alone, ranks disagree: one lowers its learning rate (its
+weights drift from the others') or stops (the others wait forever at the next collective, or
+at `ray.train.report`, which is a barrier). This module removes that possibility:
+
+* `GlobalMetrics` runs first in the callback list. It gathers every rank's validation *sums*
+  (loss sum, correct count, example count) and replaces the shard's metrics in `logs` with
+  the exact global ones: sum over all ranks / number of examples over all ranks. A mean of
+  per-rank means would weight a small shard like a big one.
+* Stock tf_keras `ReduceLROnPlateau` and `EarlyStopping` then run unchanged on every rank. Fed
+  the same numbers, they take the same decisions; we reuse them rather than re-implement them
+  so their semantics (wait, cooldown, min_delta, baseline, restore_best_weights,
+  start_from_epoch) are Keras's own.
+* `Consensus` runs last. It gathers each rank's learning rate and stop flag: if any rank
+  would stop, every rank stops (as Lightning's `reduce_boolean_decision`); every rank takes
+  the lowest learning rate proposed. It writes one `Decision` per epoch: the trace that
+  proves the ranks agreed.
+
+Every exchange is an all-gather of a small float64 vector followed by the same numpy
+arithmetic on every rank, in rank order, so every rank computes bit-identical results.
+
+Example::
+
+    collective = Collective(strategy, world_size)
+    metrics = GlobalMetrics(collective, x_val_shard, y_val_shard)
+    consensus = Consensus(collective, rank)
+    model.fit(ds, callbacks=[metrics, ReduceLROnPlateau(...), EarlyStopping(...), consensus])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+
+class Collective:
+    """All-gather of small float64 vectors across the ranks of a job.
+
+    With one process (one worker, or Ray Train's local mode) it is the identity; with
+    MultiWorkerMirroredStrategy it uses the strategy's own collective ops, so it needs no
+    channel besides the one training already uses. Every rank must call it equally often,
+    in the same order: callers do so at fixed moments (each epoch's end).
+    """
+
+    def __init__(self, strategy: Optional[tf.distribute.Strategy] = None, world_size: int = 1):
+        self.strategy = strategy if world_size > 1 else None
+        self.world_size = world_size
+        self._gather = None
+
+    def all_gather(self, values) -> np.ndarray:
+        """Each rank's vector, stacked in rank order: shape (world_size, len(values))."""
+        row = np.asarray(values, dtype=np.float64).reshape(1, -1)
+        if self.strategy is None:
+            return row
+        if self._gather is None:
+            strategy = self.strategy
+
+            @tf.function
+            def gather(x):
+                # Each process holds one replica; gather its row from every replica in order.
+                per_replica = strategy.experimental_distribute_values_from_function(lambda _: x)
+                return strategy.gather(per_replica, axis=0)
+
+            self._gather = gather
+        return self._gather(tf.constant(row)).numpy()
+
+    def sum(self, values) -> np.ndarray:
+        return self.all_gather(values).sum(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global metrics
+
+
+class ShardEvaluator:
+    """Loss and accuracy *sums* of a model over one rank's shard of a split.
+
+    Sums (not means) are what can be added across ranks. The per-example loss is Keras's own
+    categorical cross-entropy on the softmax output, so the global mean equals what
+    `model.evaluate` reports on the whole split, up to float32 rounding of the sum order.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 4096):
+        self.model = model
+        self.x, self.y = x, y
+        self.batch = batch
+        self._step = tf.function(self._sums, reduce_retracing=True)
+
+    def _sums(self, x, y):
+        probs = self.model(tf.cast(x, tf.float32) / 255.0, training=False)
+        onehot = tf.one_hot(tf.cast(y, tf.int32), 10)
+        loss = keras.losses.categorical_crossentropy(onehot, probs)
+        correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float64)
+        return tf.reduce_sum(tf.cast(loss, tf.float64)), tf.reduce_sum(correct)
+
+    def sums(self) -> np.ndarray:
+        """[loss sum, correct count, example count] over this shard."""
+        total = np.zeros(3)
+        for start in range(0, len(self.x), self.batch):
+            loss, correct = self._step(self.x[start : start + self.batch], self.y[start : start + self.batch])
+            total += (float(loss), float(correct), 0.0)
+        total[2] = len(self.x)
+        return total
+
+
+def global_metrics(collective: Collective, evaluator: ShardEvaluator) -> dict[str, float]:
+    """Exact loss and accuracy over the whole split: sums over ranks / examples over ranks."""
+    loss_sum, correct, count = collective.sum(evaluator.sums())
+    if count == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    return {"loss": loss_sum / count, "accuracy": correct / count}
+
+
+class GlobalMetrics(keras.callbacks.Callback):
+    """Makes `logs` hold the job's metrics, not this rank's, before any decision reads them.
+
+    Place it first in the callback list. It sets `val_loss` and `val_accuracy` from the
+    global validation sums, and averages the training `loss` and `accuracy` over ranks (every
+    rank runs the same number of equal-sized steps, so the plain mean is the global one). It
+    also times each epoch.
+    """
+
+    def __init__(self, collective: Collective, val: ShardEvaluator):
+        super().__init__()
+        self.collective = collective
+        self.val = val
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        # One exchange per epoch: [val loss sum, val correct, val count, train loss, train acc].
+        rows = self.collective.all_gather([*self.val.sums(), logs.get("loss", np.nan), logs.get("accuracy", np.nan)])
+        loss_sum, correct, count = rows[:, :3].sum(axis=0)
+        logs["loss"], logs["accuracy"] = (float(v) for v in rows[:, 3:].mean(axis=0))
+        logs["val_loss"] = float(loss_sum / count)
+        logs["val_accuracy"] = float(correct / count)
+        self.seconds = time.perf_counter() - self._start
+
+
+# ---------------------------------------------------------------------------------------------
+# Consensus and the decision trace
+
+
+@dataclasses.dataclass
+class Decision:
+    """What one rank's callbacks saw and did at the end of one epoch (one decisions.jsonl row)."""
+
+    epoch: int  # 1-based, as Keras prints
+    rank: int
+    values: dict[str, float]
+    lr_before: float
+    lr_after: float
+    reduced: bool
+    stop: bool
+    plateau_wait: Optional[int]
+    stopping_wait: Optional[int]
+    # This rank's own proposal before consensus: differs from the outcome only when ranks
+    # disagreed, which global metrics prevent.
+    would_stop: bool = False
+    proposed_lr: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def get_lr(model: keras.Model) -> float:
+    # The variable is float32; str() of a float32 is its shortest repr (0.01, not 0.0099999998).
+    return float(str(np.float32(keras.backend.get_value(model.optimizer.learning_rate))))
+
+
+class Consensus(keras.callbacks.Callback):
+    """Every rank applies the same learning rate and stops at the same epoch; records why.
+
+    Place it after ReduceLROnPlateau and EarlyStopping. At each epoch's end it gathers every
+    rank's (stop flag, learning rate): any stop -> all stop; the learning rate becomes the
+    lowest proposed. With global metrics the ranks already agree, so this changes nothing in a
+    correct run; it turns any disagreement (a rank-local decision) into a safe, recorded one
+    instead of a hang or silently diverging weights.
+    """
+
+    def __init__(self, collective: Collective, rank: int, reduce_lr=None, early_stopping=None):
+        super().__init__()
+        self.collective = collective
+        self.rank = rank
+        self.reduce_lr = reduce_lr
+        self.early_stopping = early_stopping
+        self.last: Optional[Decision] = None
+        self._lr_before = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._lr_before = get_lr(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        wants_stop = bool(self.model.stop_training)
+        proposed = get_lr(self.model)
+        views = self.collective.all_gather([float(wants_stop), proposed])
+        stop = bool(views[:, 0].max() > 0)
+        lr = float(views[:, 1].min())
+        if lr != proposed:
+            keras.backend.set_value(self.model.optimizer.learning_rate, lr)
+        self.model.stop_training = stop
+        if stop and self.early_stopping is not None and not self.early_stopping.stopped_epoch:
+            # Another rank stopped: keep EarlyStopping's bookkeeping (and best-weight restore)
+            # as if this rank had decided it too.
+            self.early_stopping.stopped_epoch = epoch
+        lr_after = get_lr(self.model)
+        self.last = Decision(
+            epoch=epoch + 1,
+            rank=self.rank,
+            values={k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs},
+            lr_before=self._lr_before,
+            lr_after=lr_after,
+            reduced=lr_after < self._lr_before,
+            stop=stop,
+            plateau_wait=None if self.reduce_lr is None else int(self.reduce_lr.wait),
+            stopping_wait=None if self.early_stopping is None else int(self.early_stopping.wait),
+            would_stop=wants_stop,
+            proposed_lr=proposed,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Callback state, for checkpoints
+
+
+def callback_state(reduce_lr=None, early_stopping=None) -> dict[str, Any]:
+    """What ReduceLROnPlateau and EarlyStopping remember between epochs (JSON-able).
+
+    Keras resets both in `on_train_begin`; a resumed run must start from this instead, or it
+    decides differently from the run that never stopped. EarlyStopping's best weights are
+    arrays: they are returned separately by `best_weights(...)`.
+    """
+    state: dict[str, Any] = {}
+    if reduce_lr is not None:
+        state["reduce_lr"] = {
+            "best": float(reduce_lr.best),
+            "wait": int(reduce_lr.wait),
+            "cooldown_counter": int(reduce_lr.cooldown_counter),
+        }
+    if early_stopping is not None:
+        state["early_stopping"] = {
+            "best": float(early_stopping.best),
+            "wait": int(early_stopping.wait),
+            "best_epoch": int(early_stopping.best_epoch),
+            "stopped_epoch": int(early_stopping.stopped_epoch),
+            "has_best_weights": early_stopping.best_weights is not None,
+        }
+    return state
+
+
+def restore_callback_state(state: dict[str, Any], reduce_lr=None, early_stopping=None, best_weights=None) -> None:
+    """Undo Keras's `on_train_begin` reset with the state saved by `callback_state`."""
+    if reduce_lr is not None and "reduce_lr" in state:
+        s = state["reduce_lr"]
+        reduce_lr.best, reduce_lr.wait, reduce_lr.cooldown_counter = s["best"], s["wait"], s["cooldown_counter"]
+    if early_stopping is not None and "early_stopping" in state:
+        s = state["early_stopping"]
+        early_stopping.best, early_stopping.wait = s["best"], s["wait"]
+        early_stopping.best_epoch, early_stopping.stopped_epoch = s["best_epoch"], s["stopped_epoch"]
+        if s["has_best_weights"]:
+            early_stopping.best_weights = best_weights
+
+
+class RestoreCallbackState(keras.callbacks.Callback):
+    """Re-applies saved callback state right after Keras's `on_train_begin` reset.
+
+    Place it after ReduceLROnPlateau and EarlyStopping (callbacks run in list order).
+    """
+
+    def __init__(self, state, reduce_lr=None, early_stopping=None, best_weights=None):
+        super().__init__()
+        self.state, self.best_weights = state, best_weights
+        self.reduce_lr, self.early_stopping = reduce_lr, early_stopping
+
+    def on_train_begin(self, logs=None):
+        if self.state:
+            restore_callback_state(self.state, self.reduce_lr, self.early_stopping, self.best_weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole stack, in order
+
+
+@dataclasses.dataclass
+class DecisionCallbacks:
+    """The callbacks that decide, in the order Keras must run them."""
+
+    metrics: GlobalMetrics
+    reduce_lr: Optional[keras.callbacks.ReduceLROnPlateau]
+    early_stopping: Optional[keras.callbacks.EarlyStopping]
+    restore: RestoreCallbackState
+    consensus: Consensus
+
+    def as_list(self) -> list:
+        order = [self.metrics, self.reduce_lr, self.early_stopping, self.restore, self.consensus]
+        return [cb for cb in order if cb is not None]
+
+
+def decision_callbacks(spec, collective: Collective, rank: int, val: ShardEvaluator,
+                       state: Optional[dict] = None, best_weights=None) -> DecisionCallbacks:
+    """Global metrics -> stock ReduceLROnPlateau / EarlyStopping -> consensus, for `spec`.
+
+    `state`/`best_weights` come from a checkpoint; they replace Keras's fresh-start reset.
+    """
+    reduce_lr = early_stopping = None
+    if spec.reduce_lr is not None:
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump())
+    if spec.early_stopping is not None:
+        early_stopping = keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump())
+    # The rank-local mode exists to show what consensus guards against; never the default.
+    metrics_collective = Collective() if spec.debug.rank_local_metrics else collective
+    return DecisionCallbacks(
+        metrics=GlobalMetrics(metrics_collective, val),
+        reduce_lr=reduce_lr,
+        early_stopping=early_stopping,
+        restore=RestoreCallbackState(state or {}, reduce_lr, early_stopping, best_weights),
+        consensus=Consensus(collective, rank, reduce_lr, early_stopping),
+    )

@@ -1,0 +1,185 @@
+"""`plateau submit | status | logs | stop | jobs` against a real Ray head (no mocks).
+
+The head (tests/ray_head.py) is started once per session with token auth on, in a temporary
+HOME and temp dir. Commands run as subprocesses, exactly as a user types them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
+    from tests.ray_head import PROJECT_ROOT, free_port, ray_head  # noqa: F401 - the fixture
+except ImportError:
+    from ray_head import PROJECT_ROOT, free_port, ray_head  # noqa: F401
+
+SPEC = "jobs/seed-reduce-lr.yaml"
+JOB_ID = re.compile(r"^plateau-seed-reduce-lr-\d{8}-\d{6}(-\d+)?$")
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    # `warning: ...` lines (e.g. the spec's legacy `epsilon`) are for users, not errors.
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
+    assert len(lines) == 1, f"expected one stderr line, got:\n{proc.stderr}"
+    assert lines[0].startswith("plateau: ")
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def _job_id(proc: subprocess.CompletedProcess) -> str:
+    first = proc.stdout.splitlines()[0].strip()
+    assert JOB_ID.match(first), proc.stdout
+    return first
+
+
+def _job_ids(head) -> set[str]:
+    proc = head.plateau("jobs", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {line.split()[0] for line in proc.stdout.splitlines()[1:] if line.startswith("plateau-")}
+
+
+def _wait_status(head, job_id: str, wanted: set[str], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        proc = head.plateau("status", job_id, timeout=60)
+        match = re.search(r"^status:\s+(\w+)", proc.stdout, re.M)
+        status = match.group(1) if match else ""
+        if status in wanted:
+            return status
+        time.sleep(1)
+    raise AssertionError(f"{job_id} still {status!r} after {timeout}s, wanted {wanted}")
+
+
+# --- (e) addresses: no head needed ------------------------------------------------------------
+
+
+def _plateau(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_unreachable_address_is_one_line_exit_2():
+    start = time.monotonic()
+    proc = _plateau("submit", SPEC, "--address", f"http://127.0.0.1:{free_port()}", "--wait")
+    assert proc.returncode == 2
+    assert "cannot reach" in _one_error_line(proc)
+    assert proc.stdout == ""
+    assert time.monotonic() - start < 30
+
+
+def test_ray_client_address_is_refused_with_the_dashboard_hint():
+    proc = _plateau("jobs", "--address", "ray://127.0.0.1:10001")
+    assert proc.returncode == 2
+    line = _one_error_line(proc)
+    assert "Ray Client address" in line and "http://127.0.0.1:8265" in line
+
+
+def test_address_without_scheme_is_refused():
+    proc = _plateau("status", "plateau-x", "--address", "127.0.0.1:6379")
+    assert proc.returncode == 2
+    assert "http://127.0.0.1:8265" in _one_error_line(proc)
+
+
+# --- against a real head ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bad_spec_is_refused_before_submission(ray_head):
+    before = _job_ids(ray_head)
+    # 200 is not divisible by 3 workers: load_spec refuses it locally.
+    proc = ray_head.plateau("submit", SPEC, "--workers", "3", "--wait")
+    assert proc.returncode == 2
+    assert "batch_size" in _one_error_line(proc)
+    missing = ray_head.plateau("submit", "jobs/no-such-spec.yaml")
+    assert missing.returncode == 2
+    assert "not found" in _one_error_line(missing)
+    assert _job_ids(ray_head) == before
+
+
+@pytest.mark.slow
+def test_unknown_job_id_and_wrong_token_are_one_line_exit_2(ray_head):
+    for command in ("status", "logs", "stop"):
+        proc = ray_head.plateau(command, "plateau-does-not-exist-20000101-000000")
+        assert proc.returncode == 2, proc
+        assert "no job 'plateau-does-not-exist" in _one_error_line(proc)
+    wrong = dict(ray_head.env, RAY_AUTH_TOKEN="not-the-token")
+    proc = ray_head.plateau("jobs", env=wrong)
+    assert proc.returncode == 2
+    line = _one_error_line(proc)
+    assert "refused the token" in line and "RAY_AUTH_TOKEN" in line
+
+
+@pytest.mark.slow
+def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
+    out = tmp_path / "results"
+    proc = ray_head.plateau("submit", SPEC, "--data", "sample", "--workers", "2", "--epochs", "2",
+                            "--set", f"output={out}", "--wait", timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = _job_id(proc)
+    assert f"{job_id}: SUCCEEDED" in proc.stdout
+
+    status = ray_head.plateau("status", job_id)
+    assert status.returncode == 0
+    assert re.search(r"^status:\s+SUCCEEDED", status.stdout, re.M)
+    assert "seed-reduce-lr (train, jobs/seed-reduce-lr.yaml)" in status.stdout
+
+    logs = ray_head.plateau("logs", job_id)
+    assert logs.returncode == 0
+    assert re.search(r"^epoch\s+1/2\b", logs.stdout, re.M), logs.stdout[-3000:]
+    assert re.search(r"^epoch\s+2/2\b", logs.stdout, re.M), logs.stdout[-3000:]
+
+    summary = json.loads((out / "seed-reduce-lr" / "summary.json").read_text())
+    assert summary["name"] == "seed-reduce-lr"
+    assert summary["workers"] == 2
+    assert summary["epochs_run"] == 2
+    assert summary["data"]["source"] == "sample"
+
+    listing = ray_head.plateau("jobs")
+    row = next(ln for ln in listing.stdout.splitlines() if ln.startswith(job_id))
+    assert "seed-reduce-lr" in row and "SUCCEEDED" in row
+
+
+@pytest.mark.slow
+def test_stop_a_running_job(ray_head, tmp_path):
+    proc = ray_head.plateau("submit", SPEC, "--data", "sample", "--workers", "2", "--epochs", "30",
+                            "--set", f"output={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    job_id = _job_id(proc)
+    _wait_status(ray_head, job_id, {"RUNNING"})
+
+    stopped = ray_head.plateau("stop", job_id, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"{job_id}: STOPPED" in stopped.stdout
+
+    status = ray_head.plateau("status", job_id)
+    assert status.returncode == 1  # a stopped job did not succeed
+    assert re.search(r"^status:\s+STOPPED", status.stdout, re.M)
+    again = ray_head.plateau("stop", job_id)
+    assert again.returncode == 0 and "already STOPPED" in again.stdout
+    follow = ray_head.plateau("logs", job_id, "--follow", timeout=60)
+    assert follow.returncode == 1
+    assert f"job {job_id} STOPPED" in follow.stderr
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_on_the_cluster_reports_failed(ray_head, tmp_path):
+    # Passes the local checks (the path may exist on the cluster), fails when the job reads it.
+    proc = ray_head.plateau("submit", SPEC, "--data", "no-such-dir/missing-mnist.npz", "--workers", "2",
+                            "--epochs", "1", "--set", f"output={tmp_path}", "--follow", timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    job_id = _job_id(proc)
+    line = _one_error_line(proc)
+    assert f"job {job_id} FAILED" in line and "missing-mnist.npz" in line
+
+    status = ray_head.plateau("status", job_id)
+    assert status.returncode == 1
+    assert re.search(r"^status:\s+FAILED", status.stdout, re.M)
+    error = re.search(r"^error:\s+(.*)$", status.stdout, re.M)
+    assert error and "missing-mnist.npz" in error.group(1), status.stdout

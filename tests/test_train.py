@@ -1,0 +1,207 @@
+"""`plateau train` end to end: real Ray, real TensorFlow, two workers, real MNIST images.
+
+One module-scoped run on uneven shards backs G1-G3 (it is the expensive part); G4 gets its
+own run in which the ranks deliberately see different metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from service import data as data_lib
+from service import report, train
+from service.model import build_model
+from service.spec import load_spec
+from tests.conftest import make_spec
+from tests.test_sync import stock_replay
+
+pytestmark = pytest.mark.slow
+
+DECIDING = (
+    "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.02, cooldown: 0, min_lr: 0.002}",
+    "early_stopping={monitor: val_accuracy, patience: 2, min_delta: 0.01, baseline: 0.5,"
+    " restore_best_weights: true, start_from_epoch: 1}",
+)
+
+
+@pytest.fixture(scope="module")
+def uneven_run(tmp_path_factory, odd_mnist):
+    tmp = tmp_path_factory.mktemp("uneven")
+    spec = make_spec(tmp, f"data.source={odd_mnist}", "training.epochs=8", "checkpoint.keep=null",
+                     *DECIDING, name="uneven")
+    result = train.run(spec, echo=lambda line: None)
+    assert result.ok, result.error
+    return spec, result
+
+
+def by_epoch(decisions):
+    epochs: dict[int, list[dict]] = {}
+    for d in decisions:
+        epochs.setdefault(d["epoch"], []).append(d)
+    return epochs
+
+
+def checkpoints(spec) -> dict[int, Path]:
+    """Every epoch checkpoint the run kept, by epoch."""
+    root = Path(spec.output) / spec.name / "checkpoints" / spec.name
+    found = {}
+    for state in root.glob("checkpoint_*/state.json"):
+        found[json.loads(state.read_text())["epoch"]] = state.parent
+    return found
+
+
+def load_weights(spec, directory: Path) -> keras.Model:
+    model = build_model(spec.model, seed=spec.training.seed)
+    with np.load(directory / "weights.npz") as z:
+        model.set_weights([z[f"w{i}"] for i in range(len(model.get_weights()))])
+    return model
+
+
+def exact_metrics(model, x, y) -> tuple[float, float]:
+    """Loss and accuracy over the whole split in one process: the reference for G1."""
+    probs = model.predict(x.astype("float32") / 255.0, batch_size=4096, verbose=0)
+    onehot = np.eye(10, dtype="float32")[y]
+    loss = keras.losses.categorical_crossentropy(onehot, probs).numpy().astype("float64")
+    return float(loss.mean()), float((probs.argmax(axis=1) == y).mean())
+
+
+def test_files_follow_the_contract(uneven_run):
+    spec, result = uneven_run
+    out = result.out_dir
+    for name in ("spec.yaml", "history.csv", "decisions.jsonl", "summary.json", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_spec(out / "spec.yaml").model_dump() == spec.model_dump()
+    history = report.read_history(out / "history.csv")
+    assert list(history[0]) == report.HISTORY_COLUMNS
+    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == {"source": spec.data.source, "validation": "holdout",
+                               "n_train": 5006, "n_val": 1001, "n_test": 999}
+    assert summary["workers"] == 2 and summary["epochs_run"] == len(history)
+    for row in report.read_decisions(out / "decisions.jsonl"):
+        assert {"epoch", "rank", "values", "lr_before", "lr_after", "reduced", "stop",
+                "plateau_wait", "stopping_wait"} <= set(row)
+
+
+def test_the_run_exercised_both_callbacks(uneven_run):
+    """Guards the tests below against vacuity: an LR reduction and an early stop happened."""
+    _, result = uneven_run
+    assert result.summary["lr_reductions"], "no LR reduction: the deciding parameters need retuning"
+    assert result.summary["stopped_early"], "no early stop: the deciding parameters need retuning"
+
+
+def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
+    spec, result = uneven_run
+    splits = data_lib.load(spec.data.source, "holdout")
+    assert [len(range(len(splits.x_val))[data_lib.shard(len(splits.x_val), 2, r)]) for r in (0, 1)] == [501, 500]
+    kept = checkpoints(spec)
+    assert sorted(kept) == [r["epoch"] for r in result.history]
+    for epoch, rows in by_epoch(result.decisions).items():
+        model = load_weights(spec, kept[epoch])
+        loss, accuracy = exact_metrics(model, splits.x_val, splits.y_val)
+        # A mean of the two shards' means differs from the global mean on these shards.
+        shard_means = [exact_metrics(model, splits.x_val[s], splits.y_val[s])[1]
+                       for s in (data_lib.shard(1001, 2, 0), data_lib.shard(1001, 2, 1))]
+        for row in rows:
+            assert row["values"]["val_accuracy"] == accuracy  # counts: exact
+            assert row["values"]["val_loss"] == pytest.approx(loss, rel=1e-6)  # float32 sums
+            if np.mean(shard_means) != accuracy:
+                assert row["values"]["val_accuracy"] != np.mean(shard_means)
+
+
+def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
+    _, result = uneven_run
+    epochs = by_epoch(result.decisions)
+    assert sorted(epochs) == [r["epoch"] for r in result.history]
+    for epoch, rows in epochs.items():
+        assert sorted(r["rank"] for r in rows) == [0, 1]
+        first = {k: v for k, v in rows[0].items() if k != "rank"}
+        for row in rows[1:]:
+            assert {k: v for k, v in row.items() if k != "rank"} == first
+    lr_per_rank = {rank: [r["lr_after"] for r in result.decisions if r["rank"] == rank] for rank in (0, 1)}
+    assert lr_per_rank[0] == lr_per_rank[1]
+    stops = [r["epoch"] for r in result.decisions if r["stop"]]
+    assert stops == [result.history[-1]["epoch"]] * 2
+    assert [r["lr"] for r in result.history] == [r["lr_before"] for r in result.decisions if r["rank"] == 0]
+    assert result.summary["ranks_agree"] is True
+
+
+def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_run):
+    spec, result = uneven_run
+    rank0 = [r for r in result.decisions if r["rank"] == 0]
+    lrs, stop_epoch, _ = stock_replay(spec, [r["values"] for r in rank0])
+    assert [r["lr_after"] for r in rank0] == lrs
+    assert result.summary["stop_epoch"] == stop_epoch
+    assert result.summary["lr_reductions"] == [
+        {"epoch": r["epoch"], "lr": r["lr_after"]} for r in rank0 if r["reduced"]]
+
+
+def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run):
+    """The test metric is a sum over both ranks' shards of the final weights: it equals the
+    best epoch's checkpoint on the whole test set only if both ranks restored that epoch."""
+    spec, result = uneven_run
+    rank0 = [r for r in result.decisions if r["rank"] == 0]
+    _, stop_epoch, best_epoch = stock_replay(spec, [r["values"] for r in rank0])
+    splits = data_lib.load(spec.data.source, "holdout")
+    model = load_weights(spec, checkpoints(spec)[best_epoch])
+    test_loss, test_accuracy = exact_metrics(model, splits.x_test, splits.y_test)
+    assert result.summary["test_accuracy"] == test_accuracy
+    assert result.summary["test_loss"] == pytest.approx(test_loss, rel=1e-6)
+    assert best_epoch != stop_epoch  # otherwise restoring would prove nothing
+
+
+def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path):
+    """Rank-local metrics (the naive setup): views differ, yet LR and stop stay common."""
+    spec = make_spec(tmp_path, "debug.rank_local_metrics=true", "training.epochs=6",
+                     "reduce_lr={monitor: val_accuracy, factor: 0.5, patience: 0, min_delta: 0.004}",
+                     "early_stopping={monitor: val_accuracy, patience: 1, min_delta: 0.004}", name="local")
+    result = train.run(spec, echo=lambda line: None)
+    assert result.ok, result.error
+    epochs = by_epoch(result.decisions)
+    assert all(len(rows) == 2 for rows in epochs.values())  # both ranks reported every epoch
+    assert any(rows[0]["values"]["val_accuracy"] != rows[1]["values"]["val_accuracy"] for rows in epochs.values())
+    for rows in epochs.values():
+        assert rows[0]["lr_after"] == rows[1]["lr_after"]
+        assert rows[0]["stop"] == rows[1]["stop"]
+    assert result.summary["ranks_agree"] is False  # the trace shows the views differed
+
+
+def test_local_mode_trains_in_process(tmp_path):
+    spec = make_spec(tmp_path, "scaling.num_workers=0", "training.epochs=2", name="inproc")
+    result = train.run(spec, echo=lambda line: None)
+    assert result.ok, result.error
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert {d["rank"] for d in result.decisions} == {0}
+    assert result.summary["workers"] == 1
+    assert 0.5 < result.summary["test_accuracy"] <= 1.0
+
+
+def plateau(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_spec_typo_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "typo.yaml").write_text("reduce_lr:\n  patiance: 2\n")
+    done = plateau("train", "typo.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "plateau: typo.yaml: reduce_lr.patiance: unknown field; did you mean 'patience'?"]
+    assert not (tmp_path / "results").exists()
+
+
+def test_corrupt_npz_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    done = plateau("train", "--data", "broken.npz", "--epochs", "1", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("plateau: ") and "broken.npz" in lines[0]
+    assert not (tmp_path / "results").exists()
