@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -100,11 +101,13 @@ class _Run:
         self.world = spec.workers
         self._pending: dict = {}
 
-    def resume(self) -> None:
-        """Pick up the files of an interrupted run; reports from the restart replace the rest."""
-        self.history = report.read_history(self.out_dir / "history.csv")
+    def resume(self, epoch: int) -> None:
+        """Keep the interrupted run's rows up to the checkpoint that training resumes from."""
+        if (self.out_dir / "history.csv").exists():
+            self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
         if (self.out_dir / "decisions.jsonl").exists():
-            self.decisions = report.read_decisions(self.out_dir / "decisions.jsonl")
+            self.decisions = [d for d in report.read_decisions(self.out_dir / "decisions.jsonl")
+                              if d["epoch"] <= epoch]
 
     def on_message(self, rank: int, metrics: dict) -> None:
         """One rank's report; an epoch is complete when every rank has sent it."""
@@ -125,9 +128,10 @@ class _Run:
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         self.decisions = [d for d in self.decisions if d["epoch"] < row["epoch"]]
         self.decisions += [m["decision"] for m in per_rank]
-        self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
+        # Files first: whatever the user saw printed is already on disk.
         report.write_history(self.out_dir / "history.csv", self.history)
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
+        self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
 
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
@@ -153,10 +157,10 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
         summary = json.loads((out_dir / "summary.json").read_text())
         return RunResult(True, out_dir, summary=summary)
     run_state = _Run(spec, out_dir, echo)
-    if (out_dir / "history.csv").exists() and Path(storage, spec.name).exists():
-        run_state.resume()
-        echo(f"{spec.name}: resuming after epoch {run_state.history[-1]['epoch'] if run_state.history else 0} "
-             f"from its last checkpoint (use --fresh to start over)")
+    resume_epoch = _last_checkpoint_epoch(Path(storage, spec.name))
+    if resume_epoch:
+        run_state.resume(resume_epoch)
+        echo(f"{spec.name}: resuming after epoch {resume_epoch} from its last checkpoint (use --fresh to start over)")
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(out_dir / "spec.yaml", dump_spec(spec))
     sizes = splits.sizes()
@@ -193,7 +197,7 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
         trainer = TensorflowTrainer(
             train_loop_per_worker,
             train_loop_config={"spec": spec.model_dump(mode="json"), "data": arrays, "steps": steps,
-                               "progress": queue},
+                               "progress": queue, "attempt": uuid.uuid4().hex},
             scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                          resources_per_worker=resources),
             run_config=run_config,
@@ -223,7 +227,7 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     if error is None and getattr(outcome.get("result"), "error", None) is not None:
         error = outcome["result"].error
     if error is not None:
-        message = _failure_line(error, run_state)
+        message = _failure_line(error, run_state, Path(storage, spec.name))
         echo(f"plateau: {message}")
         return RunResult(False, out_dir, error=message, history=run_state.history,
                          decisions=run_state.decisions)
@@ -243,6 +247,16 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     return RunResult(True, out_dir, summary=summary, history=run_state.history, decisions=run_state.decisions)
 
 
+def _last_checkpoint_epoch(run_dir: Path) -> Optional[int]:
+    """The epoch of the checkpoint Ray Train will resume this run from (local storage only)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        return int(latest["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
     """Keep the last `keep` checkpoints, or the best `keep` by the monitored metric."""
     if spec.checkpoint.score == "recency" or spec.monitor is None:
@@ -253,8 +267,8 @@ def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
                             checkpoint_score_order="max" if higher else "min")
 
 
-def _failure_line(error: BaseException, run_state: _Run) -> str:
-    """One line: which rank failed with what, after which epoch, and what was kept."""
+def _failure_line(error: BaseException, run_state: _Run, checkpoints: Path) -> str:
+    """One line: which rank failed with what, after which epoch, and how to resume."""
     last = run_state.history[-1]["epoch"] if run_state.history else 0
     where = ""
     failures = getattr(error, "worker_failures", None)
@@ -263,5 +277,7 @@ def _failure_line(error: BaseException, run_state: _Run) -> str:
         where = f" on rank {rank}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     cause = lines[-1] if lines else type(error).__name__
-    return (f"training failed{where} after epoch {last}: {cause[:300]}; "
-            f"history.csv and decisions.jsonl hold the epochs that finished")
+    resume = (f"the checkpoint of epoch {last} is in {checkpoints}: run the same command again to resume"
+              if last else "no epoch finished, so there is no checkpoint to resume from")
+    return (f"training failed{where} during epoch {last + 1}: {cause[:300]}; {resume} "
+            f"(history.csv and decisions.jsonl keep the finished epochs)")

@@ -76,36 +76,49 @@ def _train_dataset(x, y, *, steps: int, batch: int, stream: int, start_epoch: in
         return images, labels
 
     ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
-    ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    # We shard ourselves (each rank already holds only its slice); TF must not shard again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options)
+    return ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _distribute(strategy, dataset, world_size: int):
+    """Hand each rank's own batches to its replica as they are.
+
+    `experimental_distribute_dataset` (what fit does with a plain dataset) treats a batch as
+    global: it re-batches it across all replicas, so each rank would train on half of its
+    batch and the global batch would silently halve. A dataset from a function is taken as
+    per-replica, and our ranks already hold disjoint shards, so nothing is sharded again.
+    """
+    if world_size <= 1:
+        return dataset
+    return strategy.distribute_datasets_from_function(lambda _context: dataset)
 
 
 def _save_checkpoint(directory: str, model, epoch: int, state: dict, best_weights) -> None:
+    """Weights, Adam's slots and step, the learning rate (not among the optimizer's variables),
+    the epoch, the callbacks' state and EarlyStopping's best weights."""
     arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
     if best_weights is not None:
         arrays.update({f"b{i}": w for i, w in enumerate(best_weights)})
+    arrays["lr"] = np.asarray(keras.backend.get_value(model.optimizer.learning_rate), dtype=np.float32)
     np.savez(os.path.join(directory, WEIGHTS_FILE), **arrays)
     Path(directory, STATE_FILE).write_text(json.dumps({"epoch": epoch, **state}))
 
 
 def _load_checkpoint(directory: str, model):
-    """Restore weights and optimizer state; returns (epoch, callback state, best weights)."""
+    """Restore what `_save_checkpoint` wrote; returns (epoch, callback state, best weights).
+
+    Call inside the strategy's scope: Adam creates its slots lazily, and they must be built
+    as mirrored variables before they can be assigned.
+    """
     state = json.loads(Path(directory, STATE_FILE).read_text())
-    with np.load(os.path.join(directory, WEIGHTS_FILE)) as z:
-        n_w = len(model.get_weights())
-        model.set_weights([z[f"w{i}"] for i in range(n_w)])
-        optimizer_vars = model.optimizer.variables
-        if not optimizer_vars or len(optimizer_vars) < sum(k.startswith("o") for k in z.files):
-            # Adam creates its slots lazily: build them for the model's variables first.
-            model.optimizer.build(model.trainable_variables)
-            optimizer_vars = model.optimizer.variables
-        for i, var in enumerate(optimizer_vars):
-            var.assign(z[f"o{i}"])
-        best = [z[f"b{i}"] for i in range(n_w)] if f"b0" in z.files else None
+    with np.load(os.path.join(directory, WEIGHTS_FILE)) as saved:
+        n_weights = len(model.get_weights())
+        model.set_weights([saved[f"w{i}"] for i in range(n_weights)])
+        model.optimizer.build(model.trainable_variables)
+        for i, variable in enumerate(model.optimizer.variables):
+            variable.assign(saved[f"o{i}"])
+        model.optimizer.learning_rate.assign(saved["lr"])
+        best = [saved[f"b{i}"] for i in range(n_weights)] if "b0" in saved.files else None
     return int(state["epoch"]), state, best
 
 
@@ -118,9 +131,10 @@ class ReportEachEpoch(keras.callbacks.Callback):
     keeps only rank 0's metrics, and its in-process local mode calls no callbacks.
     """
 
-    def __init__(self, rank: int, deciders: sync.DecisionCallbacks, debug, progress=None):
+    def __init__(self, rank: int, deciders: sync.DecisionCallbacks, debug, progress=None, attempt=""):
         super().__init__()
         self.rank, self.deciders, self.debug, self.progress = rank, deciders, debug, progress
+        self.attempt = attempt
 
     def on_epoch_end(self, epoch, logs=None):
         decision = self.deciders.consensus.last
@@ -141,7 +155,7 @@ class ReportEachEpoch(keras.callbacks.Callback):
             ray.train.report(metrics, checkpoint=checkpoint)
         send(self.progress, self.rank, metrics)
         if self.debug.fail_at_epoch == epoch + 1 and self.rank == self.debug.fail_rank:
-            _fail_once(epoch + 1, self.rank)
+            _fail_once(self.attempt, epoch + 1, self.rank)
 
 
 def send(progress, rank: int, metrics: dict) -> None:
@@ -150,10 +164,13 @@ def send(progress, rank: int, metrics: dict) -> None:
         progress.put((rank, metrics))
 
 
-def _fail_once(epoch: int, rank: int) -> None:
-    """Fault injection: hard-kill this worker once (a real crash, not an exception)."""
-    context = ray.train.get_context()
-    marker = Path(tempfile.gettempdir(), f"plateau-fail-{context.get_experiment_name()}-{epoch}-{rank}")
+def _fail_once(attempt: str, epoch: int, rank: int) -> None:
+    """Fault injection: hard-kill this worker process (a real crash, not an exception).
+
+    Once per driver invocation (`attempt`): the restarted worker group passes this epoch again
+    and must not die again.
+    """
+    marker = Path(tempfile.gettempdir(), f"plateau-fail-{attempt}-{epoch}-{rank}")
     if marker.exists():
         return
     marker.write_text("killed")
@@ -164,7 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point.
 
     `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "steps": steps per epoch,
-    "progress": a ray.util.queue.Queue for the driver, or None}.
+    "progress": a ray.util.queue.Queue for the driver, or None, "attempt": an id of the driver
+    invocation}.
     """
     spec = TrainSpec.model_validate(config["spec"])
     context = ray.train.get_context()
@@ -178,21 +196,20 @@ def train_loop_per_worker(config: dict) -> None:
     per_worker_batch = spec.training.batch_size // world
 
     strategy = _make_strategy(world)
+    start_epoch, state, best_weights = 0, {}, None
     with strategy.scope():
         model = build_model(spec.model, seed=spec.training.seed, rank=rank,
                             steps_per_execution=spec.training.steps_per_execution)
-
-    start_epoch, state, best_weights = 0, {}, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start_epoch, state, best_weights = _load_checkpoint(directory, model)
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                start_epoch, state, best_weights = _load_checkpoint(directory, model)
 
     collective = sync.Collective(strategy, world)
     val = sync.ShardEvaluator(model, arrays["x_val"][val_part], arrays["y_val"][val_part])
     deciders = sync.decision_callbacks(spec, collective, rank, val, state, best_weights)
     progress = config.get("progress")
-    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, spec.debug, progress)]
+    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, spec.debug, progress, config.get("attempt", ""))]
 
     stopped = bool(state.get("early_stopping", {}).get("stopped_epoch"))
     if stopped and best_weights is not None:
@@ -203,7 +220,7 @@ def train_loop_per_worker(config: dict) -> None:
             steps=config["steps"], batch=per_worker_batch,
             stream=spec.training.seed * 1009 + rank, start_epoch=start_epoch, epochs=spec.training.epochs,
         )
-        model.fit(dataset, epochs=spec.training.epochs, initial_epoch=start_epoch,
+        model.fit(_distribute(strategy, dataset, world), epochs=spec.training.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=config["steps"], callbacks=callbacks, verbose=0)
 
     # The final model (after any best-weight restore) on the whole test set, globally.
