@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from service.data import DataError
+from service.train import AddressError
 from service.spec import SpecError, SpecWarning, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             return jobs.stop(args.job_id, address)
         if args.command == "jobs":
             return jobs.list_jobs(address)
-    except (SpecError, DataError, BadInput) as exc:
+    except (SpecError, DataError, AddressError, BadInput) as exc:
         print(f"plateau: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

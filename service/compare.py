@@ -443,11 +443,7 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
     ax_lr.grid(alpha=0.3, which="both")
     if title:
         ax_acc.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    report.write_atomic(path, buf.getvalue())
+    report.save_figure(path, fig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,20 @@ def read_decisions(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+TRACE_FILE = "trace-rank{rank}.jsonl"
+
+
+def write_trace(directory, rank: int, trace: list[dict]) -> None:
+    """A rank's reports so far (metrics and decision record per epoch), for its checkpoint."""
+    write_atomic(Path(directory, TRACE_FILE.format(rank=rank)), "".join(json.dumps(m) + "\n" for m in trace))
+
+
+def read_trace(directory, rank: int) -> list[dict]:
+    """What `write_trace` wrote; empty when the checkpoint has none."""
+    path = Path(directory, TRACE_FILE.format(rank=rank))
+    return read_decisions(path) if path.exists() else []
+
+
 def lr_reductions(history: list[dict], decisions: list[dict]) -> list[dict]:
     """[{epoch, lr}]: the epochs at whose end the learning rate went down, and the new rate."""
     return [{"epoch": d["epoch"], "lr": d["lr_after"]} for d in decisions if d["rank"] == 0 and d["reduced"]]
@@ -153,13 +167,20 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
     for i, red in enumerate(reductions):
         for ax in (ax_acc, ax_lr):
             ax.axvline(red["epoch"] + 0.5, color="tab:green", ls="--", lw=1,
-                       label=f"lr reduced" if (i == 0 and ax is ax_acc) else None)
+                       label="lr reduced" if (i == 0 and ax is ax_acc) else None)
     if stop_epoch is not None:
         for ax in (ax_acc, ax_lr):
             ax.axvline(stop_epoch, color="tab:red", lw=1.5, label="early stop" if ax is ax_acc else None)
     ax_acc.legend(loc="lower right")
     if title:
         ax_acc.set_title(title)
+    save_figure(path, fig)
+
+
+def save_figure(path: Path, fig) -> None:
+    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

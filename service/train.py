@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -56,6 +57,27 @@ def cpus_needed(spec: TrainSpec) -> float:
     return max(spec.scaling.num_workers, 1) * spec.scaling.cpus_per_worker + 1
 
 
+class AddressError(ValueError):
+    """The Ray address cannot be used: one line saying why and what to pass instead."""
+
+
+def check_address(address: str) -> None:
+    """Fail fast, before anything starts, on an address Ray would retry for a long time."""
+    if address == "auto":
+        return
+    if "://" in address and not address.startswith("ray://"):
+        raise AddressError(f"--address {address}: give the cluster's GCS address HOST:6379 (or 'auto'); "
+                           f"http://HOST:8265 is the job server, used by 'plateau submit'")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise AddressError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        raise AddressError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+                           f"start the cluster with 'ray start --head' or check the address") from None
+
+
 def start_ray(address: Optional[str], cpus: float, verbose: bool) -> bool:
     """Join `address`, or start an embedded Ray sized for the job. True if we started it.
 
@@ -67,7 +89,10 @@ def start_ray(address: Optional[str], cpus: float, verbose: bool) -> bool:
         return False
     quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError) as exc:
+            raise AddressError(f"--address {address}: cannot join that Ray cluster ({str(exc).splitlines()[0]})") from None
         return True
     ray.init(num_cpus=max(int(cpus + 0.999), os.cpu_count() or 1), include_dashboard=False, **quiet)
     return True
@@ -101,8 +126,21 @@ class _Run:
         self.world = spec.workers
         self._pending: dict = {}
 
-    def resume(self, epoch: int) -> None:
-        """Keep the interrupted run's rows up to the checkpoint that training resumes from."""
+    def resume(self, epoch: int, checkpoint: Optional[Path]) -> None:
+        """Take the interrupted run's rows up to the checkpoint that training resumes from.
+
+        The checkpoint holds every rank's reports up to its epoch (the driver may have died
+        before it saw the last of them); without it (remote storage) the files written so far
+        are what there is.
+        """
+        traces = [report.read_trace(checkpoint, rank) for rank in range(self.world)] if checkpoint else []
+        if traces and all(traces):
+            echo, self.echo = self.echo, lambda line: None
+            for rank, trace in enumerate(traces):
+                for metrics in trace:
+                    self.on_message(rank, metrics)
+            self.echo = echo
+            return
         if (self.out_dir / "history.csv").exists():
             self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
         if (self.out_dir / "decisions.jsonl").exists():
@@ -134,8 +172,13 @@ class _Run:
         self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
 
 
+def say(line: str) -> None:
+    """Print a progress line now, also when stdout is a pipe (tee, a job log, a test)."""
+    print(line, flush=True)
+
+
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
-        echo: Callable[[str], None] = print, callbacks: Sequence = ()) -> RunResult:
+        echo: Callable[[str], None] = say, callbacks: Sequence = ()) -> RunResult:
     """Train `spec`; raises data.DataError for bad data before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -145,6 +188,8 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     the run uses that Ray and leaves it running.
     """
     started = time.perf_counter()
+    if address:
+        check_address(address)
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"))
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size, spec.workers)
 
@@ -157,9 +202,9 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
         summary = json.loads((out_dir / "summary.json").read_text())
         return RunResult(True, out_dir, summary=summary)
     run_state = _Run(spec, out_dir, echo)
-    resume_epoch = _last_checkpoint_epoch(Path(storage, spec.name))
+    resume_epoch, resume_dir = _last_checkpoint(Path(storage, spec.name))
     if resume_epoch:
-        run_state.resume(resume_epoch)
+        run_state.resume(resume_epoch, resume_dir)
         echo(f"{spec.name}: resuming after epoch {resume_epoch} from its last checkpoint (use --fresh to start over)")
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(out_dir / "spec.yaml", dump_spec(spec))
@@ -176,6 +221,11 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     with _quiet_stderr(enabled=not verbose):  # TensorFlow's import banner is noise here
         from service.worker import train_loop_per_worker
 
+    # Ray Train's controller collects reports when it polls its workers (every 2 s by default),
+    # and a worker's next report waits until the previous one was collected: with 1-second
+    # epochs, half of every epoch-to-epoch cycle went waiting. The driver's value of this
+    # variable is handed to the controller.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     we_started = start_ray(address, cpus_needed(spec), verbose)
     try:
         arrays = {k: ray.put(getattr(splits, k)) for k in
@@ -247,14 +297,18 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     return RunResult(True, out_dir, summary=summary, history=run_state.history, decisions=run_state.decisions)
 
 
-def _last_checkpoint_epoch(run_dir: Path) -> Optional[int]:
-    """The epoch of the checkpoint Ray Train will resume this run from (local storage only)."""
+def _last_checkpoint(run_dir: Path) -> tuple[Optional[int], Optional[Path]]:
+    """(epoch, directory) of the checkpoint Ray Train will resume this run from.
+
+    Read from Ray Train's own record of the run; (None, None) when there is none (or the
+    storage is not a local path).
+    """
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     try:
         latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
-        return int(latest["metrics"]["epoch"])
+        return int(latest["metrics"]["epoch"]), run_dir / latest["checkpoint_dir_name"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, None
 
 
 def _checkpoint_config(spec: TrainSpec, CheckpointConfig):

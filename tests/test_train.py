@@ -205,3 +205,18 @@ def test_corrupt_npz_is_one_line_and_exit_2(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("plateau: ") and "broken.npz" in lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_unreachable_or_wrong_address_is_one_line_and_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address, expected in ((f"127.0.0.1:{port}", "nothing answers there"),
+                              ("http://127.0.0.1:8265", "is the job server")):
+        done = plateau("train", "--address", address, "--data", "sample", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "results").exists()
