@@ -135,11 +135,9 @@ class _Run:
         """
         traces = [report.read_trace(checkpoint, rank) for rank in range(self.world)] if checkpoint else []
         if traces and all(traces):
-            echo, self.echo = self.echo, lambda line: None
             for rank, trace in enumerate(traces):
                 for metrics in trace:
-                    self.on_message(rank, metrics)
-            self.echo = echo
+                    self.on_message(rank, metrics, announce=False)
             return
         if (self.out_dir / "history.csv").exists():
             self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
@@ -147,16 +145,16 @@ class _Run:
             self.decisions = [d for d in report.read_decisions(self.out_dir / "decisions.jsonl")
                               if d["epoch"] <= epoch]
 
-    def on_message(self, rank: int, metrics: dict) -> None:
+    def on_message(self, rank: int, metrics: dict, announce: bool = True) -> None:
         """One rank's report; an epoch is complete when every rank has sent it."""
         key = "final" if metrics.get("final") else metrics["epoch"]
         arrived = self._pending.setdefault(key, {})
         arrived[rank] = metrics
         if len(arrived) == self.world:
             del self._pending[key]
-            self.on_report([arrived[r] for r in sorted(arrived)])
+            self.on_report([arrived[r] for r in sorted(arrived)], announce)
 
-    def on_report(self, per_rank: list[dict]) -> None:
+    def on_report(self, per_rank: list[dict], announce: bool = True) -> None:
         head = per_rank[0]
         if head.get("final"):
             self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
@@ -169,7 +167,8 @@ class _Run:
         # Files first: whatever the user saw printed is already on disk.
         report.write_history(self.out_dir / "history.csv", self.history)
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
-        self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
+        if announce:
+            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
 
 
 def say(line: str) -> None:
