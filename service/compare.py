@@ -407,8 +407,9 @@ def _band(histories: list[list[dict]], key: str):
 
 
 def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str = "") -> None:
-    """val_accuracy and the learning rate (log axis) per epoch: per setting the mean over its
-    seeds as a line and the min–max over seeds as a band (later epochs: the seeds that got there)."""
+    """val_accuracy per epoch: per setting the mean over its seeds as a line and the min–max over
+    seeds as a band (later epochs: the seeds that got there); below, each seed's learning rate
+    (log axis) in its setting's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -427,10 +428,12 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
         epochs, mean, lo, hi = _band(histories, "val_accuracy")
         ax_acc.plot(epochs, mean, marker="o", ms=3, color=color, label=f"{label} (n={n})")
         ax_acc.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0)
-        epochs, mean, lo, hi = _band(histories, "lr")
-        log_ok = log_ok and min(lo) > 0
-        ax_lr.step(epochs, mean, where="mid", color=color)
-        ax_lr.fill_between(epochs, lo, hi, step="mid", color=color, alpha=0.15, lw=0)
+        # One schedule per seed: a mean of learning rates that differ by factors of ten (and
+        # over fewer seeds once some have stopped) would draw a schedule no run followed.
+        for history in histories:
+            lrs = [r["lr"] for r in history]
+            log_ok = log_ok and min(lrs) > 0
+            ax_lr.step([r["epoch"] for r in history], lrs, where="mid", color=color, alpha=0.7, lw=1)
     ax_acc.set_ylabel("val_accuracy (mean, min–max band)")
     ax_acc.grid(alpha=0.3)
     if any(curves.values()):
