@@ -112,7 +112,7 @@ def _run_spec(args: argparse.Namespace, kind: str | None) -> int:
         from service import compare
 
         spec = load_spec(args.spec, overrides_from(args, prefix="base."))
-        return compare.run(spec, address=args.address, verbose=args.verbose, fresh=args.fresh)
+        return compare.run(spec, address=_ray_address(args), verbose=args.verbose, fresh=args.fresh)
     spec = load_spec(args.spec, overrides_from(args))
     if spec.kind != "train":
         raise SpecError(f"{args.spec}: kind is {spec.kind!r}; use 'plateau {spec.kind}' or 'plateau run'")

@@ -7,7 +7,7 @@ RunConfig), prints one line per finished trial and a ranked table, and writes OU
 
 - ``comparison.csv``  one row per trial
 - ``comparison.md``   one row per setting: mean ± std over seeds, ranked by mean test accuracy
-- ``comparison.png``  val_accuracy and learning rate per epoch, a line and a band per setting
+- ``comparison.png``  val_accuracy per epoch (a line and a band per setting), each seed's LR
 - ``trials/NAME/``    each trial's train-run folder (spec.yaml, history.csv, summary.json, ...)
 - ``tune/``           Ray Tune's own bookkeeping
 
@@ -487,8 +487,6 @@ def run_trial(config: dict) -> dict:
     except Exception as exc:  # a trial's failure is its row, not the study's end
         return {"status": "failed", "error": _first_line(exc), METRIC: float("nan")}
     history = result.history
-    if not history and (result.out_dir / "history.csv").exists():  # a trial finished earlier
-        history = report.read_history(result.out_dir / "history.csv")
     if not result.ok:
         return {"status": "failed", "error": result.error, "history": history, METRIC: float("nan")}
     summary = result.summary
@@ -600,7 +598,6 @@ def _run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: 
 
     from service import train
 
-    address = address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver joins its cluster
     per_trial = max(1 + t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)
     cpus = max(os.cpu_count() or 1, math.ceil(spec.max_concurrent_trials * per_trial))
     by_name = {t.name: t for t in trials}
@@ -670,9 +667,14 @@ def _finished(trial: Trial) -> tuple:
 def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Callable[[str], None] = print) -> int:
     """Run the study; 0 when it completed (some trials may have failed), 1 when it failed or
-    no trial finished. Raises SpecError (bad grid) and DataError (bad data) before anything starts.
+    no trial finished. Raises SpecError (bad grid), DataError (bad data) and train.AddressError
+    (an address nothing answers at) before anything starts.
     """
     started = time.perf_counter()
+    if address:
+        from service.train import check_address
+
+        check_address(address)
     study_dir = (Path(spec.output) / spec.name).resolve()
     trials = expand(spec, study_dir / "trials")
     settings = list({t.setting.index: t.setting for t in trials}.values())
@@ -700,8 +702,6 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     for t in trials:
         status, summary, error, history = outcomes.get(t.name, ("failed", None, "no result from Tune", []))
         folder = Path(t.spec.output) / t.name
-        if status == "ok" and not history and (folder / "history.csv").exists():
-            history = report.read_history(folder / "history.csv")
         row = trial_row(t, status, summary, error)
         if status != "ok" and (folder / "history.csv").exists():  # what it trained before it ended
             partial = report.read_history(folder / "history.csv")

@@ -198,8 +198,9 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
         shutil.rmtree(out_dir)
     if (out_dir / "summary.json").exists():
         echo(f"{spec.name} already finished: see {out_dir / 'summary.json'} (use --fresh to train it again)")
-        summary = json.loads((out_dir / "summary.json").read_text())
-        return RunResult(True, out_dir, summary=summary)
+        return RunResult(True, out_dir, summary=json.loads((out_dir / "summary.json").read_text()),
+                         history=report.read_history(out_dir / "history.csv"),
+                         decisions=report.read_decisions(out_dir / "decisions.jsonl"))
     run_state = _Run(spec, out_dir, echo)
     resume_epoch, resume_dir = _last_checkpoint(Path(storage, spec.name))
     if resume_epoch:

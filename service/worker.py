@@ -32,7 +32,6 @@ STATE_FILE = "state.json"
 WEIGHTS_FILE = "weights.npz"
 
 
-
 def _configure_threads(cpus: float) -> None:
     """One TF thread pool sized to the CPUs Ray gave this worker.
 

@@ -355,3 +355,17 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 already finished" in again.stdout
     assert list(csv.DictReader((root / "comparison.csv").open())) == rows
+
+
+def test_an_address_nothing_answers_at_is_refused_before_anything_starts(tmp_path):
+    import socket
+
+    from service.train import AddressError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = study({"reduce_lr.factor": [0.1, 0.5]}, output=str(tmp_path))
+    with pytest.raises(AddressError, match="nothing answers there"):
+        compare.run(spec, address=f"127.0.0.1:{port}", echo=lambda line: None)
+    assert not (tmp_path / spec.name).exists()
