@@ -1,24 +1,36 @@
 """`plateau ...`: the command line. It owns argv and the environment; everything below gets data.
 
-Exit codes: 0 success, 1 the run failed, 2 bad input found before anything started.
+Exit codes (`service.errors`): 0 success, 1 the run failed, 2 bad input found before anything
+started (any `BadInput`: a spec, data, an address, a job server).
+
+What it reads from the environment, and hands down as parameters:
+
+* RAY_ADDRESS: the cluster `train`/`compare`/`run` join without --address (Ray sets it for job
+  drivers); RAY_API_SERVER_ADDRESS, else RAY_ADDRESS: the job server of `submit`, `status`, ...
+* RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token (none with RAY_AUTH_MODE=disabled):
+  the token sent to the job server.
+* PLATEAU_JOB_PYTHON: the interpreter a submitted job runs on the cluster.
+* KERAS_HOME: where full MNIST is cached (KERAS_HOME/datasets, as Keras does).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
+from typing import Iterator, Optional
 
-from service.data import DataError
-from service.train import AddressError
-from service.spec import SpecError, SpecWarning, load_spec
+from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput
+from service.spec import SpecError, SpecWarning, load_spec, read_yaml
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+JOB_PYTHON_VAR = "PLATEAU_JOB_PYTHON"
 
 
-class BadInput(Exception):
-    """Raised by any layer for input that is wrong before anything started (exit 2)."""
+# ---------------------------------------------------------------------------------------------
+# Arguments
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -33,20 +45,18 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override any spec field, e.g. --set reduce_lr.patience=2 (repeatable)")
 
 
-def overrides_from(args: argparse.Namespace, prefix: str = "") -> list[str]:
-    """The CLI's shorthand flags as `--set` overrides (a compare spec applies them to its base)."""
+# Shorthand flags and the spec field each sets (a compare spec applies them to its base).
+SHORTHANDS = {"data": "data.source", "workers": "scaling.num_workers", "epochs": "training.epochs",
+              "gpu": "scaling.use_gpu", "output": "output", "name": "name"}
+
+
+def overrides_from(args: argparse.Namespace) -> list[str]:
+    """The shorthand flags as `--set` overrides, then the `--set`s themselves."""
     out: list[str] = []
-    flags = {"data": "data.source", "workers": "scaling.num_workers", "epochs": "training.epochs",
-             "gpu": "scaling.use_gpu"}
-    for attr, key in flags.items():
+    for attr, key in SHORTHANDS.items():
         value = getattr(args, attr, None)
         if value is not None:
-            out.append(f"{prefix}{key}={str(value).lower() if isinstance(value, bool) else value}")
-    # name and output belong to the top-level spec (the study for compare).
-    for attr in ("output", "name"):
-        value = getattr(args, attr, None)
-        if value is not None:
-            out.append(f"{attr}={value}")
+            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     return out + list(args.overrides or [])
 
 
@@ -59,20 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow and Ray logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one spec (default: the seed's model)")
-    p.add_argument("spec", nargs="?", help="train spec YAML")
-    p.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: embedded local Ray)")
-    _add_overrides(p)
-
-    p = sub.add_parser("compare", help="run a Ray Tune comparison of callback settings")
-    p.add_argument("spec", help="compare spec YAML")
-    p.add_argument("--address", help="Ray cluster to join (default: embedded local Ray)")
-    _add_overrides(p)
-
-    p = sub.add_parser("run", help="run a spec of either kind (the entrypoint jobs use)")
-    p.add_argument("spec", help="spec YAML")
-    p.add_argument("--address", help="Ray cluster to join (default: embedded local Ray, or the job's cluster)")
-    _add_overrides(p)
+    for name, helptext, spec_help in (
+        ("train", "train one spec (default: the seed's model)", "train spec YAML"),
+        ("compare", "run a Ray Tune comparison of callback settings", "compare spec YAML"),
+        ("run", "run a spec of either kind (the entrypoint jobs use)", "spec YAML"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("spec", nargs="?" if name == "train" else None, help=spec_help)
+        p.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: embedded local Ray)")
+        _add_overrides(p)
 
     p = sub.add_parser("submit", help="submit a spec as a Ray job to a cluster")
     p.add_argument("spec", help="spec YAML")
@@ -95,35 +100,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ray_address(args: argparse.Namespace) -> str | None:
-    """Where `train`/`run` find Ray: --address, else the cluster a Ray job runs in (Ray sets
-    RAY_ADDRESS for job drivers), else None = start an embedded Ray."""
-    return args.address or os.environ.get("RAY_ADDRESS")
+# ---------------------------------------------------------------------------------------------
+# The environment
 
 
-def _job_address(args: argparse.Namespace) -> str | None:
-    return args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+def data_cache_dir() -> Optional[Path]:
+    """Where Keras keeps datasets: KERAS_HOME/datasets when set (None: Keras's default)."""
+    keras_home = os.environ.get("KERAS_HOME")
+    return Path(keras_home).expanduser() / "datasets" if keras_home else None
 
 
-def _run_spec(args: argparse.Namespace, kind: str | None) -> int:
-    from service import train
+def job_server_token() -> Optional[str]:
+    """The token Ray 2.60's token auth expects, from where Ray's own tools look for it."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    candidates = [Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()] if os.environ.get("RAY_AUTH_TOKEN_PATH") else []
+    candidates.append(Path.home() / ".ray" / "auth_token")
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            token = path.read_text().strip()
+            if token:
+                return token
+    return None
 
-    if kind == "compare" or (kind is None and _spec_kind(args.spec) == "compare"):
-        from service import compare
 
-        spec = load_spec(args.spec, overrides_from(args, prefix="base."))
-        return compare.run(spec, address=_ray_address(args), verbose=args.verbose, fresh=args.fresh)
-    spec = load_spec(args.spec, overrides_from(args))
-    if spec.kind != "train":
-        raise SpecError(f"{args.spec}: kind is {spec.kind!r}; use 'plateau {spec.kind}' or 'plateau run'")
-    result = train.run(spec, address=_ray_address(args), verbose=args.verbose, fresh=args.fresh)
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def _spec_kind(path: str) -> str:
-    from service.spec import read_yaml
-
-    return str(read_yaml(path).get("kind", "train"))
+@contextlib.contextmanager
+def _without_ray_address_variables() -> Iterator[None]:
+    """Ray's job client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is
+    given; the address here is already chosen (--address first), so hide them meanwhile."""
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _quiet_warnings() -> None:
@@ -138,6 +150,48 @@ def _quiet_warnings() -> None:
     warnings.formatwarning = short
 
 
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _run_spec(args: argparse.Namespace, kind: Optional[str]) -> int:
+    """train, compare, or run (either, by the spec's `kind`), on the cluster or an embedded Ray."""
+    if kind is None:
+        kind = str(read_yaml(args.spec).get("kind", "train"))
+    spec = load_spec(args.spec, overrides_from(args))
+    if spec.kind != kind:
+        raise SpecError(f"{args.spec}: kind is {spec.kind!r}; use 'plateau {spec.kind}' or 'plateau run'")
+    # Ray sets RAY_ADDRESS for a job's driver: a job joins the cluster it runs on.
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if kind == "compare":
+        from service import compare
+
+        return compare.run(spec, address=address, verbose=args.verbose, fresh=args.fresh,
+                           data_cache=data_cache_dir())
+    from service import train
+
+    result = train.run(spec, address=address, verbose=args.verbose, fresh=args.fresh, data_cache=data_cache_dir())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    from service import jobs
+
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    token = job_server_token()
+    with _without_ray_address_variables():
+        if args.command == "submit":
+            return jobs.submit(args.spec, address, overrides_from(args), wait=args.wait, follow=args.follow,
+                               token=token, python=os.environ.get(JOB_PYTHON_VAR) or jobs.DEFAULT_PYTHON)
+        if args.command == "status":
+            return jobs.status(args.job_id, address, token)
+        if args.command == "logs":
+            return jobs.logs(args.job_id, address, follow=args.follow, token=token)
+        if args.command == "stop":
+            return jobs.stop(args.job_id, address, token)
+        return jobs.list_jobs(address, token)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_warnings()
@@ -145,33 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         # Set before TensorFlow is first imported (the driver imports it through Ray Train).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        if args.command == "train":
-            return _run_spec(args, "train")
-        if args.command == "compare":
-            return _run_spec(args, "compare")
-        if args.command == "run":
-            return _run_spec(args, None)
-
-        from service import jobs
-
-        address = _job_address(args)
-        if args.command == "submit":
-            return jobs.submit(args.spec, address, overrides_from(args), wait=args.wait, follow=args.follow)
-        if args.command == "status":
-            return jobs.status(args.job_id, address)
-        if args.command == "logs":
-            return jobs.logs(args.job_id, address, follow=args.follow)
-        if args.command == "stop":
-            return jobs.stop(args.job_id, address)
-        if args.command == "jobs":
-            return jobs.list_jobs(address)
-    except (SpecError, DataError, AddressError, BadInput) as exc:
+        if args.command in ("train", "compare", "run"):
+            return _run_spec(args, None if args.command == "run" else args.command)
+        return _job_command(args)
+    except BadInput as exc:
         print(f"plateau: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("plateau: interrupted", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_FAILED
 
 
 if __name__ == "__main__":

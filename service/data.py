@@ -14,13 +14,15 @@ Sources:
   that everything runs offline.
 * ``"auto"``   -- full MNIST when it can be had, else the sample with a loud warning.
 * a ``.npz`` path (or any existing file) in the Keras layout: x_train, y_train, x_test, y_test.
-* a Parquet directory or URI with ``train`` and ``test`` parts, read with Ray Data.
+* a Parquet directory or URI with ``train`` and ``test`` parts, read with pyarrow (local paths
+  and any URI ``pyarrow.fs`` understands: s3://, gs://, hdfs://, file://).
 
 Every problem with the data becomes one `DataError` line that says what is wrong and how to
 fix it, raised here on the driver before any worker starts.
 
-Why no TensorFlow here: this module runs on the driver, where importing TensorFlow costs seconds
-and is not needed to read arrays. Ray is imported only when a Parquet source is read.
+Why no TensorFlow or Ray here: this module runs on the driver before Ray starts, where importing
+TensorFlow costs seconds and is not needed to read arrays; a Ray started here to read files
+would be a local one even when the run then joins a cluster.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Union
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
+
+from service.errors import BadInput, first_line
 
 # Keras's own download location and checksum for mnist.npz, so a file fetched here is the same
 # file `keras.datasets.mnist.load_data()` would have fetched, and each can use the other's cache.
@@ -57,7 +60,7 @@ VALIDATIONS = ("holdout", "test")
 ALTERNATIVES = "use --data sample for the bundled 10,000-image sample, or --data PATH/TO/mnist.npz"
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """One line: what is wrong with the data and how to fix it."""
 
 
@@ -98,7 +101,11 @@ def _print_warning(message: str) -> None:
 
 
 def load(
-    source: str = "auto", validation: str = "holdout", *, warn: Callable[[str], object] = _print_warning
+    source: str = "auto",
+    validation: str = "holdout",
+    *,
+    warn: Callable[[str], object] = _print_warning,
+    cache_dir: Optional[Path] = None,
 ) -> MnistSplits:
     """Read, check and split MNIST from `source` (see the module docstring for the choices).
 
@@ -108,15 +115,16 @@ def load(
 
     `warn` receives the one-line warning when "auto" falls back to the sample, without a
     "WARNING:" prefix so that the caller can present it its own way; by default it is printed
-    to stderr with that prefix.
+    to stderr with that prefix. `cache_dir` is where full MNIST is looked for and downloaded to
+    (default: Keras's own, ~/.keras/datasets).
     """
     if validation not in VALIDATIONS:
         raise DataError(f"validation must be 'holdout' or 'test', got {validation!r}")
-    arrays, used = _read_source(source, warn)
+    arrays, used = _read_source(source, warn, Path(cache_dir) if cache_dir else default_cache_dir())
     return _split(arrays, used, validation)
 
 
-def _read_source(source: str, warn: Callable[[str], object]) -> tuple[dict[str, np.ndarray], str]:
+def _read_source(source: str, warn: Callable[[str], object], cache_dir: Path) -> tuple[dict[str, np.ndarray], str]:
     """Dispatch on `source`; return the checked Keras-layout arrays and the name to record."""
     if not isinstance(source, str) or not source.strip():
         raise DataError(
@@ -126,7 +134,7 @@ def _read_source(source: str, warn: Callable[[str], object]) -> tuple[dict[str, 
     if source == "sample":
         return _read_sample(), "sample"
     if source in ("mnist", "auto"):
-        path, reason = _find_mnist()
+        path, reason = _find_mnist(cache_dir)
         if path is not None:
             return _read_npz(path), "mnist"
         if source == "mnist":
@@ -135,7 +143,7 @@ def _read_source(source: str, warn: Callable[[str], object]) -> tuple[dict[str, 
         warn(
             f"full MNIST could not be downloaded ({reason}); this run uses the bundled "
             "10,000-image sample. For full data pass --data PATH/TO/mnist.npz "
-            f"or put mnist.npz in {keras_cache_dir()}"
+            f"or put mnist.npz in {cache_dir}"
         )
         return _read_sample(), "sample"
     if "://" in source:
@@ -224,12 +232,9 @@ def steps_per_epoch(n_train: int, global_batch: int, num_workers: int) -> int:
 # The bundled sample and full MNIST
 
 
-def keras_cache_dir() -> Path:
-    """Where Keras keeps downloaded datasets: $KERAS_HOME/datasets, else ~/.keras/datasets."""
-    keras_home = os.environ.get("KERAS_HOME")
-    if keras_home:
-        return Path(keras_home).expanduser() / "datasets"
-    return Path(os.path.expanduser("~/.keras/datasets"))
+def default_cache_dir() -> Path:
+    """Where Keras keeps downloaded datasets when KERAS_HOME is not set (the CLI reads that)."""
+    return Path.home() / ".keras" / "datasets"
 
 
 def _read_sample() -> dict[str, np.ndarray]:
@@ -244,16 +249,16 @@ def _read_sample() -> dict[str, np.ndarray]:
         return _read_npz(path)
 
 
-def _find_mnist() -> tuple[Path | None, str]:
+def _find_mnist(cache_dir: Path) -> tuple[Path | None, str]:
     """Full MNIST in the Keras cache, downloaded there if not cached yet; else (None, why not)."""
-    path = keras_cache_dir() / "mnist.npz"
+    path = cache_dir / "mnist.npz"
     if path.is_file():
         return path, ""
     try:
         _download_mnist(path)
     except Exception as exc:  # any failure on the network boundary means "not available"
         # URLError's str() wraps the reason in "<urlopen error ...>"; the reason alone reads better.
-        return None, str(getattr(exc, "reason", "") or _first_line(exc))
+        return None, str(getattr(exc, "reason", "") or first_line(exc))
     return path, ""
 
 
@@ -313,7 +318,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: {key} holds Python objects, not a numeric array; save numeric arrays with np.savez"
             ) from exc
         raise DataError(
-            f"{path}: damaged .npz archive, {key} is unreadable ({_first_line(exc)}); "
+            f"{path}: damaged .npz archive, {key} is unreadable ({first_line(exc)}); "
             "re-create or re-download it"
         ) from exc
     return _check(arrays, str(path))
@@ -383,39 +388,26 @@ def _whole_numbers_in(a: np.ndarray, lo: int, hi: int, name: str, what: str, fra
         raise DataError(f"{name} has values {amin:g}..{amax:g}; expected {what} {lo}..{hi}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # --------------------------------------------------------------------------------------------
-# Parquet: read with Ray Data, written with pyarrow
+# Parquet: read and written with pyarrow
 
 
 def _read_parquet(root: str) -> dict[str, np.ndarray]:
     """Read a Parquet dataset with `train` and `test` parts, each with `image` and `label`.
 
-    Ray Data reads it so that the same code works for a local directory and for any URI Ray
-    can reach (s3://, gs://, hdfs://, ...). If Ray is not running yet, ray.data starts a local
-    instance; we shut that one down again afterwards, so that the trainer can start Ray with
-    its own settings. A Ray the caller started is left running.
+    pyarrow reads a local directory and any URI its filesystems know (s3://, gs://, hdfs://,
+    file://) in file order and row order, which the holdout split relies on (it takes the LAST
+    sixth).
     """
-    import ray  # lazily: importing Ray costs seconds and only Parquet sources need it
-
-    parts = _parquet_parts(root)
-    started_here = not ray.is_initialized()
-    try:
-        arrays = {}
-        for split, location in parts.items():
-            arrays[f"x_{split}"], arrays[f"y_{split}"] = _read_parquet_part(location, f"{root}: {split}")
-    finally:
-        if started_here and ray.is_initialized():
-            ray.shutdown()
+    fs, parts = _parquet_parts(root)
+    arrays = {}
+    for split, location in parts.items():
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = _read_parquet_part(fs, location, f"{root}: {split}")
     return _check(arrays, root)
 
 
-def _parquet_parts(root: str) -> dict[str, str]:
-    """Find `train/` or `train.parquet` and `test/` or `test.parquet` under `root`."""
+def _parquet_parts(root: str):
+    """(filesystem, {split: path}) for `train/` or `train.parquet` and `test/` or `test.parquet`."""
     import pyarrow.fs as pafs
 
     try:
@@ -428,11 +420,10 @@ def _parquet_parts(root: str) -> dict[str, str]:
         for split in ("train", "test"):
             for name in (split, f"{split}.parquet"):
                 if fs.get_file_info(f"{base}/{name}").type in (pafs.FileType.Directory, pafs.FileType.File):
-                    # Hand Ray the user's own spelling, so that it resolves the URI scheme itself.
-                    parts[split] = f"{root.rstrip('/')}/{name}" if "://" in root else f"{base}/{name}"
+                    parts[split] = f"{base}/{name}"
                     break
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
-        raise DataError(f"{root}: cannot open ({_first_line(exc)})") from exc
+        raise DataError(f"{root}: cannot open ({first_line(exc)})") from exc
     missing = [s for s in ("train", "test") if s not in parts]
     if missing:
         wanted = " and ".join(f"{s}/ or {s}.parquet" for s in missing)
@@ -440,42 +431,24 @@ def _parquet_parts(root: str) -> dict[str, str]:
             f"{root}: no {wanted}; a Parquet data source needs train and test parts "
             "with columns image and label"
         )
-    return parts
+    return fs, parts
 
 
-@contextmanager
-def _ordered_quiet_ray_data() -> Iterator[None]:
-    """Make Ray Data keep row order (the holdout split takes the LAST sixth) and skip progress bars."""
-    import ray.data
+def _read_parquet_part(fs, location: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.dataset as pads
 
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
-    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
     try:
-        yield
-    finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-
-
-def _read_parquet_part(location: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    import ray.data
-
-    with _ordered_quiet_ray_data():
-        try:
-            ds = ray.data.read_parquet(location)
-            names = ds.schema().names
-            missing = [c for c in ("image", "label") if c not in names]
-            if missing:
-                found = ", ".join(names) or "none"
-                raise DataError(
-                    f"{where}: missing column {', '.join(missing)} (found {found}); expected image and label"
-                )
-            ds = ds.select_columns(["image", "label"])
-            batches = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
-        except DataError:
-            raise
-        except Exception as exc:  # Ray wraps reader errors in its own types; report the first line
-            raise DataError(f"{where}: cannot read as Parquet ({_first_line(exc)})") from exc
+        dataset = pads.dataset(location, format="parquet", filesystem=fs)
+        names = dataset.schema.names
+        missing = [c for c in ("image", "label") if c not in names]
+        if missing:
+            found = ", ".join(names) or "none"
+            raise DataError(f"{where}: missing column {', '.join(missing)} (found {found}); expected image and label")
+        batches = [b for b in dataset.to_batches(columns=["image", "label"]) if b.num_rows]
+    except DataError:
+        raise
+    except Exception as exc:  # ArrowInvalid, OSError: one line, never a traceback
+        raise DataError(f"{where}: cannot read as Parquet ({first_line(exc)})") from exc
     if not batches:
         return np.zeros((0, PIXELS), np.uint8), np.zeros((0,), np.uint8)
     # One numpy conversion per batch, then concatenate: this also tolerates files whose integer
@@ -509,7 +482,7 @@ def _image_column(column, where: str) -> np.ndarray:
         try:
             return np.asarray(arr.to_numpy(zero_copy_only=False))
         except Exception as exc:
-            raise DataError(f"{where}: image column of type {t} is unreadable ({_first_line(exc)})") from exc
+            raise DataError(f"{where}: image column of type {t} is unreadable ({first_line(exc)})") from exc
     raise DataError(
         f"{where}: image column has type {t}; expected a list of 784 ints 0..255 or 784 bytes per row"
     )

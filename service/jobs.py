@@ -16,8 +16,8 @@ Choices, and why:
   Results, caches, virtualenvs, `.git` and `*.egg-info` are not uploaded.
 - The interpreter is `python`, looked up on the cluster's PATH when the job starts: on the
   Ray docker image (cluster.yaml) that is the image's Python, where the setup commands
-  installed the project's dependencies. Set `PLATEAU_JOB_PYTHON` (on the submitting side) to
-  an interpreter path on the cluster when its `python` is not the one with the project's
+  installed the project's dependencies. The CLI passes another one (`PLATEAU_JOB_PYTHON` on
+  the submitting side) when the cluster's `python` is not the one with the project's
   dependencies (e.g. a local head started from a virtualenv that is not on PATH).
 - `entrypoint_num_cpus=0`: the driver only waits on Ray Train, so it reserves no CPU; a
   2-CPU head still fits two 1-CPU training workers. Without entrypoint resources Ray runs the
@@ -26,9 +26,9 @@ Choices, and why:
 - submission id `plateau-NAME-YYYYmmdd-HHMMSS` (a `-2`, `-3`... suffix if that one is taken);
   metadata {product: plateau, spec, kind, spec_file, user}. `plateau jobs` lists only jobs
   whose id starts with `plateau-` or whose metadata says product plateau.
-- Token auth (Ray 2.60): the token comes from RAY_AUTH_TOKEN, else the file named by
-  RAY_AUTH_TOKEN_PATH, else `~/.ray/auth_token`, and is sent whenever one is found (unless
-  RAY_AUTH_MODE=disabled); a cluster without token auth ignores it.
+- Token auth (Ray 2.60): the CLI finds the token (RAY_AUTH_TOKEN, else the file named by
+  RAY_AUTH_TOKEN_PATH, else `~/.ray/auth_token`; none with RAY_AUTH_MODE=disabled) and it is
+  sent whenever there is one; a cluster without token auth ignores it.
 - Every request has a short connection timeout, so an unreachable address fails in seconds.
 
 Every function returns the process exit code: 0 ok, 1 the job failed (FAILED or STOPPED),
@@ -43,22 +43,21 @@ import contextlib
 import functools
 import getpass
 import logging
-import os
 import re
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
-from service.spec import CompareSpec, SpecError, load_spec, read_yaml
+from ray.job_submission import JobSubmissionClient
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
+from service.spec import load_spec
 
 JOB_PREFIX = "plateau-"
 PRODUCT = "plateau"
-PYTHON_ENV = "PLATEAU_JOB_PYTHON"
 DEFAULT_PYTHON = "python"
 ENTRYPOINT_NUM_CPUS = 0
 
@@ -81,17 +80,12 @@ TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (print it on the head w
               "or save it in ~/.ray/auth_token")
 
 
-class JobError(Exception):
+class JobError(BadInput):
     """Bad input found before or while talking to the job server (exit 2), as one line."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Plumbing
-
-
-def _one_line(text: Any, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _command(fn: Callable[..., int]) -> Callable[..., int]:
@@ -101,8 +95,8 @@ def _command(fn: Callable[..., int]) -> Callable[..., int]:
     def wrapper(*args: Any, **kwargs: Any) -> int:
         try:
             return fn(*args, **kwargs)
-        except (JobError, SpecError) as exc:
-            print(f"plateau: {_one_line(exc, 1000)}", file=sys.stderr)
+        except BadInput as exc:
+            print(f"plateau: {one_line(exc, 1000)}", file=sys.stderr)
             return EXIT_BAD_INPUT
 
     return wrapper
@@ -118,8 +112,8 @@ def _suggest(address: str) -> str:
     return f"; did you mean --address http://{host}:{port}?"
 
 
-def check_address(address: str | None) -> str:
-    """The job server URL, or a JobError saying what to pass instead."""
+def check_job_server_address(address: str | None) -> str:
+    """The job server's URL (http://HOST:8265), or a JobError saying what to pass instead."""
     if not address or not address.strip():
         raise JobError(f"no cluster address; {ADDRESS_HINT} or set RAY_API_SERVER_ADDRESS")
     address = address.strip()
@@ -138,35 +132,6 @@ def check_address(address: str | None) -> str:
     return address.rstrip("/")
 
 
-def _auth_token() -> str | None:
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return None
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if token:
-        return token
-    candidates = []
-    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        candidates.append(Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser())
-    candidates.append(Path.home() / ".ray" / "auth_token")
-    for path in candidates:
-        with contextlib.suppress(OSError):
-            token = path.read_text().strip()
-            if token:
-                return token
-    return None
-
-
-@contextlib.contextmanager
-def _without_address_env() -> Iterator[None]:
-    # Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is given;
-    # the CLI already chose (--address first), so hide them while the client is built.
-    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def _quiet_ray_logs() -> None:
     """Ray's client logs its uploads and websocket closes at INFO; we print our own lines.
 
@@ -182,7 +147,7 @@ def _http_error(exc: Exception, address: str, job_id: str | None = None) -> JobE
     """Map what Ray's client raises to one actionable line."""
     import requests
 
-    text = _one_line(exc)
+    text = one_line(exc)
     if type(exc).__name__ == "AuthenticationError" or "Authentication" in text[:40]:
         if "failed" in text.lower() or "403" in text or "invalid" in text.lower():
             return JobError(f"the cluster at {address} refused the token; {TOKEN_HINT}")
@@ -198,35 +163,41 @@ def _http_error(exc: Exception, address: str, job_id: str | None = None) -> JobE
     return JobError(f"the job server at {address} failed: {text}")
 
 
-def connect(address: str | None):
-    """A JobSubmissionClient for `address`, checked to answer, with short timeouts."""
-    address = check_address(address)
-    from ray.job_submission import JobSubmissionClient
+class _TimelyClient(JobSubmissionClient):
+    """Ray's client with a short connection timeout on every request: an unreachable address
+    fails in seconds instead of hanging."""
 
-    _quiet_ray_logs()
-
-    class _Client(JobSubmissionClient):
-        def _do_request(self, method, endpoint, **kwargs):  # noqa: ANN001 - Ray's signature
-            read = UPLOAD_READ_TIMEOUT_S if method.upper() in ("PUT", "POST") else READ_TIMEOUT_S
-            kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, read))
-            return super()._do_request(method, endpoint, **kwargs)
-
-    token = _auth_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    try:
-        with _without_address_env():
-            client = _Client(address, headers=headers)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
-        raise _http_error(exc, address) from None
-    client._plateau_address = address  # for messages
-    return client
+    def _do_request(self, method, endpoint, **kwargs):  # noqa: ANN001 - Ray's signature
+        read = UPLOAD_READ_TIMEOUT_S if method.upper() in ("PUT", "POST") else READ_TIMEOUT_S
+        kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, read))
+        return super()._do_request(method, endpoint, **kwargs)
 
 
-def _call(client, fn: Callable[..., Any], *args: Any, job_id: str | None = None) -> Any:
-    try:
-        return fn(*args)
-    except Exception as exc:  # noqa: BLE001
-        raise _http_error(exc, client._plateau_address, job_id) from None
+class JobServer:
+    """A cluster's job server: Ray's JobSubmissionClient with short timeouts, and the address it
+    was reached at (for messages)."""
+
+    def __init__(self, client, address: str):
+        self.client, self.address = client, address
+
+    @classmethod
+    def connect(cls, address: str | None, token: Optional[str] = None) -> "JobServer":
+        """Reach the job server at `address` (checked first), sending `token` if there is one."""
+        address = check_job_server_address(address)
+        _quiet_ray_logs()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            client = _TimelyClient(address, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+            raise _http_error(exc, address) from None
+        return cls(client, address)
+
+    def call(self, fn: Callable[..., Any], *args: Any, job_id: str | None = None) -> Any:
+        """`fn(*args)` on the client, any failure as one JobError line."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            raise _http_error(exc, self.address, job_id) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,33 +217,19 @@ def find_project_root(spec_path: str | Path) -> Path:
     )
 
 
-def _job_overrides(spec_path: str, overrides: list[str]) -> list[str]:
-    """Overrides as the job's `plateau run` reads them.
-
-    For a compare spec, shorthand flags (--data, --workers...) arrive as train-spec keys
-    (`data.source=...`); `plateau run` would prefix them with `base.`, so do the same here,
-    keeping the study's own keys (name, output, grid...) as they are.
-    """
-    if str(read_yaml(spec_path).get("kind", "train")) != "compare":
-        return list(overrides)
-    out = []
-    for text in overrides:
-        head = text.partition("=")[0].strip().split(".")[0]
-        out.append(text if head in CompareSpec.model_fields else f"base.{text}")
-    return out
-
-
 def _user() -> str:
     try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        return os.environ.get("USER", "unknown")
+        return getpass.getuser()  # LOGNAME / USER, else the password database
+    except Exception:  # noqa: BLE001 - no passwd entry and no variable, in some containers
+        return "unknown"
 
 
-def build_submission(spec_path: str, overrides: list[str]) -> dict[str, Any]:
-    """Everything `submit` sends, computed and checked locally (no cluster needed)."""
-    job_overrides = _job_overrides(spec_path, overrides)
-    spec = load_spec(spec_path, job_overrides)  # SpecError -> exit 2, nothing submitted
+def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT_PYTHON) -> dict[str, Any]:
+    """Everything `submit` sends, computed and checked locally (no cluster needed).
+
+    `python` is the interpreter the job runs on the cluster.
+    """
+    spec = load_spec(spec_path, overrides)  # SpecError -> exit 2, nothing submitted
     root = find_project_root(spec_path)
     resolved = Path(spec_path).resolve()
     try:
@@ -282,10 +239,9 @@ def build_submission(spec_path: str, overrides: list[str]) -> dict[str, Any]:
             f"spec {spec_path!r} is outside the project directory {root.name}/ that is uploaded as "
             "the job's working dir; move or copy it into the project (e.g. jobs/)"
         ) from None
-    python = os.environ.get(PYTHON_ENV) or DEFAULT_PYTHON
     # `--address auto` joins the cluster the job runs on (Ray sets RAY_ADDRESS for job drivers).
     parts = [python, "-m", "service.cli", "run", rel.as_posix(), "--address", "auto"]
-    for text in job_overrides:
+    for text in overrides:
         parts += ["--set", text]
     excludes = list(EXCLUDES)
     output = Path(spec.output)
@@ -315,14 +271,15 @@ def submission_id(name: str, now: float | None = None) -> str:
 
 
 @_command
-def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: bool, follow: bool) -> int:
-    job = build_submission(spec_path, overrides)  # local checks first: bad spec -> exit 2
-    client = connect(address)
+def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: bool, follow: bool,
+           token: Optional[str] = None, python: str = DEFAULT_PYTHON) -> int:
+    job = build_submission(spec_path, overrides, python)  # local checks first: bad spec -> exit 2
+    server = JobServer.connect(address, token)
     base = submission_id(job["spec"].name)
     job_id = base
     for attempt in range(2, 12):
         try:
-            job_id = client.submit_job(
+            job_id = server.client.submit_job(
                 entrypoint=job["entrypoint"],
                 submission_id=job_id,
                 runtime_env=job["runtime_env"],
@@ -334,42 +291,42 @@ def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: b
             if "already exists" in str(exc) or "already been used" in str(exc):
                 job_id = f"{base}-{attempt}"
                 continue
-            raise _http_error(exc, client._plateau_address) from None
+            raise _http_error(exc, server.address) from None
     else:
         raise JobError(f"could not find a free submission id like {base!r}; try again in a second")
     print(job_id, flush=True)
-    addr = client._plateau_address
+    addr = server.address
     if not (wait or follow):
         print(f"submitted to {addr}; watch it with: plateau logs {job_id} --follow --address {addr}",
               file=sys.stderr)
         return EXIT_OK
     if follow:
-        return _follow(client, job_id)
-    return _wait(client, job_id)
+        return _follow(server, job_id)
+    return _wait(server, job_id)
 
 
 # ---------------------------------------------------------------------------------------------
 # Watching
 
 
-def _info(client, job_id: str):
-    return _call(client, client.get_job_info, job_id, job_id=job_id)
+def _info(server: JobServer, job_id: str):
+    return server.call(server.client.get_job_info, job_id, job_id=job_id)
 
 
-def _poll_until_done(client, job_id: str, timeout: float | None = None):
+def _poll_until_done(server: JobServer, job_id: str, timeout: float | None = None):
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        info = _info(client, job_id)
+        info = _info(server, job_id)
         if info.status.is_terminal() or (deadline is not None and time.monotonic() >= deadline):
             return info
         time.sleep(POLL_S)
 
 
-def _error_line(client, info) -> str | None:
+def _error_line(server: JobServer, info) -> str | None:
     """The most telling line of a failed job: its `plateau: ...` line, else the last error."""
     text = ""
     with contextlib.suppress(Exception):
-        text = client.get_job_logs(info.submission_id) or ""
+        text = server.client.get_job_logs(info.submission_id) or ""
     if not text:
         text = info.message or ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -379,18 +336,18 @@ def _error_line(client, info) -> str | None:
     for ln in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", ln):
             return ln
-    return _one_line(info.message) if info.message else None
+    return one_line(info.message) if info.message else None
 
 
-def _finish(client, info) -> int:
+def _finish(server: JobServer, info) -> int:
     """Final line of --wait/--follow, and the exit code for the job's terminal status."""
     status = str(info.status)
     if status == "SUCCEEDED":
         print(f"{info.submission_id}: SUCCEEDED ({_duration(info)})", flush=True)
         return EXIT_OK
     if status == "FAILED":
-        why = _error_line(client, info)
-        print(f"plateau: job {info.submission_id} FAILED" + (f": {_one_line(why)}" if why else ""),
+        why = _error_line(server, info)
+        print(f"plateau: job {info.submission_id} FAILED" + (f": {one_line(why)}" if why else ""),
               file=sys.stderr)
         return EXIT_FAILED
     print(f"plateau: job {info.submission_id} {status}", file=sys.stderr)
@@ -403,18 +360,18 @@ def _interrupted(job_id: str, address: str) -> int:
     return EXIT_FAILED
 
 
-def _wait(client, job_id: str) -> int:
+def _wait(server: JobServer, job_id: str) -> int:
     try:
-        return _finish(client, _poll_until_done(client, job_id))
+        return _finish(server, _poll_until_done(server, job_id))
     except KeyboardInterrupt:
-        return _interrupted(job_id, client._plateau_address)
+        return _interrupted(job_id, server.address)
 
 
-def _stream_logs(client, job_id: str) -> bool:
+def _stream_logs(server: JobServer, job_id: str) -> bool:
     """Print the job's logs as they come until it ends; False if the stream broke."""
 
     async def tail() -> None:
-        async for chunk in client.tail_job_logs(job_id):
+        async for chunk in server.client.tail_job_logs(job_id):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
@@ -427,14 +384,14 @@ def _stream_logs(client, job_id: str) -> bool:
         return False
 
 
-def _follow(client, job_id: str) -> int:
+def _follow(server: JobServer, job_id: str) -> int:
     try:
-        _info(client, job_id)  # unknown id -> one line, before opening a stream
-        if not _stream_logs(client, job_id):
+        _info(server, job_id)  # unknown id -> one line, before opening a stream
+        if not _stream_logs(server, job_id):
             print(f"plateau: lost the log stream of {job_id}; waiting for it to end", file=sys.stderr)
-        return _finish(client, _poll_until_done(client, job_id))
+        return _finish(server, _poll_until_done(server, job_id))
     except KeyboardInterrupt:
-        return _interrupted(job_id, client._plateau_address)
+        return _interrupted(job_id, server.address)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,9 +417,9 @@ def _exit_for(status: str) -> int:
 
 
 @_command
-def status(job_id: str, address: str | None) -> int:
-    client = connect(address)
-    info = _info(client, job_id)
+def status(job_id: str, address: str | None, token: Optional[str] = None) -> int:
+    server = JobServer.connect(address, token)
+    info = _info(server, job_id)
     meta = info.metadata or {}
     rows = [
         ("job", info.submission_id or job_id),
@@ -476,11 +433,11 @@ def status(job_id: str, address: str | None) -> int:
         ("entrypoint", info.entrypoint),
     ]
     if str(info.status) == "FAILED":
-        rows.append(("error", _one_line(_error_line(client, info) or "-")))
+        rows.append(("error", one_line(_error_line(server, info) or "-")))
         if info.driver_exit_code is not None:
             rows.append(("exit code", str(info.driver_exit_code)))
     elif info.message:
-        rows.append(("message", _one_line(info.message)))
+        rows.append(("message", one_line(info.message)))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key + ':':<{width + 1}} {value}")
@@ -488,11 +445,11 @@ def status(job_id: str, address: str | None) -> int:
 
 
 @_command
-def logs(job_id: str, address: str | None, *, follow: bool) -> int:
-    client = connect(address)
+def logs(job_id: str, address: str | None, *, follow: bool, token: Optional[str] = None) -> int:
+    server = JobServer.connect(address, token)
     if follow:
-        return _follow(client, job_id)
-    text = _call(client, client.get_job_logs, job_id, job_id=job_id)
+        return _follow(server, job_id)
+    text = server.call(server.client.get_job_logs, job_id, job_id=job_id)
     sys.stdout.write(text)
     if text and not text.endswith("\n"):
         sys.stdout.write("\n")
@@ -501,14 +458,14 @@ def logs(job_id: str, address: str | None, *, follow: bool) -> int:
 
 
 @_command
-def stop(job_id: str, address: str | None) -> int:
-    client = connect(address)
-    info = _info(client, job_id)
+def stop(job_id: str, address: str | None, token: Optional[str] = None) -> int:
+    server = JobServer.connect(address, token)
+    info = _info(server, job_id)
     if info.status.is_terminal():
         print(f"{job_id}: already {info.status}; nothing to stop")
         return EXIT_OK
-    _call(client, client.stop_job, job_id, job_id=job_id)
-    info = _poll_until_done(client, job_id, timeout=STOP_WAIT_S)
+    server.call(server.client.stop_job, job_id, job_id=job_id)
+    info = _poll_until_done(server, job_id, timeout=STOP_WAIT_S)
     if info.status.is_terminal():
         print(f"{job_id}: {info.status}")
     else:
@@ -522,11 +479,11 @@ def is_plateau_job(info) -> bool:
 
 
 @_command
-def list_jobs(address: str | None) -> int:
-    client = connect(address)
-    jobs = [j for j in _call(client, client.list_jobs) if is_plateau_job(j)]
+def list_jobs(address: str | None, token: Optional[str] = None) -> int:
+    server = JobServer.connect(address, token)
+    jobs = [j for j in server.call(server.client.list_jobs) if is_plateau_job(j)]
     if not jobs:
-        print(f"no plateau jobs on {client._plateau_address}")
+        print(f"no plateau jobs on {server.address}")
         return EXIT_OK
     jobs.sort(key=lambda j: j.start_time or 0)
     rows = [("ID", "SPEC", "STATUS", "START", "DURATION")]

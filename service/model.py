@@ -17,6 +17,16 @@ import tf_keras as keras
 from service.spec import ModelSpec
 
 
+def random_stream(seed: int, rank: int) -> int:
+    """The id of a rank's random stream (its data order and dropout masks) for a run's seed."""
+    return seed * 1009 + rank
+
+
+def scale_pixels(x):
+    """uint8 pixels 0..255 -> float32 in [0, 1]: the model's input, for training and evaluation."""
+    return tf.cast(x, tf.float32) / 255.0
+
+
 class StepSeededDropout(keras.layers.Dropout):
     """Dropout whose mask is a pure function of (seed, rank, optimizer step).
 
@@ -28,13 +38,19 @@ class StepSeededDropout(keras.layers.Dropout):
 
     def __init__(self, rate: float, seed: int = 0, rank: int = 0, **kwargs):
         super().__init__(rate, **kwargs)
-        self.stream = seed * 1009 + rank
-        self.step = None  # the optimizer's `iterations`, attached after compile
+        self.stream = random_stream(seed, rank)
+        # A function, not the variable itself: an attribute holding the optimizer's step
+        # counter would make Keras count it among this layer's weights.
+        self._step = None
+
+    def follow(self, optimizer) -> None:
+        """Key the masks on `optimizer`'s step counter (call after compile)."""
+        self._step = lambda: optimizer.iterations
 
     def call(self, inputs, training=None):
-        if not training or self.rate == 0 or self.step is None:
+        if not training or self.rate == 0 or self._step is None:
             return inputs
-        key = tf.stack([tf.constant(self.stream, tf.int64), tf.cast(self.step, tf.int64)])
+        key = tf.stack([tf.constant(self.stream, tf.int64), tf.cast(self._step(), tf.int64)])
         return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=key)
 
     def get_config(self):
@@ -65,5 +81,5 @@ def build_model(spec: ModelSpec, seed: int = 7, rank: int = 0, steps_per_executi
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
-    dropout.step = model.optimizer.iterations
+    dropout.follow(model.optimizer)
     return model

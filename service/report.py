@@ -20,7 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+from service.spec import METRICS
+
+HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds"]
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -68,21 +70,7 @@ def read_decisions(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-TRACE_FILE = "trace-rank{rank}.jsonl"
-
-
-def write_trace(directory, rank: int, trace: list[dict]) -> None:
-    """A rank's reports so far (metrics and decision record per epoch), for its checkpoint."""
-    write_atomic(Path(directory, TRACE_FILE.format(rank=rank)), "".join(json.dumps(m) + "\n" for m in trace))
-
-
-def read_trace(directory, rank: int) -> list[dict]:
-    """What `write_trace` wrote; empty when the checkpoint has none."""
-    path = Path(directory, TRACE_FILE.format(rank=rank))
-    return read_decisions(path) if path.exists() else []
-
-
-def lr_reductions(history: list[dict], decisions: list[dict]) -> list[dict]:
+def lr_reductions(decisions: list[dict]) -> list[dict]:
     """[{epoch, lr}]: the epochs at whose end the learning rate went down, and the new rate."""
     return [{"epoch": d["epoch"], "lr": d["lr_after"]} for d in decisions if d["rank"] == 0 and d["reduced"]]
 
@@ -108,7 +96,7 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
         "test_loss": test.get("test_loss"),
         "test_accuracy": test.get("test_accuracy"),
         "test_error": (1.0 - test["test_accuracy"]) if test.get("test_accuracy") is not None else None,
-        "lr_reductions": lr_reductions(history, decisions),
+        "lr_reductions": lr_reductions(decisions),
         "final_lr": final_lr,
         "ranks_agree": ranks_agree(decisions),
         "wall_seconds": round(wall_seconds, 2),
@@ -142,6 +130,14 @@ def epoch_line(row: dict, decision: dict | None, max_epochs: int) -> str:
     if decision is not None and decision["stop"]:
         parts.append("early stop")
     return "  ".join(parts)
+
+
+def done_line(summary: dict, out_dir: Path) -> str:
+    """The last line of a finished run."""
+    reductions = [r["epoch"] for r in summary["lr_reductions"]] or "none"
+    stopped = f", stopped early at epoch {summary['stop_epoch']}" if summary["stopped_early"] else ""
+    return (f"done: {summary['epochs_run']} epochs, test accuracy {summary['test_accuracy']:.4f}, "
+            f"lr reductions at {reductions}{stopped} -> {out_dir}")
 
 
 def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,

@@ -21,11 +21,14 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# The metrics the seed's model produces; a callback can only monitor one of these.
+from service.errors import BadInput
+
+# The metrics the seed's model produces, in the order files and lines show them; a callback
+# can only monitor one of these.
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-class SpecError(ValueError):
+class SpecError(BadInput):
     """A spec problem, as one line a user can act on."""
 
 
@@ -35,6 +38,18 @@ class SpecWarning(UserWarning):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _legacy_name(data: Any, old: str, new: str, section: str, why: str = "") -> Any:
+    """Read a field's legacy name `old` as `new`, with a one-line warning; both at once is an error."""
+    if not (isinstance(data, dict) and old in data):
+        return data
+    data = dict(data)
+    if new in data:
+        raise ValueError(f"give either {old} or {new}, not both ({old} is the legacy name)")
+    warnings.warn(f"{section}.{old} is deprecated; {why or f'use {section}.{new}'}", SpecWarning, stacklevel=3)
+    data[new] = data.pop(old)
+    return data
 
 
 class DataSpec(_Section):
@@ -52,13 +67,7 @@ class ModelSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _legacy_lr(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "lr" in data:
-            data = dict(data)
-            if "learning_rate" in data:
-                raise ValueError("give either lr or learning_rate, not both (lr is the legacy name)")
-            warnings.warn("model.lr is deprecated; use model.learning_rate", SpecWarning, stacklevel=2)
-            data["learning_rate"] = data.pop("lr")
-        return data
+        return _legacy_name(data, "lr", "learning_rate", "model")
 
 
 class TrainingSpec(_Section):
@@ -116,17 +125,7 @@ class ReduceLRSpec(_Monitored):
     def _legacy_epsilon(cls, data: Any) -> Any:
         # Keras 1/2 called min_delta `epsilon`; the seed uses it. Keras 3 silently ignores it,
         # which would quietly change the experiment, so we translate it loudly instead.
-        if isinstance(data, dict) and "epsilon" in data:
-            data = dict(data)
-            if "min_delta" in data:
-                raise ValueError("give either epsilon or min_delta, not both (epsilon is the legacy name)")
-            warnings.warn(
-                "reduce_lr.epsilon is deprecated; it is read as reduce_lr.min_delta",
-                SpecWarning,
-                stacklevel=2,
-            )
-            data["min_delta"] = data.pop("epsilon")
-        return data
+        return _legacy_name(data, "epsilon", "min_delta", "reduce_lr", "it is read as reduce_lr.min_delta")
 
 
 class CheckpointSpec(_Section):
@@ -320,6 +319,19 @@ def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
     raise SpecError(f"{where}kind: unknown kind {kind!r}; use 'train' or 'compare'")
 
 
+def route_overrides(data: dict, overrides: list[str] | None) -> list[str]:
+    """Overrides as they apply to the spec `data`: for a compare spec, a key that is not one of
+    the study's own fields (name, output, grid, seeds, ...) belongs to its base train spec, so
+    `training.epochs=2` (or `--epochs 2`) becomes `base.training.epochs=2`."""
+    if not isinstance(data, dict) or data.get("kind") != "compare":
+        return list(overrides or [])
+    routed = []
+    for text in overrides or []:
+        key, _ = parse_override(text)
+        routed.append(text if key.split(".")[0] in CompareSpec.model_fields else f"base.{text.lstrip()}")
+    return routed
+
+
 def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> Spec:
     """Read, override and validate a spec file (None = the default train spec)."""
     data = read_yaml(path) if path is not None else {}
@@ -327,7 +339,7 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> Sp
     # A compare spec's base file is read before overrides, so `--set base.x=...` (and the
     # shorthand flags) change the base instead of replacing it with an empty section.
     data = inline_compare_base(data, base_dir)
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, route_overrides(data, overrides))
     where = f"{path}: " if path is not None else ""
     return validate(data, where, base_dir)
 

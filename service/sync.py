@@ -24,9 +24,9 @@ arithmetic on every rank, in rank order, so every rank computes bit-identical re
 Example::
 
     collective = Collective(strategy, world_size)
-    metrics = GlobalMetrics(collective, x_val_shard, y_val_shard)
-    consensus = Consensus(collective, rank)
-    model.fit(ds, callbacks=[metrics, ReduceLROnPlateau(...), EarlyStopping(...), consensus])
+    deciders = decision_callbacks(spec, collective, rank, ShardEvaluator(model, x_val, y_val))
+    model.fit(ds, callbacks=deciders.as_list())   # metrics, ReduceLROnPlateau, EarlyStopping, consensus
+    deciders.consensus.last                       # this epoch's Decision
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from service.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
+from service.model import scale_pixels
+from service.spec import METRICS
 
 
 class Collective:
@@ -94,7 +98,7 @@ class ShardEvaluator:
         self._step = tf.function(self._sums, reduce_retracing=True)
 
     def _sums(self, x, y):
-        probs = self.model(tf.cast(x, tf.float32) / 255.0, training=False)
+        probs = self.model(scale_pixels(x), training=False)
         onehot = tf.one_hot(tf.cast(y, tf.int32), 10)
         loss = keras.losses.categorical_crossentropy(onehot, probs)
         correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float64)
@@ -219,7 +223,7 @@ class Consensus(keras.callbacks.Callback):
         self.last = Decision(
             epoch=epoch + 1,
             rank=self.rank,
-            values={k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs},
+            values={k: float(logs[k]) for k in METRICS if k in logs},
             lr_before=self._lr_before,
             lr_after=lr_after,
             reduced=lr_after < self._lr_before,
@@ -232,64 +236,6 @@ class Consensus(keras.callbacks.Callback):
 
 
 # ---------------------------------------------------------------------------------------------
-# Callback state, for checkpoints
-
-
-def callback_state(reduce_lr=None, early_stopping=None) -> dict[str, Any]:
-    """What ReduceLROnPlateau and EarlyStopping remember between epochs (JSON-able).
-
-    Keras resets both in `on_train_begin`; a resumed run must start from this instead, or it
-    decides differently from the run that never stopped. EarlyStopping's best weights are
-    arrays: they are returned separately by `best_weights(...)`.
-    """
-    state: dict[str, Any] = {}
-    if reduce_lr is not None:
-        state["reduce_lr"] = {
-            "best": float(reduce_lr.best),
-            "wait": int(reduce_lr.wait),
-            "cooldown_counter": int(reduce_lr.cooldown_counter),
-        }
-    if early_stopping is not None:
-        state["early_stopping"] = {
-            "best": float(early_stopping.best),
-            "wait": int(early_stopping.wait),
-            "best_epoch": int(early_stopping.best_epoch),
-            "stopped_epoch": int(early_stopping.stopped_epoch),
-            "has_best_weights": early_stopping.best_weights is not None,
-        }
-    return state
-
-
-def restore_callback_state(state: dict[str, Any], reduce_lr=None, early_stopping=None, best_weights=None) -> None:
-    """Undo Keras's `on_train_begin` reset with the state saved by `callback_state`."""
-    if reduce_lr is not None and "reduce_lr" in state:
-        s = state["reduce_lr"]
-        reduce_lr.best, reduce_lr.wait, reduce_lr.cooldown_counter = s["best"], s["wait"], s["cooldown_counter"]
-    if early_stopping is not None and "early_stopping" in state:
-        s = state["early_stopping"]
-        early_stopping.best, early_stopping.wait = s["best"], s["wait"]
-        early_stopping.best_epoch, early_stopping.stopped_epoch = s["best_epoch"], s["stopped_epoch"]
-        if s["has_best_weights"]:
-            early_stopping.best_weights = best_weights
-
-
-class RestoreCallbackState(keras.callbacks.Callback):
-    """Re-applies saved callback state right after Keras's `on_train_begin` reset.
-
-    Place it after ReduceLROnPlateau and EarlyStopping (callbacks run in list order).
-    """
-
-    def __init__(self, state, reduce_lr=None, early_stopping=None, best_weights=None):
-        super().__init__()
-        self.state, self.best_weights = state, best_weights
-        self.reduce_lr, self.early_stopping = reduce_lr, early_stopping
-
-    def on_train_begin(self, logs=None):
-        if self.state:
-            restore_callback_state(self.state, self.reduce_lr, self.early_stopping, self.best_weights)
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole stack, in order
 
 
@@ -298,33 +244,40 @@ class DecisionCallbacks:
     """The callbacks that decide, in the order Keras must run them."""
 
     metrics: GlobalMetrics
-    reduce_lr: Optional[keras.callbacks.ReduceLROnPlateau]
-    early_stopping: Optional[keras.callbacks.EarlyStopping]
-    restore: RestoreCallbackState
+    reduce_lr: Optional[ResumableReduceLROnPlateau]
+    early_stopping: Optional[ResumableEarlyStopping]
     consensus: Consensus
 
     def as_list(self) -> list:
-        order = [self.metrics, self.reduce_lr, self.early_stopping, self.restore, self.consensus]
+        order = [self.metrics, self.reduce_lr, self.early_stopping, self.consensus]
         return [cb for cb in order if cb is not None]
+
+    def state_dicts(self) -> dict[str, dict[str, Any]]:
+        """The deciders' state by spec section name, for a checkpoint."""
+        deciders = {"reduce_lr": self.reduce_lr, "early_stopping": self.early_stopping}
+        return {name: cb.state_dict() for name, cb in deciders.items() if cb is not None}
 
 
 def decision_callbacks(spec, collective: Collective, rank: int, val: ShardEvaluator,
-                       state: Optional[dict] = None, best_weights=None) -> DecisionCallbacks:
+                       state: Optional[dict[str, dict[str, Any]]] = None) -> DecisionCallbacks:
     """Global metrics -> stock ReduceLROnPlateau / EarlyStopping -> consensus, for `spec`.
 
-    `state`/`best_weights` come from a checkpoint; they replace Keras's fresh-start reset.
+    `state` (from a checkpoint: `DecisionCallbacks.state_dicts()` of the run that stopped)
+    replaces Keras's fresh-start reset.
     """
+    state = state or {}
     reduce_lr = early_stopping = None
     if spec.reduce_lr is not None:
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump())
+        reduce_lr = ResumableReduceLROnPlateau(**spec.reduce_lr.model_dump())
+        reduce_lr.load_state_dict(state.get("reduce_lr", {}))
     if spec.early_stopping is not None:
-        early_stopping = keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump())
+        early_stopping = ResumableEarlyStopping(**spec.early_stopping.model_dump())
+        early_stopping.load_state_dict(state.get("early_stopping", {}))
     # The rank-local mode exists to show what consensus guards against; never the default.
     metrics_collective = Collective() if spec.debug.rank_local_metrics else collective
     return DecisionCallbacks(
         metrics=GlobalMetrics(metrics_collective, val),
         reduce_lr=reduce_lr,
         early_stopping=early_stopping,
-        restore=RestoreCallbackState(state or {}, reduce_lr, early_stopping, best_weights),
         consensus=Consensus(collective, rank, reduce_lr, early_stopping),
     )

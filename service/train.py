@@ -1,10 +1,15 @@
 """The train driver: spec -> Ray -> TensorflowTrainer -> output files.
 
-`run(spec)` checks the data before any worker starts, starts an embedded Ray (or joins one at
-an address), runs `worker.train_loop_per_worker` on N Ray Train workers, prints one line per
-epoch as reports arrive, and writes OUTPUT/NAME/: spec.yaml, history.csv, decisions.jsonl,
-summary.json and curves.png. History and decisions are rewritten after every epoch, so a
-failure never loses what was already trained.
+`run(spec)` goes through four steps, each its own function below:
+
+1. `prepare`: check the address and the data before anything starts; the run's folders.
+2. `finished_or_resume`: a finished run is not trained again; an interrupted one takes its
+   epochs back from its last checkpoint.
+3. `fit_and_collect`: Ray (embedded, or joined at an address) runs `worker.train_loop_per_worker`
+   on N Ray Train workers; every rank's reports come back through a queue and become one line
+   per epoch, history.csv and decisions.jsonl, rewritten after every epoch so that a failure
+   never loses what was already trained.
+4. `finish`: summary.json and curves.png, or one line saying what failed and how to resume.
 
 Example::
 
@@ -18,24 +23,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from service import checkpoint, cluster, report
 from service import data as data_lib
-from service import report
+from service.errors import cause_line
 from service.spec import TrainSpec, dump_spec
 
-# Environment of every training worker. tf_keras is what we import, but Ray's TF helpers and
-# any `tf.keras` reference must resolve to Keras 2 as well; Keras 3 cannot run MWMS.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1"}
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "1"}
+Echo = Callable[[str], None]
+
+
+def say(line: str) -> None:
+    """Print a progress line now, also when stdout is a pipe (tee, a job log, a test)."""
+    print(line, flush=True)
 
 
 @dataclasses.dataclass
@@ -48,77 +54,76 @@ class RunResult:
     decisions: list = dataclasses.field(default_factory=list)
 
 
-def output_dir(spec: TrainSpec) -> Path:
-    return Path(spec.output) / spec.name
+def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
+        echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None) -> RunResult:
+    """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
-
-def cpus_needed(spec: TrainSpec) -> float:
-    """Logical CPUs the run asks Ray for: the workers' plus one for the driver's helpers."""
-    return max(spec.scaling.num_workers, 1) * spec.scaling.cpus_per_worker + 1
-
-
-class AddressError(ValueError):
-    """The Ray address cannot be used: one line saying why and what to pass instead."""
-
-
-def check_address(address: str) -> None:
-    """Fail fast, before anything starts, on an address Ray would retry for a long time."""
-    if address == "auto":
-        return
-    if "://" in address and not address.startswith("ray://"):
-        raise AddressError(f"--address {address}: give the cluster's GCS address HOST:6379 (or 'auto'); "
-                           f"http://HOST:8265 is the job server, used by 'plateau submit'")
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise AddressError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as exc:
-        raise AddressError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
-                           f"start the cluster with 'ray start --head' or check the address") from None
-
-
-def start_ray(address: Optional[str], cpus: float, verbose: bool) -> bool:
-    """Join `address`, or start an embedded Ray sized for the job. True if we started it.
-
-    Logical CPUs may exceed physical cores: two workers on a two-core laptop share them.
+    A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
+    with checkpoints but no summary was interrupted and resumes from its last checkpoint.
+    `fresh=True` discards both and starts over. `callbacks` are extra Ray Train UserCallbacks
+    (a Tune trial passes TuneReportCallback). Inside a running Ray (a Tune trial, a job) the
+    run uses that Ray and leaves it running. `data_cache` is where full MNIST is kept.
     """
-    import ray
+    started = time.perf_counter()
+    plan = prepare(spec, address, fresh, echo, data_cache)
+    done = plan.finished_result()
+    if done is not None:
+        echo(f"{spec.name} already finished: see {plan.out_dir / 'summary.json'} (use --fresh to train it again)")
+        return done
+    collector = finished_or_resume(plan, echo)
+    outcome = fit_and_collect(plan, collector, address, verbose, callbacks)
+    return finish(plan, collector, outcome, time.perf_counter() - started, echo)
 
-    if ray.is_initialized():
-        return False
-    quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+
+# ---------------------------------------------------------------------------------------------
+# 1. prepare
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a run works with, all checked before Ray starts."""
+
+    spec: TrainSpec
+    splits: data_lib.MnistSplits
+    steps: int          # optimizer steps per epoch, the same on every rank
+    out_dir: Path       # OUTPUT/NAME
+    storage: str        # where Ray Train keeps this run's checkpoints (STORAGE/NAME/...)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage, self.spec.name)
+
+    def finished_result(self) -> Optional[RunResult]:
+        """The stored result of a run that already finished, else None."""
+        if not (self.out_dir / "summary.json").exists():
+            return None
+        return RunResult(True, self.out_dir, summary=json.loads((self.out_dir / "summary.json").read_text()),
+                         history=report.read_history(self.out_dir / "history.csv"),
+                         decisions=report.read_decisions(self.out_dir / "decisions.jsonl"))
+
+
+def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
+            data_cache: Optional[Path]) -> Plan:
     if address:
-        try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError) as exc:
-            raise AddressError(f"--address {address}: cannot join that Ray cluster ({str(exc).splitlines()[0]})") from None
-        return True
-    ray.init(num_cpus=max(int(cpus + 0.999), os.cpu_count() or 1), include_dashboard=False, **quiet)
-    return True
+        cluster.check_gcs_address(address)
+    splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
+                           cache_dir=data_cache)
+    steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size, spec.workers)
+    out_dir = Path(spec.output) / spec.name
+    storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
+    if fresh and out_dir.exists():
+        shutil.rmtree(out_dir)
+    return Plan(spec, splits, steps, out_dir, storage)
 
 
-@contextlib.contextmanager
-def _quiet_stderr(enabled: bool):
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up banner ignores
-    TF_CPP_MIN_LOG_LEVEL because it is printed before its logging is configured."""
-    if not enabled:
-        yield
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+# ---------------------------------------------------------------------------------------------
+# 2. finished or resume
 
 
-class _Run:
-    """Collects reports into history and decisions, printing and saving after each epoch."""
+class EpochCollector:
+    """Gathers every rank's reports into whole epochs; prints and saves each epoch as it completes."""
 
-    def __init__(self, spec: TrainSpec, out_dir: Path, echo: Callable[[str], None]):
+    def __init__(self, spec: TrainSpec, out_dir: Path, echo: Echo):
         self.spec, self.out_dir, self.echo = spec, out_dir, echo
         self.history: list[dict] = []
         self.decisions: list[dict] = []
@@ -126,18 +131,18 @@ class _Run:
         self.world = spec.workers
         self._pending: dict = {}
 
-    def resume(self, epoch: int, checkpoint: Optional[Path]) -> None:
+    def resume(self, epoch: int, checkpoint_dir: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
 
         The checkpoint holds every rank's reports up to its epoch (the driver may have died
         before it saw the last of them); without it (remote storage) the files written so far
         are what there is.
         """
-        traces = [report.read_trace(checkpoint, rank) for rank in range(self.world)] if checkpoint else []
+        traces = [checkpoint.read_trace(checkpoint_dir, rank) for rank in range(self.world)] if checkpoint_dir else []
         if traces and all(traces):
             for rank, trace in enumerate(traces):
-                for metrics in trace:
-                    self.on_message(rank, metrics, announce=False)
+                for message in trace:
+                    self.on_message(rank, message, announce=False)
             return
         if (self.out_dir / "history.csv").exists():
             self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
@@ -145,16 +150,16 @@ class _Run:
             self.decisions = [d for d in report.read_decisions(self.out_dir / "decisions.jsonl")
                               if d["epoch"] <= epoch]
 
-    def on_message(self, rank: int, metrics: dict, announce: bool = True) -> None:
+    def on_message(self, rank: int, message: dict, announce: bool = True) -> None:
         """One rank's report; an epoch is complete when every rank has sent it."""
-        key = "final" if metrics.get("final") else metrics["epoch"]
+        key = "final" if message.get("final") else message["epoch"]
         arrived = self._pending.setdefault(key, {})
-        arrived[rank] = metrics
+        arrived[rank] = message
         if len(arrived) == self.world:
             del self._pending[key]
-            self.on_report([arrived[r] for r in sorted(arrived)], announce)
+            self.on_epoch([arrived[r] for r in sorted(arrived)], announce)
 
-    def on_report(self, per_rank: list[dict], announce: bool = True) -> None:
+    def on_epoch(self, per_rank: list[dict], announce: bool = True) -> None:
         head = per_rank[0]
         if head.get("final"):
             self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
@@ -171,144 +176,94 @@ class _Run:
             self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
 
 
-def say(line: str) -> None:
-    """Print a progress line now, also when stdout is a pipe (tee, a job log, a test)."""
-    print(line, flush=True)
-
-
-def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
-        echo: Callable[[str], None] = say, callbacks: Sequence = ()) -> RunResult:
-    """Train `spec`; raises data.DataError for bad data before anything starts.
-
-    A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
-    with checkpoints but no summary was interrupted and resumes from its last checkpoint.
-    `fresh=True` discards both and starts over. `callbacks` are extra Ray Train UserCallbacks
-    (a Tune trial passes TuneReportCallback). Inside a running Ray (a Tune trial, a job)
-    the run uses that Ray and leaves it running.
-    """
-    started = time.perf_counter()
-    if address:
-        check_address(address)
-    splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"))
-    steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size, spec.workers)
-
-    out_dir = output_dir(spec)
-    storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
-    if fresh and out_dir.exists():
-        shutil.rmtree(out_dir)
-    if (out_dir / "summary.json").exists():
-        echo(f"{spec.name} already finished: see {out_dir / 'summary.json'} (use --fresh to train it again)")
-        return RunResult(True, out_dir, summary=json.loads((out_dir / "summary.json").read_text()),
-                         history=report.read_history(out_dir / "history.csv"),
-                         decisions=report.read_decisions(out_dir / "decisions.jsonl"))
-    run_state = _Run(spec, out_dir, echo)
-    resume_epoch, resume_dir = _last_checkpoint(Path(storage, spec.name))
+def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
+    """A collector holding the epochs an interrupted run already trained; the run's files begin."""
+    spec = plan.spec
+    collector = EpochCollector(spec, plan.out_dir, echo)
+    resume_epoch, resume_dir = checkpoint.latest(plan.run_dir)
     if resume_epoch:
-        run_state.resume(resume_epoch, resume_dir)
+        collector.resume(resume_epoch, resume_dir)
         echo(f"{spec.name}: resuming after epoch {resume_epoch} from its last checkpoint (use --fresh to start over)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report.write_atomic(out_dir / "spec.yaml", dump_spec(spec))
-    sizes = splits.sizes()
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
+    sizes = plan.splits.sizes()
     echo(f"{spec.name}: {sizes['n_train']} train / {sizes['n_val']} val ({spec.data.validation}) / "
          f"{sizes['n_test']} test images from {sizes['source']}, {spec.workers} worker(s) "
-         f"x batch {spec.training.batch_size // spec.workers}, {steps} steps/epoch")
+         f"x batch {spec.training.batch_size // spec.workers}, {plan.steps} steps/epoch")
+    return collector
 
+
+# ---------------------------------------------------------------------------------------------
+# 3. fit and collect
+
+
+def cpus_needed(spec: TrainSpec) -> float:
+    """Logical CPUs the run asks Ray for: the workers' plus one for the driver's helpers."""
+    return spec.workers * spec.scaling.cpus_per_worker + 1
+
+
+def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str], verbose: bool,
+                    callbacks: Sequence) -> dict:
+    """Run the trainer; hand every report to `collector` as it arrives.
+
+    Returns {"result": Ray Train's Result} or {"error": what fit raised}: a failure is reported
+    after the epochs that finished are saved.
+    """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
     from ray.util.queue import Empty, Queue
 
-    with _quiet_stderr(enabled=not verbose):  # TensorFlow's import banner is noise here
+    with _stderr_silenced(enabled=not verbose):  # TensorFlow's import banner is noise here
         from service.worker import train_loop_per_worker
 
-    # Ray Train's controller collects reports when it polls its workers (every 2 s by default),
-    # and a worker's next report waits until the previous one was collected: with 1-second
-    # epochs, half of every epoch-to-epoch cycle went waiting. The driver's value of this
-    # variable is handed to the controller.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    we_started = start_ray(address, cpus_needed(spec), verbose)
-    try:
-        arrays = {k: ray.put(getattr(splits, k)) for k in
+    with cluster.ray_session(address, cpus_needed(plan.spec), verbose):
+        arrays = {k: ray.put(getattr(plan.splits, k)) for k in
                   ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         queue = Queue()
-        scaling = spec.scaling
-        resources = {"CPU": scaling.cpus_per_worker}
-        if scaling.use_gpu:
-            resources["GPU"] = scaling.gpus_per_worker
-        env = dict(WORKER_ENV, **({} if verbose else QUIET_ENV))
-        run_config = RunConfig(
-            name=spec.name,
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
-            checkpoint_config=_checkpoint_config(spec, CheckpointConfig),
-            callbacks=list(callbacks),
-            worker_runtime_env={"env_vars": env},
-        )
-        trainer = TensorflowTrainer(
-            train_loop_per_worker,
-            train_loop_config={"spec": spec.model_dump(mode="json"), "data": arrays, "steps": steps,
-                               "progress": queue, "attempt": uuid.uuid4().hex},
-            scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                         resources_per_worker=resources),
-            run_config=run_config,
-        )
+        config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
+                  "progress": queue, "attempt": uuid.uuid4().hex}
+        trainer = _trainer(plan, train_loop_per_worker, config, callbacks, verbose)
         outcome: dict = {}
 
         def fit() -> None:
             try:
                 outcome["result"] = trainer.fit()
-            except BaseException as exc:  # reported below, after the last epochs are saved
+            except BaseException as exc:  # reported by `finish`, after the last epochs are saved
                 outcome["error"] = exc
 
         thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
         thread.start()
         while thread.is_alive() or not queue.empty():
             try:
-                run_state.on_message(*queue.get(timeout=0.2))
+                collector.on_message(*queue.get(timeout=0.2))
             except Empty:
                 continue
         thread.join()
-    finally:
-        if we_started:
-            ray.shutdown()
+    return outcome
 
-    wall = time.perf_counter() - started
-    error = outcome.get("error")
-    if error is None and getattr(outcome.get("result"), "error", None) is not None:
-        error = outcome["result"].error
-    if error is not None:
-        message = _failure_line(error, run_state, Path(storage, spec.name))
-        echo(f"plateau: {message}")
-        return RunResult(False, out_dir, error=message, history=run_state.history,
-                         decisions=run_state.decisions)
 
-    summary = report.summarize(
-        name=spec.name, data=sizes, workers=spec.workers, max_epochs=spec.training.epochs,
-        history=run_state.history, decisions=run_state.decisions, test=run_state.test,
-        wall_seconds=wall,
+def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
+
+    scaling = plan.spec.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    run_config = RunConfig(
+        name=plan.spec.name,
+        storage_path=plan.storage,
+        failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
+        checkpoint_config=_checkpoint_config(plan.spec, CheckpointConfig),
+        callbacks=list(callbacks),
+        worker_runtime_env=cluster.worker_runtime_env(verbose),
     )
-    report.write_json(out_dir / "summary.json", summary)
-    report.plot_curves(out_dir / "curves.png", run_state.history, summary["lr_reductions"],
-                       summary["stop_epoch"], title=spec.name)
-    echo(f"done: {summary['epochs_run']} epochs, test accuracy {summary['test_accuracy']:.4f}, "
-         f"lr reductions at {[r['epoch'] for r in summary['lr_reductions']] or 'none'}"
-         f"{', stopped early at epoch ' + str(summary['stop_epoch']) if summary['stopped_early'] else ''}"
-         f" -> {out_dir}")
-    return RunResult(True, out_dir, summary=summary, history=run_state.history, decisions=run_state.decisions)
-
-
-def _last_checkpoint(run_dir: Path) -> tuple[Optional[int], Optional[Path]]:
-    """(epoch, directory) of the checkpoint Ray Train will resume this run from.
-
-    Read from Ray Train's own record of the run; (None, None) when there is none (or the
-    storage is not a local path).
-    """
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    try:
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
-        return int(latest["metrics"]["epoch"]), run_dir / latest["checkpoint_dir_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+    return TensorflowTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=run_config,
+    )
 
 
 def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
@@ -321,17 +276,58 @@ def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
                             checkpoint_score_order="max" if higher else "min")
 
 
-def _failure_line(error: BaseException, run_state: _Run, checkpoints: Path) -> str:
+@contextlib.contextmanager
+def _stderr_silenced(enabled: bool):
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up banner ignores
+    TF_CPP_MIN_LOG_LEVEL because it is printed before its logging is configured."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. finish
+
+
+def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, echo: Echo) -> RunResult:
+    spec, out_dir = plan.spec, plan.out_dir
+    error = outcome.get("error")
+    if error is None and getattr(outcome.get("result"), "error", None) is not None:
+        error = outcome["result"].error
+    if error is not None:
+        message = _failure_line(error, collector, plan.run_dir)
+        echo(f"plateau: {message}")
+        return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
+
+    summary = report.summarize(
+        name=spec.name, data=plan.splits.sizes(), workers=spec.workers, max_epochs=spec.training.epochs,
+        history=collector.history, decisions=collector.decisions, test=collector.test, wall_seconds=wall,
+    )
+    report.write_json(out_dir / "summary.json", summary)
+    report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
+                       summary["stop_epoch"], title=spec.name)
+    echo(report.done_line(summary, out_dir))
+    return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
+
+
+def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: Path) -> str:
     """One line: which rank failed with what, after which epoch, and how to resume."""
-    last = run_state.history[-1]["epoch"] if run_state.history else 0
+    last = collector.history[-1]["epoch"] if collector.history else 0
     where = ""
     failures = getattr(error, "worker_failures", None)
     if failures:
         rank, error = sorted(failures.items())[0]
         where = f" on rank {rank}"
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    cause = lines[-1] if lines else type(error).__name__
+    cause = cause_line(error).partition(": ")[2] or type(error).__name__
     resume = (f"the checkpoint of epoch {last} is in {checkpoints}: run the same command again to resume"
               if last else "no epoch finished, so there is no checkpoint to resume from")
-    return (f"training failed{where} during epoch {last + 1}: {cause[:300]}; {resume} "
+    return (f"training failed{where} during epoch {last + 1}: {cause}; {resume} "
             f"(history.csv and decisions.jsonl keep the finished epochs)")

@@ -1,4 +1,4 @@
-"""Shared test helpers: a temporary HOME, small spec builders and odd-sized real MNIST."""
+"""Fixtures: a temporary HOME and odd-sized real MNIST (helpers live in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from service import data as data_lib
-from service.spec import apply_overrides, validate_train
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,19 +21,6 @@ def _private_home(tmp_path_factory):
     yield home
     if old is not None:
         os.environ["HOME"] = old
-
-
-def make_spec(tmp_path: Path, *overrides: str, **base):
-    """A small train spec on the bundled sample, written under tmp_path, with overrides."""
-    raw = {
-        "name": base.pop("name", "t"),
-        "output": str(tmp_path / "results"),
-        "data": {"source": "sample", "validation": "holdout"},
-        "training": {"epochs": 3, "batch_size": 100, "seed": 7},
-        "scaling": {"num_workers": 2},
-        **base,
-    }
-    return validate_train(apply_overrides(raw, list(overrides)))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`plateau compare` (service/compare.py).
+"""`plateau compare` (service/compare/).
 
 Fast tests: grid expansion (cartesian order, null sections, whole-section values), trial
 naming, bad grids failing before anything starts with the setting named, the aggregate maths
@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from service import cli, compare
+from service.compare import aggregate, tables
+from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
 
 # The seed specs use the legacy `epsilon` on purpose; its warning is not what these tests check.
@@ -46,7 +48,7 @@ def study(grid: dict, seeds=(7,), **extra) -> CompareSpec:
 
 
 def labels(grid: dict) -> list[str]:
-    return [s.label for s in compare.expand_settings(grid)]
+    return [s.label for s in grid_lib.expand_settings(grid)]
 
 
 # --- grid expansion and naming ------------------------------------------------------------------
@@ -54,7 +56,7 @@ def labels(grid: dict) -> list[str]:
 
 def test_cartesian_product_in_grid_order_times_seeds(tmp_path):
     spec = study({"reduce_lr.factor": [0.1, 0.5], "early_stopping.patience": [2, 4]}, seeds=[7, 8])
-    trials = compare.expand(spec, tmp_path / "trials")
+    trials = grid_lib.expand(spec, tmp_path / "trials")
     assert [(t.setting.label, t.seed) for t in trials] == [
         ("reduce_lr.factor=0.1,early_stopping.patience=2", 7), ("reduce_lr.factor=0.1,early_stopping.patience=2", 8),
         ("reduce_lr.factor=0.1,early_stopping.patience=4", 7), ("reduce_lr.factor=0.1,early_stopping.patience=4", 8),
@@ -70,7 +72,7 @@ def test_cartesian_product_in_grid_order_times_seeds(tmp_path):
     assert last.spec.output == str(tmp_path / "trials")
     assert len({t.name for t in trials}) == len(trials)
     # The default trial folder: OUTPUT/STUDY/trials
-    assert compare.expand(spec)[0].spec.output == str(Path("results") / "study" / "trials")
+    assert grid_lib.expand(spec)[0].spec.output == str(Path("results") / "study" / "trials")
 
 
 def test_null_turns_a_section_off_and_drops_the_axes_inside_it():
@@ -81,7 +83,7 @@ def test_null_turns_a_section_off_and_drops_the_axes_inside_it():
         "reduce_lr.factor=0.1,reduce_lr.patience=1", "reduce_lr.factor=0.1,reduce_lr.patience=2",
         "reduce_lr.factor=0.5,reduce_lr.patience=1", "reduce_lr.factor=0.5,reduce_lr.patience=2",
     ]
-    trials = compare.expand(study(grid))
+    trials = grid_lib.expand(study(grid))
     assert trials[0].spec.reduce_lr is None
     assert trials[0].setting.columns == {"reduce_lr": "off", "reduce_lr.factor": "", "reduce_lr.patience": ""}
     # The section value is the starting point; the axes then set its fields (base's reduce_lr replaced).
@@ -94,7 +96,7 @@ def test_null_turns_a_section_off_and_drops_the_axes_inside_it():
 def test_a_mapping_replaces_the_whole_section_and_sections_go_before_their_fields():
     # Written field-first on purpose: the section is still applied first.
     spec = study({"reduce_lr.factor": [0.2], "reduce_lr": [{"patience": 3}]})
-    (trial,) = compare.expand(spec)
+    (trial,) = grid_lib.expand(spec)
     assert trial.spec.reduce_lr.factor == 0.2
     assert trial.spec.reduce_lr.patience == 3
     assert trial.spec.reduce_lr.monitor == "val_loss"  # replaced, not merged with the base's val_accuracy
@@ -113,7 +115,7 @@ def test_mapping_values_are_named_by_the_keys_that_differ():
 
 
 def test_ambiguous_leaf_names_keep_their_section_in_the_slug():
-    settings = compare.expand_settings({"reduce_lr.patience": [1], "early_stopping.patience": [2, 4],
+    settings = grid_lib.expand_settings({"reduce_lr.patience": [1], "early_stopping.patience": [2, 4],
                                         "model.learning_rate": [0.01, 0.001]})
     assert settings[0].slug == "early_stopping.patience-2_learning_rate-0.01"
     assert settings[-1].label == "early_stopping.patience=4,model.learning_rate=0.001"
@@ -134,19 +136,19 @@ def test_ambiguous_leaf_names_keep_their_section_in_the_slug():
 ])
 def test_a_bad_grid_names_the_setting(grid, message):
     with pytest.raises(SpecError) as err:
-        compare.expand(study(grid))
+        grid_lib.expand(study(grid))
     assert str(err.value).startswith(message), str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_a_seed_listed_twice_is_refused():
     with pytest.raises(SpecError, match="seeds: 7 listed twice"):
-        compare.expand(study({}, seeds=[7, 8, 7]))
+        grid_lib.expand(study({}, seeds=[7, 8, 7]))
 
 
 def test_the_job_files_expand_as_documented():
     seed = load_spec(PROJECT_ROOT / "jobs" / "seed-comparison.yaml")
-    trials = compare.expand(seed)
+    trials = grid_lib.expand(seed)
     assert seed.base.name == "seed-reduce-lr" and seed.max_concurrent_trials == 1
     assert [(t.setting.label, t.seed) for t in trials] == [
         ("reduce_lr=off", 7), ("reduce_lr=off", 8), ("reduce_lr=off", 9),
@@ -157,7 +159,7 @@ def test_the_job_files_expand_as_documented():
     assert trials[-1].name == "seed-comparison-reduce_lr-on-s9"
 
     wide = load_spec(PROJECT_ROOT / "jobs" / "compare-callbacks.yaml")
-    trials = compare.expand(wide)
+    trials = grid_lib.expand(wide)
     settings = list(dict.fromkeys(t.setting.label for t in trials))
     assert len(settings) == 20 and len(trials) == 60
     assert settings[0] == "reduce_lr=off,early_stopping.patience=2"  # the baseline
@@ -195,7 +197,7 @@ ROWS = [
 
 
 def test_aggregate_maths_on_handcrafted_rows():
-    records = {r["setting"]: r for r in compare.aggregate(ROWS, ["A", "B", "C", "D"])}
+    records = {r["setting"]: r for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])}
     a, b, c, d = records["A"], records["B"], records["C"], records["D"]
     assert a["test_accuracy_mean"] == pytest.approx(0.92)
     assert a["test_accuracy_std"] == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))  # sample std
@@ -210,15 +212,15 @@ def test_aggregate_maths_on_handcrafted_rows():
     assert (c["beats"], c["compared"]) == (1, 1)
     assert (d["n_ok"], d["test_accuracy_mean"], d["compared"]) == (0, None, 0)
     # Ranked by mean test accuracy; a setting with nothing finished goes last.
-    assert [r["setting"] for r in compare.aggregate(ROWS, ["A", "B", "C", "D"])] == ["C", "B", "A", "D"]
+    assert [r["setting"] for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])] == ["C", "B", "A", "D"]
     assert [records[s]["rank"] for s in "CBAD"] == [1, 2, 3, 4]
 
 
 def test_markdown_and_csv_carry_the_aggregates():
-    settings = compare.expand_settings({"x.y": ["A", "B", "C", "D"]})
+    settings = grid_lib.expand_settings({"x.y": ["A", "B", "C", "D"]})
     spec = study({})
-    records = compare.aggregate(ROWS, ["A", "B", "C", "D"])
-    text = compare.markdown(spec, records, ROWS, settings)
+    records = aggregate.aggregate(ROWS, ["A", "B", "C", "D"])
+    text = tables.markdown(spec, records, ROWS, settings)
     table = {cells[1]: cells for cells in _md_rows(text)}
     assert table["A"][3] == "0.9200 ± 0.0200"
     assert table["A"][4] == "8.00% ± 2.00%"
@@ -229,7 +231,7 @@ def test_markdown_and_csv_carry_the_aggregates():
     assert [cells[1] for cells in _md_rows(text)] == ["C", "B", "A", "D"]
     assert "grid's first setting, `x.y=A`" in text and "- `t-C-8` (C, seed 8): failed: boom" in text
 
-    out = list(csv.DictReader(io.StringIO(compare.csv_text(ROWS, ["x.y"]))))
+    out = list(csv.DictReader(io.StringIO(tables.csv_text(ROWS, ["x.y"]))))
     assert len(out) == len(ROWS)
     assert list(out[0])[:4] == ["trial", "setting", "x.y", "seed"]
     assert float(out[0]["test_accuracy"]) == 0.90 and out[7]["test_accuracy"] == ""
@@ -239,7 +241,7 @@ def test_plot_is_a_png_with_uneven_histories(tmp_path):
     def hist(n, lr):
         return [{"epoch": e, "val_accuracy": 0.8 + 0.01 * e, "lr": lr / (e // 2 + 1)} for e in range(1, n + 1)]
 
-    compare.plot_comparison(tmp_path / "c.png", {"a": [hist(3, 0.01), hist(5, 0.01)], "b": [hist(4, 0.1)], "c": []})
+    tables.plot_comparison(tmp_path / "c.png", {"a": [hist(3, 0.01), hist(5, 0.01)], "b": [hist(4, 0.1)], "c": []})
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
 
 
@@ -360,7 +362,7 @@ def test_a_2x2_study_on_the_sample(tmp_path):
 def test_an_address_nothing_answers_at_is_refused_before_anything_starts(tmp_path):
     import socket
 
-    from service.train import AddressError
+    from service.cluster import AddressError
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))

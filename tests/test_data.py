@@ -277,10 +277,14 @@ def test_mnist_and_auto_use_the_keras_cache(no_mnist):
     assert warnings == []
 
 
-def test_cache_dir_without_keras_home(tmp_path, monkeypatch):
+def test_cache_dir_is_keras_home_datasets_else_the_home_keras_cache(tmp_path, monkeypatch):
+    from service import cli
+
     monkeypatch.delenv("KERAS_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert data.keras_cache_dir() == tmp_path / ".keras" / "datasets"
+    assert cli.data_cache_dir() is None and data.default_cache_dir() == tmp_path / ".keras" / "datasets"
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "k"))
+    assert cli.data_cache_dir() == tmp_path / "k" / "datasets"
 
 
 def test_download_lands_in_the_cache(no_mnist, monkeypatch):
@@ -372,50 +376,58 @@ def test_parquet_missing_parts_is_a_data_error(tmp_path):
         load(str(tmp_path))
 
 
-@pytest.mark.slow
 def test_parquet_round_trip(tmp_path, sample_arrays):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
 
-    ray.shutdown()
-    try:
-        # Through export_parquet, from the full sample, with Ray not running yet: load starts
-        # Ray for the read and shuts it down again, leaving the trainer free to start its own.
-        original = load("sample", "holdout")
-        out = data.export_parquet(original, tmp_path / "pq")
-        assert (out / "train").is_dir() and (out / "test").is_dir()
-        again = load(str(out), "holdout")
-        assert not ray.is_initialized()
-        assert again.source == str(out) and again.sizes()["n_train"] == 8334
-        for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            got, want = getattr(again, field), getattr(original, field)
-            assert got.dtype == want.dtype == np.uint8
-            np.testing.assert_array_equal(got, want)
+    # Through export_parquet, from the full sample: the same arrays come back, in order (the
+    # holdout split takes the LAST sixth, so order matters).
+    original = load("sample", "holdout")
+    out = data.export_parquet(original, tmp_path / "pq")
+    assert (out / "train").is_dir() and (out / "test").is_dir()
+    again = load(str(out), "holdout")
+    assert again.source == str(out) and again.sizes()["n_train"] == 8334
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        got, want = getattr(again, field), getattr(original, field)
+        assert got.dtype == want.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    # The same directory as a URI.
+    np.testing.assert_array_equal(load(f"file://{out}", "test").x_train, sample_arrays["x_train"].reshape(-1, 784))
 
-        # With Ray already running (as on a cluster), it is used and left running.
-        ray.init(num_cpus=1, include_dashboard=False)
-        np.testing.assert_array_equal(load(f"file://{out}", "test").x_train, sample_arrays["x_train"].reshape(-1, 784))
-        assert ray.is_initialized()
+    # Written by hand: train.parquet / test.parquet files, binary images, int64 labels.
+    small = small_arrays(n_train=24, n_test=6)
+    by_hand = tmp_path / "by_hand"
+    by_hand.mkdir()
+    for split in ("train", "test"):
+        x, y = small[f"x_{split}"], small[f"y_{split}"]
+        images = pa.array([row.tobytes() for row in x.reshape(len(x), 784)], type=pa.binary())
+        pq.write_table(pa.table({"image": images, "label": y.astype(np.int64)}), by_hand / f"{split}.parquet")
+    s = load(str(by_hand), "test")
+    np.testing.assert_array_equal(s.x_train, small["x_train"].reshape(24, 784))
+    np.testing.assert_array_equal(s.y_test, small["y_test"])
 
-        # Written by hand: train.parquet / test.parquet files, binary images, int64 labels.
-        small = small_arrays(n_train=24, n_test=6)
-        by_hand = tmp_path / "by_hand"
-        by_hand.mkdir()
-        for split in ("train", "test"):
-            x, y = small[f"x_{split}"], small[f"y_{split}"]
-            images = pa.array([row.tobytes() for row in x.reshape(len(x), 784)], type=pa.binary())
-            pq.write_table(pa.table({"image": images, "label": y.astype(np.int64)}), by_hand / f"{split}.parquet")
-        s = load(str(by_hand), "test")
-        np.testing.assert_array_equal(s.x_train, small["x_train"].reshape(24, 784))
-        np.testing.assert_array_equal(s.y_test, small["y_test"])
+    # A malformed Parquet part is one DataError line too.
+    pq.write_table(pa.table({"pixels": [[0] * 784], "label": [3]}), by_hand / "test.parquet")
+    with pytest.raises(DataError, match="missing column image"):
+        load(str(by_hand), "test")
+    pq.write_table(pa.table({"image": [[0] * 783], "label": [3]}), by_hand / "test.parquet")
+    with pytest.raises(DataError, match="row 0 has 783 values; every row needs 784"):
+        load(str(by_hand), "test")
 
-        # A malformed Parquet part is one DataError line too.
-        pq.write_table(pa.table({"pixels": [[0] * 784], "label": [3]}), by_hand / "test.parquet")
-        with pytest.raises(DataError, match="missing column image"):
-            load(str(by_hand), "test")
-        pq.write_table(pa.table({"image": [[0] * 783], "label": [3]}), by_hand / "test.parquet")
-        with pytest.raises(DataError, match="row 0 has 783 values; every row needs 784"):
-            load(str(by_hand), "test")
-    finally:
-        ray.shutdown()
+
+def test_parquet_parts_split_over_several_files_keep_file_then_row_order(tmp_path):
+    """A `train/` written by a cluster job has many files: read in file-name order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    small = small_arrays(n_train=30, n_test=6)
+    for split, n in (("train", 30), ("test", 6)):
+        (tmp_path / split).mkdir()
+        x, y = small[f"x_{split}"].reshape(n, 784), small[f"y_{split}"]
+        for i, rows in enumerate(np.array_split(np.arange(n), 3)):
+            images = pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * 784),
+                                              pa.array(x[rows].reshape(-1)))
+            pq.write_table(pa.table({"image": images, "label": y[rows]}), tmp_path / split / f"part-{i:05d}.parquet")
+    s = load(str(tmp_path), "holdout")
+    np.testing.assert_array_equal(np.concatenate([s.y_train, s.y_val]), small["y_train"])
+    np.testing.assert_array_equal(s.x_val, small["x_train"].reshape(30, 784)[25:])

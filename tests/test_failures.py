@@ -15,7 +15,7 @@ import pytest
 
 from service import report, train
 from service.spec import dump_spec
-from tests.conftest import make_spec
+from tests.helpers import make_spec, without_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,6 @@ DECIDING = (
     "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
     "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}",
 )
-
-
-def without_seconds(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ import tf_keras as keras
 
 from service import sync
 from service.spec import apply_overrides, validate_train
-
-
-def tiny_model(lr: float = 0.01) -> keras.Model:
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="mse")
-    return model
+from tests.helpers import stock_replay, tiny_model
 
 
 class ScriptedShard:
@@ -55,11 +50,11 @@ def spec_with(*overrides):
     return validate_train(apply_overrides({"scaling": {"num_workers": 1}}, list(overrides)))
 
 
-def run_stack(spec, sequence, model=None, state=None, best_weights=None, start=0):
+def run_stack(spec, sequence, model=None, state=None, start=0):
     """Drive our decision stack (world of one) through scripted epochs, as model.fit would."""
     model = model or tiny_model(spec.model.learning_rate)
     sums = [(v["val_loss"] * 1000, v["val_accuracy"] * 1000, 1000) for v in sequence]
-    deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard(sums[start:]), state, best_weights)
+    deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard(sums[start:]), state)
     callbacks = keras.callbacks.CallbackList(deciders.as_list(), model=model)
     callbacks.on_train_begin()
     trace = []
@@ -72,32 +67,6 @@ def run_stack(spec, sequence, model=None, state=None, best_weights=None, start=0
             break
     callbacks.on_train_end()
     return trace, deciders, model
-
-
-def stock_replay(spec, sequence):
-    """Stock tf_keras ReduceLROnPlateau and EarlyStopping fed the same global metrics.
-
-    Returns (learning rate after each epoch, stop epoch or None, EarlyStopping's best epoch
-    or None), epochs numbered from 1.
-    """
-    model = tiny_model(spec.model.learning_rate)
-    stock = []
-    if spec.reduce_lr is not None:
-        stock.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()))
-    if spec.early_stopping is not None:
-        stock.append(keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump()))
-    callbacks = keras.callbacks.CallbackList(stock, model=model)
-    callbacks.on_train_begin()
-    lrs, stop_epoch = [], None
-    for epoch, values in enumerate(sequence):
-        callbacks.on_epoch_end(epoch, dict(values))
-        lrs.append(sync.get_lr(model))
-        if model.stop_training:
-            stop_epoch = epoch + 1
-            break
-    callbacks.on_train_end()
-    best_epoch = stock[-1].best_epoch + 1 if spec.early_stopping is not None else None
-    return lrs, stop_epoch, best_epoch
 
 
 def metric_sequence(seed: int, epochs: int = 14):
@@ -214,11 +183,10 @@ def test_resumed_stack_decides_like_the_uninterrupted_one():
     full, _, _ = run_stack(spec, sequence)
     for k in range(1, len(full)):
         first, deciders, model = run_stack(spec, sequence[:k])
-        state = sync.callback_state(deciders.reduce_lr, deciders.early_stopping)
+        state = deciders.state_dicts()
         lr = sync.get_lr(model)
         resumed_model = tiny_model(lr)
-        rest, _, _ = run_stack(spec, sequence, model=resumed_model, state=state,
-                               best_weights=deciders.early_stopping.best_weights, start=k)
+        rest, _, _ = run_stack(spec, sequence, model=resumed_model, state=state, start=k)
         combined = [(d.epoch, d.lr_after, d.stop, d.plateau_wait, d.stopping_wait) for d in first + rest]
         assert combined == [(d.epoch, d.lr_after, d.stop, d.plateau_wait, d.stopping_wait) for d in full], k
 
@@ -227,7 +195,7 @@ def test_stack_order_is_metrics_then_deciders_then_consensus():
     spec = spec_with("reduce_lr={}", "early_stopping={}")
     deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard([]))
     kinds = [type(cb).__name__ for cb in deciders.as_list()]
-    assert kinds == ["GlobalMetrics", "ReduceLROnPlateau", "EarlyStopping", "RestoreCallbackState", "Consensus"]
+    assert kinds == ["GlobalMetrics", "ResumableReduceLROnPlateau", "ResumableEarlyStopping", "Consensus"]
 
 
 def test_parameter_sets_cover_every_callback_parameter():

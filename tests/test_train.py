@@ -7,20 +7,14 @@ own run in which the ranks deliberately see different metrics.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tf_keras as keras
 
 from service import data as data_lib
 from service import report, train
-from service.model import build_model
 from service.spec import load_spec
-from tests.conftest import make_spec
-from tests.test_sync import stock_replay
+from tests.helpers import by_epoch, checkpoints, exact_metrics, make_spec, model_at, plateau, stock_replay
 
 pytestmark = pytest.mark.slow
 
@@ -39,37 +33,6 @@ def uneven_run(tmp_path_factory, odd_mnist):
     result = train.run(spec, echo=lambda line: None)
     assert result.ok, result.error
     return spec, result
-
-
-def by_epoch(decisions):
-    epochs: dict[int, list[dict]] = {}
-    for d in decisions:
-        epochs.setdefault(d["epoch"], []).append(d)
-    return epochs
-
-
-def checkpoints(spec) -> dict[int, Path]:
-    """Every epoch checkpoint the run kept, by epoch."""
-    root = Path(spec.output) / spec.name / "checkpoints" / spec.name
-    found = {}
-    for state in root.glob("checkpoint_*/state.json"):
-        found[json.loads(state.read_text())["epoch"]] = state.parent
-    return found
-
-
-def load_weights(spec, directory: Path) -> keras.Model:
-    model = build_model(spec.model, seed=spec.training.seed)
-    with np.load(directory / "weights.npz") as z:
-        model.set_weights([z[f"w{i}"] for i in range(len(model.get_weights()))])
-    return model
-
-
-def exact_metrics(model, x, y) -> tuple[float, float]:
-    """Loss and accuracy over the whole split in one process: the reference for G1."""
-    probs = model.predict(x.astype("float32") / 255.0, batch_size=4096, verbose=0)
-    onehot = np.eye(10, dtype="float32")[y]
-    loss = keras.losses.categorical_crossentropy(onehot, probs).numpy().astype("float64")
-    return float(loss.mean()), float((probs.argmax(axis=1) == y).mean())
 
 
 def test_files_follow_the_contract(uneven_run):
@@ -105,7 +68,7 @@ def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
     kept = checkpoints(spec)
     assert sorted(kept) == [r["epoch"] for r in result.history]
     for epoch, rows in by_epoch(result.decisions).items():
-        model = load_weights(spec, kept[epoch])
+        model = model_at(spec, kept[epoch])
         loss, accuracy = exact_metrics(model, splits.x_val, splits.y_val)
         # A mean of the two shards' means differs from the global mean on these shards.
         shard_means = [exact_metrics(model, splits.x_val[s], splits.y_val[s])[1]
@@ -151,7 +114,7 @@ def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run
     rank0 = [r for r in result.decisions if r["rank"] == 0]
     _, stop_epoch, best_epoch = stock_replay(spec, [r["values"] for r in rank0])
     splits = data_lib.load(spec.data.source, "holdout")
-    model = load_weights(spec, checkpoints(spec)[best_epoch])
+    model = model_at(spec, checkpoints(spec)[best_epoch])
     test_loss, test_accuracy = exact_metrics(model, splits.x_test, splits.y_test)
     assert result.summary["test_accuracy"] == test_accuracy
     assert result.summary["test_loss"] == pytest.approx(test_loss, rel=1e-6)
@@ -182,11 +145,6 @@ def test_local_mode_trains_in_process(tmp_path):
     assert {d["rank"] for d in result.decisions} == {0}
     assert result.summary["workers"] == 1
     assert 0.5 < result.summary["test_accuracy"] <= 1.0
-
-
-def plateau(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
 
 
 def test_spec_typo_is_one_line_and_exit_2(tmp_path):

@@ -1,0 +1,144 @@
+"""Keras callbacks of the worker loop that are not about synchronisation (that is `sync`):
+
+* `ResumableReduceLROnPlateau`, `ResumableEarlyStopping`: the stock tf_keras callbacks, unchanged
+  in what they decide, that can hand over their state to a checkpoint and take it back;
+* `ReportEachEpoch`: every epoch's report to Ray Train (with the checkpoint) and to the driver;
+* `FailOnce`: a failure drill, added only when a spec asks for one.
+
+Example::
+
+    reduce_lr = ResumableReduceLROnPlateau(monitor="val_accuracy", factor=0.1, patience=1)
+    reduce_lr.load_state_dict(saved)   # applied right after Keras's reset in on_train_begin
+    model.fit(..., callbacks=[..., reduce_lr, ...])
+    reduce_lr.state_dict()             # {"best": 0.9375, "wait": 1, "cooldown_counter": 0}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import tf_keras as keras
+
+
+# ---------------------------------------------------------------------------------------------
+# The stock deciders, resumable
+
+
+class _Resumable:
+    """State a callback carries from epoch to epoch, saved and restored by name.
+
+    Keras resets ReduceLROnPlateau and EarlyStopping in `on_train_begin`, so a run resumed from a
+    checkpoint would forget its best value, its waits and its cooldown, and decide differently
+    from the run that never stopped. State loaded before `fit` is applied right after that reset.
+    """
+
+    state_fields: tuple[str, ...] = ()
+    _resume: Optional[dict[str, Any]] = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # numpy scalars as plain numbers, so the state can go into JSON as it is
+        return {name: _plain(getattr(self, name)) for name in self.state_fields}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = {name: state[name] for name in self.state_fields if name in state}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # Keras's fresh-start reset
+        for name, value in (self._resume or {}).items():
+            setattr(self, name, value)
+
+
+class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
+    """tf_keras `ReduceLROnPlateau` whose `best`, `wait` and `cooldown_counter` survive a restart."""
+
+    state_fields = ("best", "wait", "cooldown_counter")
+
+
+class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
+    """tf_keras `EarlyStopping` whose `best`, `wait`, `best_epoch`, `stopped_epoch` and best
+    weights survive a restart."""
+
+    state_fields = ("best", "wait", "best_epoch", "stopped_epoch", "best_weights")
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+class DriverQueue:
+    """The workers' line to the driver: each rank posts its reports, the driver prints them.
+
+    Ray Train keeps only rank 0's metrics, and its in-process local mode runs no Ray Train
+    callbacks, so the driver learns every rank's view from here.
+    """
+
+    def __init__(self, queue=None):
+        self.queue = queue
+
+    def post(self, rank: int, message: dict) -> None:
+        if self.queue is not None:
+            self.queue.put((rank, message))
+
+
+class ReportEachEpoch(keras.callbacks.Callback):
+    """Reports to Ray Train at every epoch's end, after the deciding callbacks.
+
+    Every rank reports every epoch (the call is a barrier, so counts must match) with a
+    checkpoint directory: rank 0 writes the weights and state, and every rank writes its own
+    trace (its reports of every epoch so far); Ray Train merges them into one checkpoint, so
+    the checkpoint a run resumes from carries the history up to it. Then the rank posts the
+    same report to the driver.
+    """
+
+    def __init__(self, rank: int, deciders, driver: DriverQueue, trace=None):
+        super().__init__()
+        self.rank, self.deciders, self.driver = rank, deciders, driver
+        self.trace = list(trace or [])
+
+    def on_epoch_end(self, epoch, logs=None):
+        import ray.train
+
+        from service import checkpoint
+
+        decision = self.deciders.consensus.last
+        report = {"epoch": epoch + 1, "seconds": self.deciders.metrics.seconds, "lr": decision.lr_before,
+                  **decision.values, "decision": decision.to_json()}
+        self.trace.append(report)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.write_trace(tmp, self.rank, self.trace)
+            if self.rank == 0:
+                checkpoint.save(tmp, self.model, epoch + 1, self.deciders.state_dicts())
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        self.driver.post(self.rank, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure drills
+
+
+class FailOnce(keras.callbacks.Callback):
+    """Hard-kills this worker's process at the end of `epoch` (1-based): a real crash, not an
+    exception. Once per driver invocation (`attempt`): the restarted worker group passes that
+    epoch again and must not die again. Place it after `ReportEachEpoch`.
+    """
+
+    def __init__(self, epoch: int, attempt: str, rank: int):
+        super().__init__()
+        self.epoch, self.attempt, self.rank = epoch, attempt, rank
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 != self.epoch:
+            return
+        marker = Path(tempfile.gettempdir(), f"plateau-fail-{self.attempt}-{self.epoch}-{self.rank}")
+        if marker.exists():
+            return
+        marker.write_text("killed")
+        os._exit(17)

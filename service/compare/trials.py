@@ -1,0 +1,144 @@
+"""The trial runner: every trial of a study as a Ray Tune trial that runs one `train.run`.
+
+Under Ray Train V2 a Tune trial is a plain function: it builds its own TensorflowTrainer (through
+`train.run`) and passes Tune's `TuneReportCallback` in the trainer's RunConfig, so every epoch
+reaches Tune while it runs. The trial returns its outcome (status, summary, history) as its last
+result, which is what the study's driver reads back: no trial folder on another node's disk is
+needed to build the study's tables.
+
+Example::
+
+    outcomes = run_tune(spec, trials, study_dir, address=None, verbose=False, echo=print)
+    outcomes["study-reduce_lr-on-s7"].status        # 'ok' | 'failed' | 'stopped'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from service import cluster
+from service.compare.grid import Trial
+from service.compare.tables import TrialOutcome, live_line
+from service.errors import cause_line
+from service.spec import CompareSpec, TrainSpec
+
+# What Tune ranks trials by (ASHA needs it in every result).
+METRIC, MODE = "val_accuracy", "max"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a trial
+
+
+class EpochsToTune(TuneReportCallback):
+    """TuneReportCallback, minus what a Tune result should not carry: the final test report (it
+    has no val_accuracy, which the scheduler needs in every result; the trial returns the test
+    metrics itself) and the per-rank decision record (it is in decisions.jsonl)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics and metrics[0].get("final"):
+            return
+        slim = [{k: v for k, v in m.items() if k != "decision"} for m in metrics]
+        super().after_report(run_context, slim, checkpoint)
+
+
+def run_trial(config: dict) -> dict:
+    """A Tune trial: one train run. Returns its outcome as the trial's final result."""
+    from service import train
+
+    trial = config["trial"]
+    spec = TrainSpec.model_validate(trial["spec"])
+    verbose = bool(trial.get("verbose"))
+    echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
+    try:
+        result = train.run(spec, verbose=verbose, echo=echo, callbacks=[EpochsToTune()],
+                           data_cache=trial.get("data_cache"))
+    except Exception as exc:  # a trial's failure is its row, not the study's end
+        return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
+    if not result.ok:
+        return {"status": "failed", "error": result.error, "history": result.history, METRIC: float("nan")}
+    best = result.summary.get("best_val_accuracy")
+    return {"status": "ok", "error": "", "summary": result.summary, "history": result.history,
+            METRIC: best if best is not None else float("nan")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The study's driver
+
+
+class FinishedTrialLines(tune.Callback):
+    """One line per finished trial, printed by the study's driver as Tune reports it."""
+
+    def __init__(self, trials: list[Trial], echo: Callable[[str], None]):
+        self.by_name = {t.name: t for t in trials}
+        self.total, self.done, self.echo = len(trials), 0, echo
+
+    def _line(self, tune_trial, error=None) -> None:
+        trial = self.by_name.get(tune_trial.config["trial"]["spec"]["name"])
+        if trial is None:
+            return
+        self.done += 1
+        self.echo(live_line(self.done, self.total, trial, TrialOutcome.from_tune(tune_trial.last_result, error)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, error=RuntimeError("the trial's process died"))
+
+
+def _trial_dirname(tune_trial) -> str:
+    return tune_trial.config["trial"]["spec"]["name"]
+
+
+def study_cpus(spec: CompareSpec, trials: list[Trial]) -> int:
+    """Logical CPUs for an embedded Ray: each concurrent trial's own process plus its workers."""
+    per_trial = max(1 + t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)
+    return max(os.cpu_count() or 1, math.ceil(spec.max_concurrent_trials * per_trial))
+
+
+def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo, data_cache):
+    scheduler = None
+    if spec.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration", grace_period=1,
+            max_t=max(t.spec.training.epochs for t in trials) + 2)  # never cut the final report
+    space = [{"spec": t.spec.model_dump(mode="json"), "verbose": verbose,
+              "data_cache": str(data_cache) if data_cache else None} for t in trials]
+    return tune.Tuner(
+        # The trial's own process takes one CPU; its Ray Train workers reserve theirs in the
+        # placement group the trainer makes for them.
+        tune.with_resources(run_trial, {"CPU": 1}),
+        param_space={"trial": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
+                                    max_concurrent_trials=spec.max_concurrent_trials,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(study_dir / "tune"),
+                                  callbacks=[FinishedTrialLines(trials, echo)], verbose=1 if verbose else 0),
+    )
+
+
+def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
+             verbose: bool, echo: Callable[[str], None], data_cache: Optional[Path] = None) -> dict[str, TrialOutcome]:
+    """Run the trials on Ray Tune; trial name -> outcome. Raises whatever keeps the study itself
+    from running (Ray, Tune)."""
+    by_name = {t.name: t for t in trials}
+    with cluster.ray_session(address, study_cpus(spec, trials), verbose):
+        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache)
+        if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
+            shutil.rmtree(study_dir / "tune" / spec.name)
+        with cluster.tune_console(verbose):
+            results = tuner.fit()
+        outcomes = {}
+        for result in results:
+            name = (result.config or {}).get("trial", {}).get("spec", {}).get("name")
+            if name in by_name:
+                outcomes[name] = TrialOutcome.from_tune(result.metrics, result.error)
+    return outcomes

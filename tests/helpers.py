@@ -1,0 +1,96 @@
+"""Helpers shared by the tests: small models and specs, stock-Keras replays, and readers of a
+finished run (its checkpoints, its decisions, exact metrics of its weights)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+
+from service import checkpoint, sync
+from service.model import build_model
+from service.spec import apply_overrides, validate_train
+
+
+def make_spec(tmp_path: Path, *overrides: str, **base):
+    """A small train spec on the bundled sample, written under tmp_path, with overrides."""
+    raw = {
+        "name": base.pop("name", "t"),
+        "output": str(tmp_path / "results"),
+        "data": {"source": "sample", "validation": "holdout"},
+        "training": {"epochs": 3, "batch_size": 100, "seed": 7},
+        "scaling": {"num_workers": 2},
+        **base,
+    }
+    return validate_train(apply_overrides(raw, list(overrides)))
+
+
+def tiny_model(lr: float = 0.01) -> keras.Model:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="mse")
+    return model
+
+
+def stock_replay(spec, sequence):
+    """Stock tf_keras ReduceLROnPlateau and EarlyStopping fed the same global metrics.
+
+    Returns (learning rate after each epoch, stop epoch or None, EarlyStopping's best epoch
+    or None), epochs numbered from 1.
+    """
+    model = tiny_model(spec.model.learning_rate)
+    stock = []
+    if spec.reduce_lr is not None:
+        stock.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()))
+    if spec.early_stopping is not None:
+        stock.append(keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump()))
+    callbacks = keras.callbacks.CallbackList(stock, model=model)
+    callbacks.on_train_begin()
+    lrs, stop_epoch = [], None
+    for epoch, values in enumerate(sequence):
+        callbacks.on_epoch_end(epoch, dict(values))
+        lrs.append(sync.get_lr(model))
+        if model.stop_training:
+            stop_epoch = epoch + 1
+            break
+    callbacks.on_train_end()
+    best_epoch = stock[-1].best_epoch + 1 if spec.early_stopping is not None else None
+    return lrs, stop_epoch, best_epoch
+
+
+def by_epoch(decisions):
+    epochs: dict[int, list[dict]] = {}
+    for d in decisions:
+        epochs.setdefault(d["epoch"], []).append(d)
+    return epochs
+
+
+def checkpoints(spec) -> dict[int, Path]:
+    """Every epoch checkpoint a run kept, by epoch (default storage: OUTPUT/NAME/checkpoints)."""
+    return checkpoint.by_epoch(Path(spec.output) / spec.name / "checkpoints" / spec.name)
+
+
+def model_at(spec, directory: Path) -> keras.Model:
+    """The seed model with the weights of one epoch's checkpoint."""
+    model = build_model(spec.model, seed=spec.training.seed)
+    checkpoint.load_weights(directory, model)
+    return model
+
+
+def exact_metrics(model, x, y) -> tuple[float, float]:
+    """Loss and accuracy over a whole split in one process: the reference for global metrics."""
+    probs = model.predict(x.astype("float32") / 255.0, batch_size=4096, verbose=0)
+    onehot = np.eye(10, dtype="float32")[y]
+    loss = keras.losses.categorical_crossentropy(onehot, probs).numpy().astype("float64")
+    return float(loss.mean()), float((probs.argmax(axis=1) == y).mean())
+
+
+def without_seconds(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def plateau(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
