@@ -76,14 +76,14 @@ def plain_child(data: str, epochs: int) -> None:
     import tf_keras as keras
 
     from service import data as data_lib
-    from service.model import build_model
+    from service.model import build_model, scale_pixels
     from service.spec import ModelSpec
 
     splits = data_lib.load(data, "holdout", warn=lambda m: None)
     n = len(splits.x_train) // GLOBAL_BATCH * GLOBAL_BATCH  # whole batches, like plateau's steps
 
     def prepare(x, y):
-        return x.reshape(len(x), -1).astype("float32") / 255.0, keras.utils.to_categorical(y, 10)
+        return scale_pixels(x.reshape(len(x), -1)), keras.utils.to_categorical(y, 10)
 
     x, y = prepare(splits.x_train[:n], splits.y_train[:n])
     x_val, y_val = prepare(splits.x_val, splits.y_val)
