@@ -118,3 +118,78 @@ def tune_console(verbose: bool):
     """Tune's own console tables only with --verbose: the legacy output engine stays silent at
     verbose=0, the new one does not."""
     return environment(**{TUNE_OUTPUT_VAR: None if verbose else "0"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources: can this Ray place the run's workers at all?
+
+
+class ResourcesError(BadInput):
+    """A Ray that cannot grow lacks what the workers need (exit 2, before any worker starts)."""
+
+
+class ResourcesTimeout(RuntimeError):
+    """A cluster did not offer the workers' resources within `scaling.resources_timeout_s`."""
+
+
+def _describe(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
+
+
+def placeable(nodes: list[dict[str, float]], bundle: dict[str, float], count: int, strategy: str) -> bool:
+    """Whether `count` workers of `bundle` fit on `nodes` (each node's total resources): a worker
+    lives on one node; STRICT_SPREAD wants a node per worker."""
+    def fits(node: dict[str, float]) -> int:
+        return int(min(node.get(k, 0.0) / v for k, v in bundle.items() if v > 0) + 1e-9)
+
+    per_node = [fits(node) for node in nodes]
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for n in per_node if n >= 1) >= count
+    return sum(per_node) >= count
+
+
+def shortfall(nodes: list[dict[str, float]], bundle: dict[str, float], count: int, strategy: str,
+              where: str = "Ray") -> str:
+    """What the run needs and what `where` has, in words, e.g. `needs 2 GPUs, Ray has 0`."""
+    for key, value in bundle.items():
+        have = sum(node.get(key, 0.0) for node in nodes)
+        if have < value * count - 1e-9:
+            unit = f"{key}s" if key == "GPU" else key
+            return f"needs {value * count:g} {unit} ({count} worker(s) x {_describe(bundle)}), {where} has {have:g}"
+    if strategy == "STRICT_SPREAD":
+        roomy = sum(1 for node in nodes if placeable([node], bundle, 1, "PACK"))
+        return f"needs {count} nodes that each fit {_describe(bundle)} (STRICT_SPREAD), {where} has {roomy}"
+    return f"needs {count} worker(s) of {_describe(bundle)}, each on one node; {where}'s nodes have no such room"
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def wait_for_resources(bundle: dict[str, float], count: int, strategy: str, *, can_grow: bool,
+                       timeout_s: float, echo, interval_s: float = 30.0, poll_s: float = 1.0) -> None:
+    """Return once Ray's nodes could hold the workers; otherwise say so.
+
+    A Ray that cannot grow (the embedded one) fails at once with ResourcesError. A cluster may
+    still add nodes (autoscaling): a line says what the run waits for, again every `interval_s`
+    with the time waited, until `timeout_s` (ResourcesTimeout).
+    """
+    import time
+
+    started, said = time.monotonic(), None
+    while not placeable(alive_nodes(), bundle, count, strategy):
+        if not can_grow:
+            missing = shortfall(alive_nodes(), bundle, count, strategy, where="this machine's Ray")
+            raise ResourcesError(f"the run {missing}; lower scaling.num_workers or the resources per worker, "
+                                 "or join a cluster with --address")
+        missing = shortfall(alive_nodes(), bundle, count, strategy, where="the cluster")
+        waited = time.monotonic() - started
+        if waited >= timeout_s:
+            raise ResourcesTimeout(f"gave up after {waited:.0f}s waiting for the cluster: the run {missing} "
+                                   "(scaling.resources_timeout_s)")
+        if said is None or time.monotonic() - said >= interval_s:
+            echo(f"waiting for the cluster: the run {missing}; {waited:.0f}s of {timeout_s:g}s")
+            said = time.monotonic()
+        time.sleep(poll_s)

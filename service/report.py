@@ -70,13 +70,25 @@ def read_decisions(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def write_run(out_dir: Path, spec_text: str, history: list[dict], decisions: list[dict],
+              summary: dict | None = None) -> None:
+    """A run's folder in one go (a study's driver writes each trial's from what the trial returned)."""
+    write_atomic(Path(out_dir) / "spec.yaml", spec_text)
+    write_history(Path(out_dir) / "history.csv", history)
+    write_decisions(Path(out_dir) / "decisions.jsonl", decisions)
+    if summary is not None:
+        write_json(Path(out_dir) / "summary.json", summary)
+        plot_curves(Path(out_dir) / "curves.png", history, summary["lr_reductions"], summary["stop_epoch"],
+                    title=summary["name"])
+
+
 def lr_reductions(decisions: list[dict]) -> list[dict]:
     """[{epoch, lr}]: the epochs at whose end the learning rate went down, and the new rate."""
     return [{"epoch": d["epoch"], "lr": d["lr_after"]} for d in decisions if d["rank"] == 0 and d["reduced"]]
 
 
 def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: list[dict],
-              decisions: list[dict], test: dict, wall_seconds: float) -> dict:
+              decisions: list[dict], test: dict, wall_seconds: float, placement: list[dict] = ()) -> dict:
     """summary.json: the run in one object (see the README for each key)."""
     rank0 = [d for d in decisions if d["rank"] == 0]
     stopped = bool(rank0 and rank0[-1]["stop"])
@@ -99,6 +111,7 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
         "lr_reductions": lr_reductions(decisions),
         "final_lr": final_lr,
         "ranks_agree": ranks_agree(decisions),
+        "placement": list(placement),
         "wall_seconds": round(wall_seconds, 2),
     }
 
@@ -130,6 +143,12 @@ def epoch_line(row: dict, decision: dict | None, max_epochs: int) -> str:
     if decision is not None and decision["stop"]:
         parts.append("early stop")
     return "  ".join(parts)
+
+
+def placement_line(placement: list[dict]) -> str:
+    """Where each rank's worker runs: `workers: rank 0 on 10.0.0.5 (node 1a2b3c4d, CPU), ...`."""
+    return "workers: " + ", ".join(f"rank {p['rank']} on {p['node_ip']} (node {p['node_id'][:8]}, {p['device']})"
+                                   for p in placement)
 
 
 def done_line(summary: dict, out_dir: Path) -> str:

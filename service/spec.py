@@ -84,11 +84,32 @@ class ScalingSpec(_Section):
     num_workers: int = Field(2, ge=0)  # 0 = Ray Train's in-process local mode
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)  # only read when use_gpu
+    gpus_per_worker: float = Field(1.0, ge=0)  # only read when use_gpu; 0.5 = two workers per GPU
+    # How gradients are all-reduced between workers: NCCL between GPUs, gRPC RING between CPU
+    # processes; auto picks NCCL with use_gpu and RING otherwise.
+    collective: Literal["auto", "ring", "nccl"] = "auto"
+    # Where Ray places the workers: PACK fills a node first, SPREAD prefers distinct nodes,
+    # STRICT_SPREAD requires one node per worker.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
+    # On a cluster that may still add nodes: how long to wait for the workers' resources.
+    resources_timeout_s: float = Field(600.0, gt=0)
     # Restart the worker group this many times after a worker dies (-1 = forever).
     max_failures: int = Field(0, ge=-1)
     # Where Ray Train keeps checkpoints: a local path, or a URI on shared storage for clusters.
     storage_path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _nccl_needs_gpus(self) -> "ScalingSpec":
+        if self.collective == "nccl" and not self.use_gpu:
+            raise ValueError("collective nccl runs between GPUs; set use_gpu: true (or --gpu), or use ring")
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("use_gpu with gpus_per_worker 0 gives the workers no GPU; use e.g. 1 or 0.5")
+        return self
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        """What one worker asks Ray for."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
 class _Monitored(_Section):

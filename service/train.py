@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -37,6 +38,8 @@ from service.errors import cause_line
 from service.spec import TrainSpec, dump_spec
 
 Echo = Callable[[str], None]
+# How a worker's DeviceError reads inside the error Ray Train hands back.
+DEVICE_ERROR = re.compile(r"DeviceError: (rank \d+ on .*)$", re.M)
 
 
 def say(line: str) -> None:
@@ -128,6 +131,7 @@ class EpochCollector:
         self.history: list[dict] = []
         self.decisions: list[dict] = []
         self.test: dict = {}
+        self.placement: dict[int, dict] = {}  # rank -> where its worker runs (the latest group's)
         self.world = spec.workers
         self._pending: dict = {}
 
@@ -152,12 +156,24 @@ class EpochCollector:
 
     def on_message(self, rank: int, message: dict, announce: bool = True) -> None:
         """One rank's report; an epoch is complete when every rank has sent it."""
+        if "placement" in message:
+            self.on_placement(rank, message["placement"])
+            return
         key = "final" if message.get("final") else message["epoch"]
         arrived = self._pending.setdefault(key, {})
         arrived[rank] = message
         if len(arrived) == self.world:
             del self._pending[key]
             self.on_epoch([arrived[r] for r in sorted(arrived)], announce)
+
+    def on_placement(self, rank: int, where: dict) -> None:
+        """A worker says where it runs; once every rank of a (re)started group has, print it."""
+        self.placement[rank] = where
+        group = self._pending.setdefault("placement", set())
+        group.add(rank)
+        if len(group) == self.world:
+            del self._pending["placement"]
+            self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
 
     def on_epoch(self, per_rank: list[dict], announce: bool = True) -> None:
         head = per_rank[0]
@@ -215,7 +231,14 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
     with _stderr_silenced(enabled=not verbose):  # TensorFlow's import banner is noise here
         from service.worker import train_loop_per_worker
 
-    with cluster.ray_session(address, cpus_needed(plan.spec), verbose):
+    scaling = plan.spec.scaling
+    with cluster.ray_session(address, cpus_needed(plan.spec), verbose) as started_here:
+        try:
+            cluster.wait_for_resources(scaling.resources_per_worker, plan.spec.workers, scaling.placement_strategy,
+                                       can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
+                                       echo=collector.echo)
+        except cluster.ResourcesTimeout as exc:
+            return {"error": exc}
         arrays = {k: ray.put(getattr(plan.splits, k)) for k in
                   ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         queue = Queue()
@@ -232,13 +255,28 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
 
         thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
         thread.start()
+        waiting = _Reminder(collector.echo, "waiting for Ray to start the workers (their resources are busy?)")
         while thread.is_alive() or not queue.empty():
             try:
                 collector.on_message(*queue.get(timeout=0.2))
             except Empty:
-                continue
+                if not collector.placement:
+                    waiting.tick()
         thread.join()
     return outcome
+
+
+class _Reminder:
+    """Says `what` every `interval_s` with the time waited, from the first tick on."""
+
+    def __init__(self, echo: Echo, what: str, interval_s: float = 30.0):
+        self.echo, self.what, self.interval_s = echo, what, interval_s
+        self.started = self.said = time.monotonic()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.said >= self.interval_s:
+            self.said = time.monotonic()
+            self.echo(f"{self.what}: {self.said - self.started:.0f}s")
 
 
 def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool):
@@ -246,9 +284,6 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
     from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
 
     scaling = plan.spec.scaling
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = scaling.gpus_per_worker
     run_config = RunConfig(
         name=plan.spec.name,
         storage_path=plan.storage,
@@ -261,7 +296,8 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
         loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=scaling.resources_per_worker,
+                                     placement_strategy=scaling.placement_strategy),
         run_config=run_config,
     )
 
@@ -310,6 +346,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     summary = report.summarize(
         name=spec.name, data=plan.splits.sizes(), workers=spec.workers, max_epochs=spec.training.epochs,
         history=collector.history, decisions=collector.decisions, test=collector.test, wall_seconds=wall,
+        placement=[collector.placement[r] for r in sorted(collector.placement)],
     )
     report.write_json(out_dir / "summary.json", summary)
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
@@ -320,6 +357,11 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
 
 def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: Path) -> str:
     """One line: which rank failed with what, after which epoch, and how to resume."""
+    if isinstance(error, cluster.ResourcesTimeout):
+        return str(error)
+    device = DEVICE_ERROR.search(f"{type(error).__name__}: {error}")
+    if device:  # a worker's own one-line verdict on its device: nothing to add
+        return device.group(1)
     last = collector.history[-1]["epoch"] if collector.history else 0
     where = ""
     failures = getattr(error, "worker_failures", None)

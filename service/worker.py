@@ -9,6 +9,8 @@ evaluates the test set globally.
 
 from __future__ import annotations
 
+import os
+
 import ray
 import ray.train
 import tensorflow as tf
@@ -34,14 +36,55 @@ def configure_threads(cpus: float) -> None:
         pass  # context already initialised (in-process local mode): keep what is there
 
 
-def make_strategy(world_size: int):
+class DeviceError(RuntimeError):
+    """A worker cannot use the device the spec asks for: one line naming the rank and the node."""
+
+
+def prepare_devices(use_gpu: bool, rank: int) -> str:
+    """The device this worker trains on: "CPU", or its GPU's name (with memory growth on).
+
+    Checked on every worker before anything is built, so a GPU run on a node whose TensorFlow
+    cannot see a GPU fails at once instead of training on the CPU. Memory growth lets several
+    workers share one GPU (gpus_per_worker: 0.5): by default the first would take it all.
+    """
+    if not use_gpu:
+        return "CPU"
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        # pip's tensorflow wheel is built with CUDA but ships without the CUDA libraries.
+        cause = ("this TensorFlow is a CPU-only build" if not tf.test.is_built_with_cuda() else
+                 "this TensorFlow has CUDA support but cannot use a GPU here: the CUDA libraries are "
+                 "missing, or the node has no NVIDIA GPU and driver")
+        raise DeviceError(f"rank {rank} on {ray.util.get_node_ip_address()}: use_gpu is set but TensorFlow "
+                          f"sees no GPU ({cause}); install TensorFlow's CUDA build on the GPU nodes with "
+                          "pip install -e '.[gpu]', or train on CPUs without --gpu")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # context already initialised (in-process local mode): keep what is there
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+
+
+def communication_options(collective: str, use_gpu: bool):
+    """How MultiWorkerMirroredStrategy all-reduces: NCCL between GPUs (no copy through host
+    memory and gRPC), RING over gRPC between CPU processes (NCCL cannot run there)."""
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    chosen = collective if collective != "auto" else ("nccl" if use_gpu else "ring")
+    return tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation.NCCL if chosen == "nccl" else implementation.RING)
+
+
+def make_strategy(world_size: int, collective: str = "auto", use_gpu: bool = False):
     if world_size <= 1:
         return tf.distribute.get_strategy()
-    # RING over gRPC is the collective that works on CPU hosts and GPUs alike.
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING
-    )
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(collective, use_gpu))
+
+
+def whereabouts(rank: int, device: str) -> dict:
+    """Where this worker runs, as it tells the driver (summary.json's `placement`)."""
+    return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device}
 
 
 def train_dataset(x, y, *, steps: int, batch: int, stream: int, start_epoch: int, epochs: int):
@@ -90,11 +133,14 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     configure_threads(spec.scaling.cpus_per_worker)
+    device = prepare_devices(spec.scaling.use_gpu, rank)
+    driver = DriverQueue(config.get("progress"))
+    driver.post(rank, {"placement": whereabouts(rank, device)})
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
     part = {split: data_lib.shard(len(arrays[f"x_{split}"]), world, rank) for split in ("train", "val", "test")}
 
     # -- the model, from the latest checkpoint when Ray Train restarts the run
-    strategy = make_strategy(world)
+    strategy = make_strategy(world, spec.scaling.collective, spec.scaling.use_gpu)
     restored, trace = checkpoint.Restored(), []
     with strategy.scope():
         model = build_model(spec.model, seed=spec.training.seed, rank=rank,
@@ -109,7 +155,6 @@ def train_loop_per_worker(config: dict) -> None:
     collective = sync.Collective(strategy, world)
     val = sync.ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
     deciders = sync.decision_callbacks(spec, collective, rank, val, restored.callbacks)
-    driver = DriverQueue(config.get("progress"))
     callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, driver, trace)]
     if spec.debug.fail_at_epoch is not None and rank == spec.debug.fail_rank:
         callbacks.append(FailOnce(spec.debug.fail_at_epoch, config.get("attempt", ""), rank))

@@ -27,7 +27,7 @@ from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, live_line, markdown, plot_comparison,
                                     table_rows, text_table, trial_row)
-from service.errors import EXIT_FAILED, EXIT_OK, cause_line
+from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line
 from service.spec import CompareSpec, SpecError, dump_spec
 
 Echo = Callable[[str], None]
@@ -63,6 +63,8 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
 
         try:
             outcomes = run_tune(spec, trials, study_dir, address, verbose, echo, data_cache)
+        except BadInput:
+            raise
         except Exception as exc:
             echo(f"plateau: the study failed: {cause_line(exc)}")
             return EXIT_FAILED
@@ -121,7 +123,8 @@ def _count_finished(trials: list[Trial]) -> int:
 def _finished(trial: Trial) -> TrialOutcome:
     folder = Path(trial.spec.output) / trial.name
     summary = json.loads((folder / "summary.json").read_text())
-    return TrialOutcome("ok", summary, "", report.read_history(folder / "history.csv"))
+    return TrialOutcome("ok", summary, "", report.read_history(folder / "history.csv"),
+                        report.read_decisions(folder / "decisions.jsonl"), reused=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +137,9 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
     rows, curves = [], {s.label: [] for s in settings}
     for t in trials:
         outcome = outcomes.get(t.name) or TrialOutcome("failed", error="no result from Tune")
+        if outcome.history and not outcome.reused:  # the trial's own folder, here on the driver's node
+            report.write_run(Path(t.spec.output) / t.name, dump_spec(t.spec), outcome.history, outcome.decisions,
+                             outcome.summary)
         row = trial_row(t, outcome)
         if outcome.status != "ok" and outcome.history:  # what it trained before it ended
             row["epochs_run"] = len(outcome.history)

@@ -30,15 +30,17 @@ class TrialOutcome:
     summary: Optional[dict] = None   # the run's summary.json, when ok
     error: str = ""                  # one line, when not ok
     history: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)
+    reused: bool = False             # finished by an earlier run of the study: its folder is there
 
     @classmethod
     def from_tune(cls, metrics: Optional[dict], error: Optional[BaseException] = None) -> "TrialOutcome":
         """From what Tune kept of a trial: its last result, or the error that ended it."""
         metrics = metrics or {}
-        if metrics.get("status") == "ok":
-            return cls("ok", metrics.get("summary"), "", metrics.get("history") or [])
-        if metrics.get("status") == "failed":
-            return cls("failed", None, metrics.get("error") or "failed", metrics.get("history") or [])
+        if metrics.get("status") in ("ok", "failed"):
+            error_line = "" if metrics["status"] == "ok" else (metrics.get("error") or "failed")
+            return cls(metrics["status"], metrics.get("summary"), error_line, metrics.get("history") or [],
+                       metrics.get("decisions") or [])
         if error is not None:
             return cls("failed", None, cause_line(error))
         # Ended without a final result: the scheduler (ASHA) stopped it, or the study was interrupted.

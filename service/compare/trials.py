@@ -50,22 +50,29 @@ class EpochsToTune(TuneReportCallback):
 
 
 def run_trial(config: dict) -> dict:
-    """A Tune trial: one train run. Returns its outcome as the trial's final result."""
+    """A Tune trial: one train run. Returns its outcome (summary, history, decisions) as the
+    trial's final result, which Tune hands to the study's driver.
+
+    The run's own folder is scratch on the trial's node (Tune's working directory for the
+    trial): on a cluster that is another node's disk, so the driver writes the study's copy.
+    """
     from service import train
 
     trial = config["trial"]
-    spec = TrainSpec.model_validate(trial["spec"])
+    scratch = Path.cwd() / "plateau-run"
+    spec = TrainSpec.model_validate({**trial["spec"], "output": str(scratch)})
     verbose = bool(trial.get("verbose"))
     echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
     try:
-        result = train.run(spec, verbose=verbose, echo=echo, callbacks=[EpochsToTune()],
+        result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
                            data_cache=trial.get("data_cache"))
     except Exception as exc:  # a trial's failure is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
+    outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
     if not result.ok:
-        return {"status": "failed", "error": result.error, "history": result.history, METRIC: float("nan")}
+        return {"status": "failed", "error": result.error, **outcome, METRIC: float("nan")}
     best = result.summary.get("best_val_accuracy")
-    return {"status": "ok", "error": "", "summary": result.summary, "history": result.history,
+    return {"status": "ok", "error": "", "summary": result.summary, **outcome,
             METRIC: best if best is not None else float("nan")}
 
 
@@ -130,7 +137,11 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
     """Run the trials on Ray Tune; trial name -> outcome. Raises whatever keeps the study itself
     from running (Ray, Tune)."""
     by_name = {t.name: t for t in trials}
-    with cluster.ray_session(address, study_cpus(spec, trials), verbose):
+    with cluster.ray_session(address, study_cpus(spec, trials), verbose) as started_here:
+        for t in trials:  # each trial's workers must fit, or no trial could ever start
+            scaling = t.spec.scaling
+            cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
+                                       can_grow=not started_here, timeout_s=scaling.resources_timeout_s, echo=echo)
         tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)

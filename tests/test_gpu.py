@@ -1,0 +1,63 @@
+"""`--gpu` on a machine without a usable GPU fails in one line, never silently on the CPU and
+never by waiting forever (real Ray, real TensorFlow; this machine has no GPU)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.ray_head import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+SPEC = "jobs/seed-reduce-lr.yaml"
+
+
+def _errors(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr without the spec's legacy-name warning."""
+    return [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
+
+
+def test_an_embedded_ray_without_gpus_refuses_a_gpu_run_at_once(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "train", SPEC, "--data", "sample", "--gpu",
+                           "--epochs", "1", "--output", str(tmp_path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    took = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert _errors(proc) == [
+        "plateau: the run needs 2 GPUs (2 worker(s) x {CPU: 1, GPU: 1}), this machine's Ray has 0; lower "
+        "scaling.num_workers or the resources per worker, or join a cluster with --address"]
+    assert not list(tmp_path.glob("seed-reduce-lr/history.csv"))
+    print(f"refused in {took:.0f}s")
+
+
+# A Ray that declares two logical GPUs: Ray places the workers, but this TensorFlow (a CPU-only
+# build, the default install) sees no GPU in them.
+WITH_LOGICAL_GPUS = """
+import logging, sys, ray
+ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+from service.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workers_whose_tensorflow_sees_no_gpu_fail_the_run_before_epoch_1(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", WITH_LOGICAL_GPUS, "train", SPEC, "--data", "sample", "--gpu",
+                           "--epochs", "2", "--output", str(tmp_path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if ln.startswith("plateau: "))
+    assert re.fullmatch(
+        r"plateau: rank [01] on \d+\.\d+\.\d+\.\d+: use_gpu is set but TensorFlow sees no GPU \((this TensorFlow "
+        r"is a CPU-only build|this TensorFlow has CUDA support but cannot use a GPU here: the CUDA libraries are "
+        r"missing, or the node has no NVIDIA GPU and driver)\); install TensorFlow's CUDA build on the GPU nodes "
+        r"with pip install -e '\.\[gpu\]', or train on CPUs without --gpu", line), line
+    assert not re.search(r"^epoch \d", proc.stdout, re.M), "trained although no GPU was usable"
+    print(f"failed in {took:.0f}s")
