@@ -54,7 +54,8 @@ from urllib.parse import urlparse
 from ray.job_submission import JobSubmissionClient
 
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
-from service.spec import load_spec
+from service.spec import CompareSpec, TrainSpec, load_spec
+from service.storage import is_node_local, placeholder_bucket
 
 JOB_PREFIX = "plateau-"
 PRODUCT = "plateau"
@@ -192,6 +193,19 @@ class JobServer:
             raise _http_error(exc, address) from None
         return cls(client, address)
 
+    def alive_nodes(self) -> int:
+        """How many nodes the cluster has now (0 when the server will not say)."""
+        import requests
+
+        headers = self.client._headers or {}
+        try:
+            reply = requests.get(f"{self.address}/api/v0/nodes", params={"limit": 10000}, headers=headers,
+                                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+            nodes = reply.json()["data"]["result"]["result"]
+        except Exception:  # noqa: BLE001 - only a warning depends on it
+            return 0
+        return sum(1 for n in nodes if n.get("state") == "ALIVE")
+
     def call(self, fn: Callable[..., Any], *args: Any, job_id: str | None = None) -> Any:
         """`fn(*args)` on the client, any failure as one JobError line."""
         try:
@@ -230,6 +244,7 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     `python` is the interpreter the job runs on the cluster.
     """
     spec = load_spec(spec_path, overrides)  # SpecError -> exit 2, nothing submitted
+    _refuse_placeholder_buckets(spec)
     root = find_project_root(spec_path)
     resolved = Path(spec_path).resolve()
     try:
@@ -266,6 +281,35 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     }
 
 
+def _storage_of(spec) -> tuple[str, TrainSpec]:
+    """(what `output` the spec names, the train spec whose workers write checkpoints)."""
+    return spec.output, (spec.base if isinstance(spec, CompareSpec) else spec)
+
+
+def _refuse_placeholder_buckets(spec) -> None:
+    """The cluster specs ship `s3://YOUR-BUCKET/...`: refuse it here, not after the GPU nodes booted."""
+    output, train_spec = _storage_of(spec)
+    fields = {"output": output, "scaling.storage_path": train_spec.scaling.storage_path or ""}
+    for field, value in fields.items():
+        if value and placeholder_bucket(value):
+            raise JobError(f"{field} {value} names an example bucket; put your own bucket there "
+                           f"(e.g. --set {field}=s3://my-team-ml/plateau/...) and submit again")
+
+
+def warn_if_checkpoints_stay_on_one_node(spec, nodes: int) -> None:
+    """One line when a multi-worker run on a multi-node cluster keeps checkpoints on a node's own
+    disk: a worker restarted on another node could not resume from them."""
+    output, train_spec = _storage_of(spec)
+    scaling = train_spec.scaling
+    where = scaling.storage_path or f"{output}/<name>/checkpoints"
+    shared = [scaling.storage_path] if scaling.storage_shared and scaling.storage_path else []
+    if nodes > 1 and train_spec.workers > 1 and is_node_local(where, shared_mounts=shared):
+        print(f"warning: checkpoints go to {where}, a path on one node's disk, and the cluster has {nodes} "
+              "nodes: a restarted worker on another node cannot resume; set scaling.storage_path to shared "
+              "storage (s3://..., gs://...), or scaling.storage_shared: true if that path is mounted on every node",
+              file=sys.stderr)
+
+
 def submission_id(name: str, now: float | None = None) -> str:
     return f"{JOB_PREFIX}{name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
 
@@ -275,6 +319,7 @@ def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: b
            token: Optional[str] = None, python: str = DEFAULT_PYTHON) -> int:
     job = build_submission(spec_path, overrides, python)  # local checks first: bad spec -> exit 2
     server = JobServer.connect(address, token)
+    warn_if_checkpoints_stay_on_one_node(job["spec"], server.alive_nodes())
     base = submission_id(job["spec"].name)
     job_id = base
     for attempt in range(2, 12):

@@ -97,6 +97,9 @@ class ScalingSpec(_Section):
     max_failures: int = Field(0, ge=-1)
     # Where Ray Train keeps checkpoints: a local path, or a URI on shared storage for clusters.
     storage_path: Optional[str] = None
+    # True when storage_path is a directory every node mounts (NFS, EFS): checkpoints written
+    # there are shared although the path looks like a local one.
+    storage_shared: bool = False
 
     @model_validator(mode="after")
     def _nccl_needs_gpus(self) -> "ScalingSpec":

@@ -227,6 +227,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
     """
     import ray
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     with _stderr_silenced(enabled=not verbose):  # TensorFlow's import banner is noise here
         from service.worker import train_loop_per_worker
@@ -241,7 +242,10 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
             return {"error": exc}
         arrays = {k: ray.put(getattr(plan.splits, k)) for k in
                   ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-        queue = Queue()
+        # The queue is an actor: without these options it asks for a CPU and may land on a
+        # worker node, and die with it.
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)})
         config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
                   "progress": queue, "attempt": uuid.uuid4().hex}
         trainer = _trainer(plan, train_loop_per_worker, config, callbacks, verbose)

@@ -2,8 +2,12 @@
 
 Ray validates the launcher config with `prepare_config` (merge the provider's defaults) and
 `validate_config` (JSON schema), but it does not look inside node_config, nor compare the
-cluster with the jobs meant to run on it. So this also checks that every jobs/cluster-*.yaml
-spec loads and that the cluster's worker types can supply what it asks for. No Ray is started.
+cluster with the jobs meant to run on it. So this also checks what makes the cluster boot and
+train as written: the CPU head gets the CPU image and no CUDA, the GPU workers the GPU image
+and TensorFlow's CUDA build; every node has an instance profile (workers write the s3://
+checkpoints); AMI ids are pinned (no launch-time SSM lookup the head's role cannot make); every
+node starts with token auth; every jobs/cluster-*.yaml spec loads and the worker types can
+supply what it asks for. No Ray is started.
 """
 
 from __future__ import annotations
@@ -65,16 +69,121 @@ def test_gpu_worker_type_autoscales_from_zero(config):
     assert config["max_workers"] >= max(t["max_workers"] for t in gpu_types.values())
 
 
-def test_image_matches_this_ray_and_installs_gpu_tensorflow(config):
+def _docker(config: dict, node_type: str) -> dict:
+    """The docker settings a node of this type runs with (the autoscaler's own merge)."""
+    return {**config["docker"], **config["available_node_types"][node_type].get("docker", {})}
+
+
+def _image(config: dict, node_type: str) -> str:
+    docker = _docker(config, node_type)
+    role = "head" if node_type == config["head_node_type"] else "worker"
+    return docker.get(f"{role}_image") or docker["image"]
+
+
+def _setup(config: dict, node_type: str) -> str:
+    """The setup commands a node of this type runs (prepare_config already merged
+    setup_commands into head_ and worker_setup_commands; a node type's own list replaces them)."""
+    if node_type == config["head_node_type"]:
+        return " ".join(config["head_setup_commands"])
+    node = config["available_node_types"][node_type]
+    return " ".join(node.get("worker_setup_commands", config["worker_setup_commands"]))
+
+
+def _ray_image_tag(image: str) -> tuple[str, str, str]:
+    """rayproject/ray:2.60.0-py311-gpu -> ("2.60.0", "py311", "gpu")."""
+    match = re.match(r"^rayproject/ray:(\d+\.\d+\.\d+)-(py\d+)-(cpu|gpu|cu\d+)$", image)
+    assert match, f"{image}: expected rayproject/ray:X.Y.Z-pyNN-(cpu|gpu|cuNNN)"
+    return match.groups()
+
+
+def test_images_match_this_ray_and_python(config):
     import ray
 
-    image = config["docker"]["image"]
     major_minor = ".".join(ray.__version__.split(".")[:2])
-    assert re.match(rf"^rayproject/ray:{re.escape(major_minor)}\.\d+-py\d+-(gpu|cu\d+)", image), image
-    setup = " ".join(config["setup_commands"])
-    assert "tensorflow[and-cuda]==2.21" in setup
-    assert re.search(r"pip install .*-e \S*plateau", setup), "the project must be installed on the nodes"
+    tags = {name: _ray_image_tag(_image(config, name)) for name in config["available_node_types"]}
+    for name, (version, python, _) in tags.items():
+        assert version.startswith(major_minor + "."), f"{name}: Ray {version}, this project pins {major_minor}"
+    # Nodes of one cluster must run the same Ray and Python: pickled functions cross them.
+    assert len({(v, p) for v, p, _ in tags.values()}) == 1, tags
+
+
+def test_head_runs_the_cpu_image_without_cuda(config):
+    head = config["head_node_type"]
+    assert _ray_image_tag(_image(config, head))[2] == "cpu"
+    setup = _setup(config, head)
+    assert re.search(r"pip install .*-e /home/ray/plateau(\s|$)", setup), "the head must install the project"
+    for cuda in ("and-cuda", "[gpu]", "nvidia-", "cuda"):
+        assert cuda not in setup, f"the head runs only job drivers; no CUDA install ({cuda!r} in {setup!r})"
+
+
+def test_gpu_workers_run_the_gpu_image_and_the_gpu_build(config):
+    for name, node_type in _worker_types(config).items():
+        if node_type["resources"].get("GPU", 0) == 0:
+            continue
+        assert _ray_image_tag(_image(config, name))[2] != "cpu", f"{name}: a GPU node needs Ray's GPU image"
+        setup = _setup(config, name)
+        assert re.search(r"pip install .*-e '?/home/ray/plateau\[gpu\]'?", setup), (
+            f"{name}: install the project's gpu extra: {setup!r}")
     assert "." in config["file_mounts"].values(), "the project directory must be mounted"
+
+
+def test_the_gpu_extra_is_tensorflows_cuda_build():
+    # cluster.yaml's workers install `.[gpu]`; pyproject.toml must define it.
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+    assert "gpu" in extras, "pyproject.toml has no `gpu` extra, which cluster.yaml's GPU workers install"
+    gpu = " ".join(extras["gpu"]).replace(" ", "")
+    assert "tensorflow[and-cuda]==2.21" in gpu and "tf-keras==2.21" in gpu, extras["gpu"]
+
+
+def test_every_node_has_its_own_instance_profile(config):
+    profiles = {}
+    for name, node_type in config["available_node_types"].items():
+        profile = node_type["node_config"].get("IamInstanceProfile")
+        assert isinstance(profile, dict) and (profile.get("Name") or profile.get("Arn")), (
+            f"{name}: needs node_config.IamInstanceProfile (Name or Arn): workers get no role by "
+            "default, and Ray's default head role may not pass one to them")
+        profiles[name] = profile
+    head = profiles.pop(config["head_node_type"])
+    assert all(p != head for p in profiles.values()), "workers need S3 only, not the head's EC2 rights"
+
+
+def _readme_policy(sid_text: str) -> dict:
+    """The IAM policy in README.md whose JSON block mentions `sid_text`."""
+    import json
+
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [json.loads(b) for b in blocks if sid_text in b]
+    assert len(found) == 1, f"README.md should hold one IAM policy mentioning {sid_text!r}"
+    return found[0]
+
+
+def test_image_ids_need_no_permission_the_launching_role_lacks(raw):
+    """A pinned AMI id needs nothing; `resolve:ssm:` is resolved by EC2 with the launcher's
+    credentials, and the head launches the workers with its role: the head's policy in the
+    README must grant ssm:GetParameters on that parameter."""
+    head_policy = _readme_policy("ssm:GetParameters")
+    granted = [r for st in head_policy["Statement"] if "ssm:GetParameters" in st["Action"]
+               for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])]
+    for name, node_type in raw["available_node_types"].items():
+        image_id = str(node_type["node_config"].get("ImageId", ""))
+        if image_id.startswith("resolve:ssm:"):
+            parameter = image_id.removeprefix("resolve:ssm:")
+            assert any(re.fullmatch(r.split(":parameter", 1)[1].replace("*", ".*"), parameter) for r in granted), (
+                f"{name}: the head's role may not read {parameter}")
+        else:
+            assert re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", image_id), f"{name}: ImageId {image_id!r}"
+
+
+def test_every_node_starts_with_token_auth(raw):
+    path = raw["file_mounts"]
+    token_mounts = [remote for remote, local in path.items() if local == "~/.ray/auth_token"]
+    assert len(token_mounts) == 1, "the launching machine's token must be copied to every node"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(raw[key])
+        assert "RAY_AUTH_MODE=token" in start, f"{key}: a node without RAY_AUTH_MODE=token cannot join"
+        assert f"RAY_AUTH_TOKEN_PATH={token_mounts[0]}" in start, key
 
 
 def test_dashboard_is_not_opened_to_the_internet(raw):

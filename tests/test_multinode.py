@@ -1,0 +1,301 @@
+"""The multi-node test cluster itself (tests/ray_cluster.py), proven with real Ray.
+
+A head with 0 CPUs and two 1-CPU worker nodes n1 and n2, each its own raylet. These tests
+pin down what later tests rely on: nodes can be told apart and targeted, placement really
+spreads, each node has its own directories, a node without the token cannot join, a removed
+node is DEAD and takes nothing else with it, and a plateau job trains on the worker nodes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+
+import pytest
+
+from service import report, train
+from service.spec import load_spec
+from tests.helpers import make_spec, stock_replay, without_seconds
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
+    from tests.ray_cluster import LocalCluster, cmdline, multinode_cluster  # noqa: F401 - the fixture
+except ImportError:
+    from ray_cluster import LocalCluster, cmdline, multinode_cluster  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+SPEC = "jobs/seed-reduce-lr.yaml"
+JOB_ID = re.compile(r"^plateau-seed-reduce-lr-\d{8}-\d{6}(-\d+)?$", re.M)
+
+# Ray's own long-lived processes on a node; its workers ("ray::...") come and go by design.
+SYSTEM_PROCESSES = ("raylet", "gcs_server", "dashboard/agent.py", "runtime_env/agent/main.py",
+                    "log_monitor.py", "dashboard.py", "ray start")
+
+
+def _system_pids(node) -> set[int]:
+    return {pid for pid in node.processes() if any(p in cmdline(pid) for p in SYSTEM_PROCESSES)}
+
+
+def _submission_id(proc) -> str:
+    match = JOB_ID.search(proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    return match.group(0)
+
+
+def _train_workers(cluster: LocalCluster, ray_job_id: str) -> list[dict]:
+    return [a for a in cluster.state("actors")
+            if a["class_name"] == "RayTrainWorker" and a["job_id"] == ray_job_id]
+
+
+def test_three_nodes_with_their_own_resources_and_processes(multinode_cluster):
+    cluster = multinode_cluster
+    ids = cluster.node_ids()
+    assert set(ids) == {"head", "n1", "n2"}
+    assert len(set(ids.values())) == 3
+    for name, node in cluster.nodes.items():
+        assert node.node_id == ids[name]
+        assert node.session_dir.parent == node.temp_dir   # each node keeps its session under its root
+
+    totals = {cluster.node_name(r["node_id"]): r["resources_total"] for r in cluster.state_nodes()
+              if r["state"] == "ALIVE"}
+    assert totals["head"].get("CPU", 0) == 0        # nothing that needs a CPU runs beside the driver
+    assert totals["n1"]["CPU"] == totals["n2"]["CPU"] == 1
+    assert all(t.get("GPU", 0) == 0 for t in totals.values())
+    assert totals["n1"]["node_n1"] == 1 and "node_n1" not in totals["n2"]
+
+    sessions = {name: node.processes() for name, node in cluster.nodes.items()}
+    assert all(sessions.values())
+    assert not (sessions["head"] & sessions["n1"] or sessions["head"] & sessions["n2"]
+                or sessions["n1"] & sessions["n2"])
+    for node in cluster.nodes.values():   # one raylet per node, inside that node's session
+        raylets = [p for p in sessions[node.name] if "/raylet/raylet " in cmdline(p)]
+        assert len(raylets) == 1
+        assert f"--node_id={node.node_id}" in cmdline(raylets[0])
+
+
+def test_tasks_pinned_by_node_resource_run_there_in_that_nodes_directories(multinode_cluster, tmp_path):
+    cluster = multinode_cluster
+    (tmp_path / "marker.txt").write_text("shipped")
+    result = cluster.run_driver("""
+        import tempfile
+
+        @ray.remote(num_cpus=0)
+        def where():
+            with open("marker.txt") as f:           # from the working_dir, unpacked on this node
+                shipped = f.read()
+            with open("written-here.txt", "w") as f:  # relative: lands in this node's copy
+                f.write("x")
+            return {"node_id": ray.get_runtime_context().get_node_id(), "cwd": os.getcwd(),
+                    "home": os.path.expanduser("~"), "tmp": tempfile.gettempdir(), "shipped": shipped,
+                    "written": os.path.abspath("written-here.txt")}
+
+        result = {name: ray.get(where.options(resources={f"node_{name}": 0.01}).remote())
+                  for name in ("head", "n1", "n2")}
+        result["driver"] = ray.get_runtime_context().get_node_id()
+    """, runtime_env={"working_dir": str(tmp_path)})
+
+    ids = cluster.node_ids()
+    assert result["driver"] == ids["head"]   # a driver on this host attaches to the head's raylet
+    for name in ("head", "n1", "n2"):
+        node, seen = cluster.nodes[name], result[name]
+        assert seen["node_id"] == ids[name]
+        assert seen["shipped"] == "shipped"
+        # Each node unpacked the working_dir under its own session dir ...
+        assert seen["cwd"].startswith(str(node.session_dir / "runtime_resources") + "/"), seen
+        assert node.owns(seen["written"]) and node.owns(seen["home"])
+        # ... and no other node's directories hold what it wrote.
+        others = [n for n in cluster.nodes.values() if n is not node]
+        assert not any(other.owns(seen["written"]) for other in others)
+    assert result["n1"]["tmp"] == str(cluster.nodes["n1"].home)
+    assert result["n2"]["tmp"] == str(cluster.nodes["n2"].home)
+
+
+def test_strict_spread_placement_group_lands_on_two_distinct_nodes(multinode_cluster):
+    cluster = multinode_cluster
+    result = cluster.run_driver("""
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        @ray.remote(num_cpus=1)
+        def node_id():
+            return ray.get_runtime_context().get_node_id()
+
+        pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+        ray.get(pg.ready(), timeout=120)
+        placed = [ray.get(node_id.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                      pg, placement_group_bundle_index=i)).remote()) for i in range(2)]
+        remove_placement_group(pg)
+        # Three 1-CPU bundles on distinct nodes: only two nodes have a CPU.
+        three = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+        result = {"placed": placed, "three_ready": three.wait(timeout_seconds=5)}
+        remove_placement_group(three)
+    """)
+    ids = cluster.node_ids()
+    assert len(set(result["placed"])) == 2
+    assert set(result["placed"]) == {ids["n1"], ids["n2"]}
+    assert result["three_ready"] is False
+
+
+def test_a_node_without_the_token_cannot_join(multinode_cluster):
+    cluster = multinode_cluster
+    before = cluster.node_states()
+    with pytest.raises(RuntimeError, match="no authentication token was found"):
+        # An empty RAY_AUTH_TOKEN counts as unset, and the node's HOME has no token file.
+        cluster.add_node("nt", env={"RAY_AUTH_TOKEN": ""})
+    assert cluster.node_states() == before
+    assert "nt" not in cluster.nodes
+
+
+def test_remove_node_kills_that_node_only(multinode_cluster):
+    cluster = multinode_cluster
+    n3 = cluster.add_node("n3")
+    # Something of a job on n3: an actor process, pinned there.
+    pid = cluster.run_driver("""
+        @ray.remote(num_cpus=0, resources={"node_n3": 0.01})
+        class Sleeper:
+            def pid(self):
+                return os.getpid()
+
+        s = Sleeper.options(name="sleeper", lifetime="detached").remote()
+        result = ray.get(s.pid.remote())
+    """)
+    assert pid in n3.processes()
+    others = {name: _system_pids(node) for name, node in cluster.nodes.items() if node is not n3}
+    ids_before = {name: i for name, i in cluster.node_ids().items() if name != "n3"}
+
+    started = time.monotonic()
+    cluster.remove_node(n3)
+    removal_s = time.monotonic() - started
+
+    states = cluster.node_states()
+    assert states[n3.node_id] == "DEAD"
+    assert not n3.processes() and not n3.alive()
+    assert cmdline(pid) == ""
+    assert cluster.node_ids() == ids_before
+    assert all(states[i] == "ALIVE" for i in ids_before.values())
+    for name, pids in others.items():
+        assert pids <= cluster.nodes[name].processes(), f"{name} lost processes"
+    assert removal_s < 30, f"the GCS took {removal_s:.1f}s to declare the node dead"
+
+
+def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster, tmp_path):
+    """`plateau submit` of a 2-worker train spec with STRICT_SPREAD: each rank on its own node,
+    as the workers themselves report it, and the decisions are stock Keras's."""
+    cluster = multinode_cluster
+    proc = cluster.plateau("submit", SPEC, "--data", "sample", "--epochs", "3", "--wait",
+                           "--set", "scaling.placement_strategy=STRICT_SPREAD", "--set", f"output={tmp_path}",
+                           timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    submission_id = _submission_id(proc)
+    assert f"{submission_id}: SUCCEEDED" in proc.stdout
+
+    ids = cluster.node_ids()
+    job = cluster.job(submission_id)
+    assert job["driver_node_id"] == ids["head"]
+    summary = json.loads((tmp_path / "seed-reduce-lr" / "summary.json").read_text())
+    placement = summary["placement"]
+    assert [p["rank"] for p in placement] == [0, 1]
+    assert {p["node_id"] for p in placement} == {ids["n1"], ids["n2"]}   # two nodes, neither the head
+    assert all(p["device"] == "CPU" and p["node_ip"] == "127.0.0.1" for p in placement)
+    # The workers Ray reports for the job are the processes that reported themselves.
+    actors = {(a["node_id"], a["pid"]) for a in _train_workers(cluster, job["job_id"])}
+    assert {(p["node_id"], p["pid"]) for p in placement} == actors
+    assert summary["ranks_agree"] is True and summary["epochs_run"] == 3
+
+    decisions = report.read_decisions(tmp_path / "seed-reduce-lr" / "decisions.jsonl")
+    spec = load_spec(tmp_path / "seed-reduce-lr" / "spec.yaml")
+    lrs, stop_epoch, _ = stock_replay(spec, [d["values"] for d in decisions if d["rank"] == 0])
+    assert [d["lr_after"] for d in decisions if d["rank"] == 0] == lrs
+    assert summary["stop_epoch"] == stop_epoch
+
+
+def _rank_nodes(line: str, cluster: LocalCluster) -> dict[int, str]:
+    """rank -> node name, from a `workers: rank 0 on IP (node 1a2b3c4d, CPU), ...` line."""
+    by_prefix = {node_id[:8]: name for name, node_id in cluster.node_ids().items()}
+    return {int(rank): by_prefix[prefix] for rank, prefix in re.findall(r"rank (\d+) on \S+ \(node (\w+),", line)}
+
+
+@pytest.mark.heavy
+def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path):
+    """Three worker nodes, max_failures 1: the node of rank 1 (its raylet and everything on it)
+    is lost after epoch 2; the run finishes on the other nodes with the history, decisions and
+    LR schedule of a run that lost nothing (bit-identical on CPU)."""
+    cluster = multinode_cluster
+    cluster.add_node("n3")
+    overrides = ("--set", "scaling.max_failures=1", "--set", "checkpoint.keep=null",
+                 "--set", "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
+                 "--set", "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}")
+    undisturbed = train.run(make_spec(tmp_path / "alone", "training.epochs=5", *overrides[1::2], name="loss"),
+                            echo=lambda line: None)
+    assert undisturbed.ok, undisturbed.error
+
+    out = tmp_path / "cluster"
+    proc = cluster.plateau("submit", SPEC, "--data", "sample", "--epochs", "5", "--name", "loss",
+                           "--set", "data.validation=holdout", "--set", "training.batch_size=100",
+                           *overrides, "--set", f"output={out}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    submission_id = _submission_id(proc)
+    lost = ""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not lost:
+        logs = cluster.plateau("logs", submission_id, timeout=60).stdout
+        placed = re.search(r"^workers: .*$", logs, re.M)
+        if placed and re.search(r"^epoch\s+2/5\b", logs, re.M):
+            lost = _rank_nodes(placed.group(0), cluster)[1]
+            cluster.remove_node(cluster.nodes[lost])
+        else:
+            time.sleep(1)
+    assert lost, "the run never got past epoch 2"
+    finish = cluster.plateau("logs", submission_id, "--follow", timeout=900)
+    assert cluster.job(submission_id)["status"] == "SUCCEEDED", finish.stdout[-3000:]
+
+    placements = re.findall(r"^workers: .*$", finish.stdout, re.M)
+    assert len(placements) >= 2, "the worker group was not restarted"
+    assert lost not in _rank_nodes(placements[-1], cluster).values()
+    run = out / "loss"
+    assert without_seconds(report.read_history(run / "history.csv")) == without_seconds(undisturbed.history)
+    assert report.read_decisions(run / "decisions.jsonl") == undisturbed.decisions
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_accuracy"] == undisturbed.summary["test_accuracy"]
+    assert summary["lr_reductions"] == undisturbed.summary["lr_reductions"]
+    cluster.add_node(lost)   # as the module found it
+
+
+@pytest.mark.heavy
+def test_a_study_across_nodes_lands_where_its_driver_runs(multinode_cluster):
+    """A compare job with 2 trials at a time on four 1-CPU nodes: the trials train on several
+    nodes, each on that node's own disk, and the study's files (comparison.*, every trial's
+    history and decisions) are written by the job's driver on the head, from what Tune returns."""
+    cluster = multinode_cluster
+    extra = cluster.add_nodes(["t1", "t2"])
+    try:
+        proc = cluster.plateau("submit", "jobs/seed-comparison.yaml", "--data", "sample", "--workers", "1",
+                               "--epochs", "2", "--set", "seeds=[7]", "--set", "max_concurrent_trials=2",
+                               "--wait", timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        for node in extra:
+            cluster.remove_node(node)
+    head = cluster.head
+    studies = list(head.session_dir.glob("runtime_resources/**/results/seed-comparison/comparison.csv"))
+    assert len(studies) == 1, "the study's files are not in the driver's (the head's) working dir"
+    study = studies[0].parent
+    rows = list(csv.DictReader(studies[0].open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert (study / "comparison.md").is_file() and (study / "comparison.png").is_file()
+    nodes_used = set()
+    for row in rows:
+        folder = study / "trials" / row["trial"]
+        history = report.read_history(folder / "history.csv")
+        assert len(history) == int(row["epochs_run"]) == 2
+        assert {d["rank"] for d in report.read_decisions(folder / "decisions.jsonl")} == {0}
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["test_accuracy"] == float(row["test_accuracy"])
+        nodes_used |= {p["node_id"] for p in summary["placement"]}
+        # The trial's own run folder is on the node that trained it, not on the head.
+        own = [n for n in [*cluster.nodes.values(), *cluster.removed]
+               if list(n.root.glob(f"ray/session_*/**/plateau-run/{row['trial']}/history.csv"))]
+        assert own and head not in own, row["trial"]
+    assert len(nodes_used) >= 2, "every trial trained on the same node"
