@@ -3,7 +3,7 @@
 * `ResumableReduceLROnPlateau`, `ResumableEarlyStopping`: the stock tf_keras callbacks, unchanged
   in what they decide, that can hand over their state to a checkpoint and take it back;
 * `ReportEachEpoch`: every epoch's report to Ray Train (with the checkpoint) and to the driver;
-* `FailOnce`: a failure drill, added only when a spec asks for one.
+* `FailOnce`, `PauseAfterEpoch`: drills, added only when a spec asks for them.
 
 Example::
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -94,14 +95,16 @@ class ReportEachEpoch(keras.callbacks.Callback):
     Every rank reports every epoch (the call is a barrier, so counts must match) with a
     checkpoint directory: rank 0 writes the weights and state, and every rank writes its own
     trace (its reports of every epoch so far); Ray Train merges them into one checkpoint, so
-    the checkpoint a run resumes from carries the history up to it. Then the rank posts the
-    same report to the driver.
+    the checkpoint a run resumes from carries the history up to it. Rank 0 also writes `former`
+    traces, those of ranks an earlier, larger worker group had, so that no epoch's records are
+    lost when an elastic run shrinks. Then the rank posts the same report to the driver.
     """
 
-    def __init__(self, rank: int, deciders, driver: DriverQueue, trace=None):
+    def __init__(self, rank: int, deciders, driver: DriverQueue, trace=None, former=None):
         super().__init__()
         self.rank, self.deciders, self.driver = rank, deciders, driver
         self.trace = list(trace or [])
+        self.former = dict(former or {})
 
     def on_epoch_end(self, epoch, logs=None):
         import ray.train
@@ -110,10 +113,11 @@ class ReportEachEpoch(keras.callbacks.Callback):
 
         decision = self.deciders.consensus.last
         report = {"epoch": epoch + 1, "seconds": self.deciders.metrics.seconds, "lr": decision.lr_before,
-                  **decision.values, "decision": decision.to_json()}
+                  **decision.values, "workers": decision.world_size, "decision": decision.to_json()}
         self.trace.append(report)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.write_trace(tmp, self.rank, self.trace)
+            for rank, trace in [*self.former.items(), (self.rank, self.trace)]:
+                checkpoint.write_trace(tmp, rank, trace)
             if self.rank == 0:
                 checkpoint.save(tmp, self.model, epoch + 1, self.deciders.state_dicts())
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -122,6 +126,18 @@ class ReportEachEpoch(keras.callbacks.Callback):
 
 # ---------------------------------------------------------------------------------------------
 # Failure drills
+
+
+class PauseAfterEpoch(keras.callbacks.Callback):
+    """Waits `seconds` after every epoch's report: a drill's event (a node lost or added) then
+    lands between two epochs. Place it after `ReportEachEpoch`."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep(self.seconds)
 
 
 class FailOnce(keras.callbacks.Callback):

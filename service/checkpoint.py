@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -148,6 +149,13 @@ def epoch_of(directory) -> int:
 def write_trace(directory, rank: int, trace: list[dict]) -> None:
     """A rank's reports so far (metrics and decision record per epoch)."""
     Path(directory, TRACE_FILE.format(rank=rank)).write_text("".join(json.dumps(m) + "\n" for m in trace))
+
+
+def read_traces(directory) -> dict[int, list[dict]]:
+    """Every rank's trace in a checkpoint, by rank."""
+    pattern = re.compile(TRACE_FILE.replace("{rank}", r"(\d+)").replace(".", r"\."))
+    found = (pattern.fullmatch(p.name) for p in Path(directory).iterdir())
+    return {int(m.group(1)): read_trace(directory, int(m.group(1))) for m in found if m}
 
 
 def read_trace(directory, rank: int) -> list[dict]:

@@ -202,28 +202,16 @@ def shard(n: int, num_workers: int, rank: int) -> slice:
     return slice(start, stop)
 
 
-def steps_per_epoch(n_train: int, global_batch: int, num_workers: int) -> int:
-    """Optimizer steps per epoch, the same on every worker.
+def steps_per_epoch(n_train: int, global_batch: int) -> int:
+    """Optimizer steps per epoch: whole global batches of the epoch's order of all training images.
 
-    Each step is a collective all-reduce, so a worker that ran one step more than the others
-    would wait forever. Every rank therefore runs as many steps as the SMALLEST shard allows:
-    floor(smallest shard / per-worker batch), with per-worker batch = global_batch // num_workers.
+    The same for every world size: an elastic run that loses a worker trains on the same batches.
     """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    per_worker = global_batch // num_workers
-    if per_worker < 1:
-        raise DataError(
-            f"batch size {global_batch} is smaller than the {num_workers} workers it is split across; "
-            f"use a batch size of at least {num_workers}"
-        )
-    smallest = n_train // num_workers  # the size of the smallest shard(n_train, num_workers, r)
-    steps = smallest // per_worker
+    steps = n_train // global_batch
     if steps == 0:
         raise DataError(
-            f"too little training data for batch size {global_batch} on {num_workers} workers: "
-            f"{n_train} images give each worker {smallest}, less than its batch of {per_worker}; "
-            "use a smaller batch size, fewer workers or more data"
+            f"too little training data for batch size {global_batch}: {n_train} images make no whole batch; "
+            "use a smaller batch size or more data"
         )
     return steps
 

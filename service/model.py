@@ -3,23 +3,38 @@
 We use tf_keras (Keras 2) rather than Keras 3: Keras 3 cannot train under
 MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)").
 
+Data parallelism never changes the maths: every optimizer step is the step one process would
+take on the whole global batch. Each replica holds a slice of the global batch (`BatchSplit`);
+its loss is scaled so that the replicas' summed gradients are the mean over the global batch
+even when the slices differ in size, and its dropout mask is its rows of one mask drawn for the
+whole global batch. A run with 1, 2 or 3 workers therefore trains on the same batches with the
+same masks, and a run that loses or gains a worker goes on with the same maths.
+
 Example::
 
+    split = BatchSplit.of(global_batch=200, workers=3)      # rows 0-66, 67-133, 134-199
     with strategy.scope():
-        model = build_model(spec.model, seed=7, rank=0)
+        model = build_model(spec.model, seed=7, split=split)
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
+from service.data import shard
 from service.spec import ModelSpec
 
+# The random streams of a run: (seed-derived stream, counter) keys for stateless random ops.
+DATA_ORDER, DROPOUT = 1, 2
 
-def random_stream(seed: int, rank: int) -> int:
-    """The id of a rank's random stream (its data order and dropout masks) for a run's seed."""
-    return seed * 1009 + rank
+
+def random_key(seed: int, stream: int, counter):
+    """The key of stateless random op number `counter` (an epoch, a step) of one stream of a run."""
+    return tf.stack([tf.constant(seed * 1009 + stream, tf.int64), tf.cast(counter, tf.int64)])
 
 
 def scale_pixels(x):
@@ -27,18 +42,48 @@ def scale_pixels(x):
     return tf.cast(x, tf.float32) / 255.0
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSplit:
+    """Which rows of each global batch every replica trains on (replica = rank: one per worker)."""
+
+    global_batch: int
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, global_batch: int, workers: int) -> "BatchSplit":
+        """As even as possible: the first `global_batch % workers` replicas take one row more
+        (the rows `data.shard` gives each rank)."""
+        rows = [shard(global_batch, workers, rank) for rank in range(workers)]
+        return cls(global_batch, tuple(r.start for r in rows), tuple(r.stop - r.start for r in rows))
+
+    @property
+    def even(self) -> bool:
+        return len(set(self.sizes)) == 1
+
+    def loss_factors(self) -> tuple[float, ...]:
+        """Per replica: Keras divides a replica's loss by its rows x the replicas and sums the
+        replicas' gradients; times size x replicas / global batch, the sum is the global mean."""
+        return tuple(size * len(self.sizes) / self.global_batch for size in self.sizes)
+
+
+def _replica_id():
+    return tf.distribute.get_replica_context().replica_id_in_sync_group
+
+
 class StepSeededDropout(keras.layers.Dropout):
-    """Dropout whose mask is a pure function of (seed, rank, optimizer step).
+    """Dropout whose mask is a pure function of (seed, optimizer step), drawn for the global batch.
 
     Stock Dropout draws from a stateful RNG, so a run resumed from a checkpoint would drop
     different units than the run that never stopped. Keyed on the optimizer's step counter
-    (which lives in the checkpoint), the masks after a resume are the same ones. Each rank
-    gets its own stream, as each rank sees different examples.
+    (which lives in the checkpoint), the masks after a resume are the same ones; drawn for the
+    whole global batch, of which each replica takes its own rows, they are the same whatever the
+    number of workers.
     """
 
-    def __init__(self, rate: float, seed: int = 0, rank: int = 0, **kwargs):
+    def __init__(self, rate: float, seed: int = 0, split: Optional[BatchSplit] = None, **kwargs):
         super().__init__(rate, **kwargs)
-        self.stream = random_stream(seed, rank)
+        self.seed, self.split = seed, split
         # A function, not the variable itself: an attribute holding the optimizer's step
         # counter would make Keras count it among this layer's weights.
         self._step = None
@@ -50,23 +95,41 @@ class StepSeededDropout(keras.layers.Dropout):
     def call(self, inputs, training=None):
         if not training or self.rate == 0 or self._step is None:
             return inputs
-        key = tf.stack([tf.constant(self.stream, tf.int64), tf.cast(self._step(), tf.int64)])
-        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=key)
+        key = random_key(self.seed, DROPOUT, self._step())
+        if self.split is None:  # one process holds the whole batch
+            rows, first = tf.shape(inputs)[0], 0
+        else:
+            rows, first = self.split.global_batch, tf.gather(self.split.offsets, _replica_id())
+        uniform = tf.random.stateless_uniform([rows, tf.shape(inputs)[1]], seed=key)
+        keep = tf.slice(uniform, [first, 0], tf.shape(inputs)) >= self.rate
+        return tf.where(keep, inputs / (1.0 - self.rate), tf.zeros_like(inputs))
 
     def get_config(self):
-        return {**super().get_config(), "seed": 0, "rank": 0}
+        return {**super().get_config(), "seed": 0}
 
 
-def build_model(spec: ModelSpec, seed: int = 7, rank: int = 0, steps_per_execution: int = 1) -> keras.Model:
+def replica_scaled_loss(split: BatchSplit):
+    """Keras's categorical cross-entropy times this replica's `BatchSplit.loss_factors`."""
+    factors = tf.constant(split.loss_factors(), tf.float32)
+
+    def categorical_crossentropy(y_true, y_pred):
+        return keras.losses.categorical_crossentropy(y_true, y_pred) * tf.gather(factors, _replica_id())
+
+    return categorical_crossentropy
+
+
+def build_model(spec: ModelSpec, seed: int = 7, split: Optional[BatchSplit] = None,
+                steps_per_execution: int = 1) -> keras.Model:
     """The seed's MLP, compiled. Call inside the strategy's scope.
 
     Weights start from `seed` on every rank (MultiWorkerMirroredStrategy also broadcasts rank
-    0's initial values, so the ranks agree even if seeding changes).
+    0's initial values, so the ranks agree even if seeding changes). `split` is how each global
+    batch is shared among the replicas (None: one process, the whole batch).
     """
     keras.utils.set_random_seed(seed)
     # 'normal' in the seed = RandomNormal(stddev=0.05); pin seeds so every rank builds the same.
     init = lambda k: keras.initializers.RandomNormal(mean=0.0, stddev=0.05, seed=seed + k)  # noqa: E731
-    dropout = StepSeededDropout(spec.dropout, seed=seed, rank=rank)
+    dropout = StepSeededDropout(spec.dropout, seed=seed, split=split)
     model = keras.Sequential(
         [
             keras.Input(shape=(784,)),
@@ -75,8 +138,10 @@ def build_model(spec: ModelSpec, seed: int = 7, rank: int = 0, steps_per_executi
             keras.layers.Dense(10, activation="softmax", kernel_initializer=init(1)),
         ]
     )
+    # An even split needs no scaling: Keras's own loss, exactly.
+    loss = "categorical_crossentropy" if split is None or split.even else replica_scaled_loss(split)
     model.compile(
-        loss="categorical_crossentropy",
+        loss=loss,
         optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,

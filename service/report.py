@@ -22,7 +22,8 @@ from typing import Any, Iterable
 
 from service.spec import METRICS
 
-HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds"]
+HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
+INTEGER_COLUMNS = ("epoch", "workers")
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -59,7 +60,7 @@ def write_history(path: Path, rows: Iterable[dict]) -> None:
 
 def read_history(path: Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (int(v) if k in INTEGER_COLUMNS else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_decisions(path: Path, decisions: Iterable[dict]) -> None:
@@ -111,9 +112,27 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
         "lr_reductions": lr_reductions(decisions),
         "final_lr": final_lr,
         "ranks_agree": ranks_agree(decisions),
+        "resizes": resizes(history),
         "placement": list(placement),
         "wall_seconds": round(wall_seconds, 2),
     }
+
+
+def resizes(history: list[dict]) -> list[dict]:
+    """[{epoch, from, to}]: the first epoch an elastic run trained with another number of workers."""
+    return [{"epoch": row["epoch"], "from": before["workers"], "to": row["workers"]}
+            for before, row in zip(history, history[1:]) if row["workers"] != before["workers"]]
+
+
+def workers_phrase(spec) -> str:
+    """How a run splits its global batch: `2 worker(s) x batch 100`, `3 workers sharing batch 200`,
+    `1-2 workers sharing batch 200`."""
+    scaling, batch = spec.scaling, spec.training.batch_size
+    if scaling.elastic:
+        return f"{scaling.min_workers}-{scaling.max_workers} workers sharing batch {batch}"
+    if batch % spec.workers:
+        return f"{spec.workers} workers sharing batch {batch}"
+    return f"{spec.workers} worker(s) x batch {batch // spec.workers}"
 
 
 def ranks_agree(decisions: list[dict]) -> bool:
@@ -126,7 +145,7 @@ def ranks_agree(decisions: list[dict]) -> bool:
                for rows in by_epoch.values())
 
 
-def epoch_line(row: dict, decision: dict | None, max_epochs: int) -> str:
+def epoch_line(row: dict, decision: dict | None, max_epochs: int, workers_before: int | None = None) -> str:
     """One terminal line per epoch, with the callbacks' actions spelled out."""
     width = len(str(max_epochs))
     parts = [
@@ -138,6 +157,8 @@ def epoch_line(row: dict, decision: dict | None, max_epochs: int) -> str:
         f"lr {row['lr']:.3g}",
         f"{row['seconds']:.1f}s",
     ]
+    if workers_before is not None and row.get("workers") not in (None, workers_before):
+        parts.append(f"workers {workers_before} -> {row['workers']}")
     if decision is not None and decision["reduced"]:
         parts.append(f"lr -> {decision['lr_after']:.3g}")
     if decision is not None and decision["stop"]:

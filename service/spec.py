@@ -81,7 +81,12 @@ class TrainingSpec(_Section):
 
 
 class ScalingSpec(_Section):
-    num_workers: int = Field(2, ge=0)  # 0 = Ray Train's in-process local mode
+    # A number of workers (0 = Ray Train's in-process local mode), or [MIN, MAX]: an elastic run
+    # that starts with as many as the cluster can place, goes on with fewer when a node is lost
+    # and grows back when capacity returns.
+    num_workers: Union[int, tuple[int, int]] = 2
+    # Elastic runs: how often Ray Train looks for room to grow (Ray's default is 60 s).
+    resize_interval_s: float = Field(60.0, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)  # only read when use_gpu; 0.5 = two workers per GPU
@@ -100,6 +105,31 @@ class ScalingSpec(_Section):
     # True when storage_path is a directory every node mounts (NFS, EFS): checkpoints written
     # there are shared although the path looks like a local one.
     storage_shared: bool = False
+
+    @field_validator("num_workers")
+    @classmethod
+    def _worker_counts(cls, value):
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("give a number of workers >= 0 (0 = in-process local mode), or [MIN, MAX]")
+            return value
+        low, high = value
+        if not 1 <= low <= high:
+            raise ValueError(f"[MIN, MAX] needs 1 <= MIN <= MAX; got [{low}, {high}]")
+        return value
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest processes that train: local mode (0) still trains in one."""
+        return self.num_workers[0] if self.elastic else max(self.num_workers, 1)
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if self.elastic else max(self.num_workers, 1)
 
     @model_validator(mode="after")
     def _nccl_needs_gpus(self) -> "ScalingSpec":
@@ -166,6 +196,9 @@ class DebugSpec(_Section):
     # Let each rank's callbacks see only its own shard's metrics (what a naive setup does).
     # Only for demonstrating that consensus still keeps the ranks together.
     rank_local_metrics: bool = False
+    # Every worker waits this long after each epoch's report: widens the gap between epochs so
+    # that a drill (a node lost or added) lands at a known epoch.
+    epoch_pause_s: float = Field(0.0, ge=0)
 
 
 class TrainSpec(_Section):
@@ -183,14 +216,16 @@ class TrainSpec(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainSpec":
-        workers = max(self.scaling.num_workers, 1)
-        if self.training.batch_size % workers:
+        workers = self.scaling.max_workers
+        # Any split is exact (see worker.py), but every worker needs at least one example per step.
+        if self.training.batch_size < workers:
             raise ValueError(
-                f"training.batch_size {self.training.batch_size} is not divisible by "
-                f"scaling.num_workers {workers}; pick a batch size that is a multiple of the workers"
+                f"training.batch_size {self.training.batch_size} is smaller than the {workers} workers it is "
+                f"split across; use a batch size of at least {workers}"
             )
-        if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= workers:
-            raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {workers} workers")
+        if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= self.scaling.min_workers:
+            raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {self.scaling.min_workers} "
+                             "workers")
         return self
 
     @property
@@ -201,8 +236,8 @@ class TrainSpec(_Section):
 
     @property
     def workers(self) -> int:
-        """How many processes train: local mode (0) still trains in one."""
-        return max(self.scaling.num_workers, 1)
+        """The most processes that train (an elastic run's MAX): local mode (0) still trains in one."""
+        return self.scaling.max_workers
 
 
 class CompareSpec(_Section):

@@ -162,6 +162,7 @@ class Decision:
 
     epoch: int  # 1-based, as Keras prints
     rank: int
+    world_size: int  # how many workers trained this epoch (an elastic run's changes over time)
     values: dict[str, float]
     lr_before: float
     lr_after: float
@@ -223,6 +224,7 @@ class Consensus(keras.callbacks.Callback):
         self.last = Decision(
             epoch=epoch + 1,
             rank=self.rank,
+            world_size=self.collective.world_size,
             values={k: float(logs[k]) for k in METRICS if k in logs},
             lr_before=self._lr_before,
             lr_after=lr_after,

@@ -111,7 +111,7 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
         cluster.check_gcs_address(address)
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
                            cache_dir=data_cache)
-    steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size, spec.workers)
+    steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
     out_dir = Path(spec.output) / spec.name
     storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
     if fresh and out_dir.exists():
@@ -124,7 +124,11 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
 
 
 class EpochCollector:
-    """Gathers every rank's reports into whole epochs; prints and saves each epoch as it completes."""
+    """Gathers every rank's reports into whole epochs; prints and saves each epoch as it completes.
+
+    Every report says how many workers its group has (an elastic run's change): an epoch is
+    complete when that many ranks reported it.
+    """
 
     def __init__(self, spec: TrainSpec, out_dir: Path, echo: Echo):
         self.spec, self.out_dir, self.echo = spec, out_dir, echo
@@ -132,7 +136,6 @@ class EpochCollector:
         self.decisions: list[dict] = []
         self.test: dict = {}
         self.placement: dict[int, dict] = {}  # rank -> where its worker runs (the latest group's)
-        self.world = spec.workers
         self._pending: dict = {}
 
     def resume(self, epoch: int, checkpoint_dir: Optional[Path]) -> None:
@@ -142,11 +145,13 @@ class EpochCollector:
         before it saw the last of them); without it (remote storage) the files written so far
         are what there is.
         """
-        traces = [checkpoint.read_trace(checkpoint_dir, rank) for rank in range(self.world)] if checkpoint_dir else []
-        if traces and all(traces):
-            for rank, trace in enumerate(traces):
-                for message in trace:
-                    self.on_message(rank, message, announce=False)
+        traces = checkpoint.read_traces(checkpoint_dir) if checkpoint_dir and checkpoint_dir.is_dir() else {}
+        if traces:
+            # In epoch order: an epoch's rows may come from ranks a later, smaller group lost.
+            reports = sorted(((m["epoch"], rank, m) for rank, trace in traces.items() for m in trace),
+                             key=lambda item: item[:2])
+            for _, rank, message in reports:
+                self.on_message(rank, message, announce=False)
             return
         if (self.out_dir / "history.csv").exists():
             self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
@@ -156,23 +161,24 @@ class EpochCollector:
 
     def on_message(self, rank: int, message: dict, announce: bool = True) -> None:
         """One rank's report; an epoch is complete when every rank has sent it."""
+        world = message.get("world_size") or message.get("workers") or self.spec.workers
         if "placement" in message:
-            self.on_placement(rank, message["placement"])
+            self.on_placement(rank, message["placement"], world)
             return
-        key = "final" if message.get("final") else message["epoch"]
+        key = ("final" if message.get("final") else message["epoch"], world)
         arrived = self._pending.setdefault(key, {})
         arrived[rank] = message
-        if len(arrived) == self.world:
+        if len(arrived) == world:
             del self._pending[key]
             self.on_epoch([arrived[r] for r in sorted(arrived)], announce)
 
-    def on_placement(self, rank: int, where: dict) -> None:
+    def on_placement(self, rank: int, where: dict, world: int) -> None:
         """A worker says where it runs; once every rank of a (re)started group has, print it."""
-        self.placement[rank] = where
-        group = self._pending.setdefault("placement", set())
-        group.add(rank)
-        if len(group) == self.world:
-            del self._pending["placement"]
+        group = self._pending.setdefault(("placement", world), {})
+        group[rank] = where
+        if len(group) == world:
+            del self._pending[("placement", world)]
+            self.placement = dict(group)
             self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
 
     def on_epoch(self, per_rank: list[dict], announce: bool = True) -> None:
@@ -181,6 +187,7 @@ class EpochCollector:
             self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
             return
         row = {k: head[k] for k in report.HISTORY_COLUMNS}
+        previous = next((r for r in self.history if r["epoch"] == row["epoch"] - 1), row)
         # After a restart the workers report again from the checkpoint's next epoch.
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         self.decisions = [d for d in self.decisions if d["epoch"] < row["epoch"]]
@@ -189,7 +196,8 @@ class EpochCollector:
         report.write_history(self.out_dir / "history.csv", self.history)
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
         if announce:
-            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs))
+            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs,
+                                         workers_before=previous["workers"]))
 
 
 def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
@@ -204,8 +212,8 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
     sizes = plan.splits.sizes()
     echo(f"{spec.name}: {sizes['n_train']} train / {sizes['n_val']} val ({spec.data.validation}) / "
-         f"{sizes['n_test']} test images from {sizes['source']}, {spec.workers} worker(s) "
-         f"x batch {spec.training.batch_size // spec.workers}, {plan.steps} steps/epoch")
+         f"{sizes['n_test']} test images from {sizes['source']}, {report.workers_phrase(spec)}, "
+         f"{plan.steps} steps/epoch")
     return collector
 
 
@@ -235,7 +243,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
     scaling = plan.spec.scaling
     with cluster.ray_session(address, cpus_needed(plan.spec), verbose) as started_here:
         try:
-            cluster.wait_for_resources(scaling.resources_per_worker, plan.spec.workers, scaling.placement_strategy,
+            cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
                                        echo=collector.echo)
         except cluster.ResourcesTimeout as exc:
@@ -301,7 +309,8 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=scaling.resources_per_worker,
-                                     placement_strategy=scaling.placement_strategy),
+                                     placement_strategy=scaling.placement_strategy,
+                                     elastic_resize_monitor_interval_s=scaling.resize_interval_s),
         run_config=run_config,
     )
 

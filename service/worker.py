@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from service import checkpoint, sync
 from service import data as data_lib
-from service.callbacks import DriverQueue, FailOnce, ReportEachEpoch
-from service.model import build_model, random_stream, scale_pixels
+from service.callbacks import DriverQueue, FailOnce, PauseAfterEpoch, ReportEachEpoch
+from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
 from service.spec import TrainSpec
 
 
@@ -87,19 +87,21 @@ def whereabouts(rank: int, device: str) -> dict:
             "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device}
 
 
-def train_dataset(x, y, *, steps: int, batch: int, stream: int, start_epoch: int, epochs: int):
-    """This rank's batches for epochs [start_epoch, epochs), one `steps`-long run per epoch.
+def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
+    """This rank's part of every global batch for epochs [start_epoch, epochs).
 
-    The order of epoch e is a pure function of (stream, e), so a resumed run sees the same
-    batches as the run that never stopped.
+    Epoch e's order of all training images is a pure function of (seed, e), whatever the number
+    of workers: step k's global batch is images order[k*B : (k+1)*B], and this rank takes `rows`
+    of it. A resumed run, or one resumed with more or fewer workers, trains on the same batches.
     """
     x = tf.constant(x)
     y = tf.constant(y)
     n = int(x.shape[0])
 
     def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(stream, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(order[: steps * batch], [steps, batch]))
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=random_key(seed, DATA_ORDER, epoch))
+        batches = tf.reshape(order[: steps * global_batch], [steps, global_batch])
+        return tf.data.Dataset.from_tensor_slices(batches[:, rows.start:rows.stop])
 
     def to_batch(idx):
         return scale_pixels(tf.gather(x, idx)), tf.one_hot(tf.cast(tf.gather(y, idx), tf.int32), 10)
@@ -114,7 +116,7 @@ def per_replica(strategy, dataset, world_size: int):
     `experimental_distribute_dataset` (what fit does with a plain dataset) treats a batch as
     global: it re-batches it across all replicas, so each rank would train on half of its
     batch and the global batch would silently halve. A dataset from a function is taken as
-    per-replica, and our ranks already hold disjoint shards, so nothing is sharded again.
+    per-replica, and our ranks already hold disjoint rows, so nothing is sharded again.
     """
     if world_size <= 1:
         return dataset
@@ -135,29 +137,36 @@ def train_loop_per_worker(config: dict) -> None:
     configure_threads(spec.scaling.cpus_per_worker)
     device = prepare_devices(spec.scaling.use_gpu, rank)
     driver = DriverQueue(config.get("progress"))
-    driver.post(rank, {"placement": whereabouts(rank, device)})
+    driver.post(rank, {"placement": whereabouts(rank, device), "world_size": world})
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
-    part = {split: data_lib.shard(len(arrays[f"x_{split}"]), world, rank) for split in ("train", "val", "test")}
+    # Every rank holds all training images and takes its rows of each global batch; validation
+    # and test are evaluated in disjoint shards and summed (sync.GlobalMetrics).
+    split = BatchSplit.of(spec.training.batch_size, world)
+    part = {name: data_lib.shard(len(arrays[f"x_{name}"]), world, rank) for name in ("val", "test")}
 
     # -- the model, from the latest checkpoint when Ray Train restarts the run
     strategy = make_strategy(world, spec.scaling.collective, spec.scaling.use_gpu)
-    restored, trace = checkpoint.Restored(), []
+    restored, traces = checkpoint.Restored(), {}
     with strategy.scope():
-        model = build_model(spec.model, seed=spec.training.seed, rank=rank,
+        model = build_model(spec.model, seed=spec.training.seed, split=split if world > 1 else None,
                             steps_per_execution=spec.training.steps_per_execution)
         saved = ray.train.get_checkpoint()
         if saved is not None:
             with saved.as_directory() as directory:
                 restored = checkpoint.restore(directory, model)
-                trace = checkpoint.read_trace(directory, rank)
+                traces = checkpoint.read_traces(directory)
 
     # -- callbacks: global metrics -> stock deciders -> consensus -> report (-> drill)
     collective = sync.Collective(strategy, world)
     val = sync.ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
     deciders = sync.decision_callbacks(spec, collective, rank, val, restored.callbacks)
-    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, driver, trace)]
+    # Rank 0 carries the traces of ranks an earlier, larger worker group had.
+    former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
+    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former)]
     if spec.debug.fail_at_epoch is not None and rank == spec.debug.fail_rank:
         callbacks.append(FailOnce(spec.debug.fail_at_epoch, config.get("attempt", ""), rank))
+    if spec.debug.epoch_pause_s:
+        callbacks.append(PauseAfterEpoch(spec.debug.epoch_pause_s))
 
     # -- train, unless the checkpoint is of a run that already ended
     stopper = restored.callbacks.get("early_stopping", {})
@@ -165,9 +174,10 @@ def train_loop_per_worker(config: dict) -> None:
         model.set_weights(stopper["best_weights"])  # what EarlyStopping's on_train_end did before the crash
     if restored.epoch < spec.training.epochs and not stopper.get("stopped_epoch"):
         dataset = train_dataset(
-            arrays["x_train"][part["train"]], arrays["y_train"][part["train"]],
-            steps=config["steps"], batch=spec.training.batch_size // world,
-            stream=random_stream(spec.training.seed, rank), start_epoch=restored.epoch, epochs=spec.training.epochs,
+            arrays["x_train"], arrays["y_train"], steps=config["steps"],
+            rows=slice(split.offsets[rank], split.offsets[rank] + split.sizes[rank]),
+            global_batch=split.global_batch, seed=spec.training.seed, start_epoch=restored.epoch,
+            epochs=spec.training.epochs,
         )
         model.fit(per_replica(strategy, dataset, world), epochs=spec.training.epochs, initial_epoch=restored.epoch,
                   steps_per_epoch=config["steps"], callbacks=callbacks, verbose=0)
@@ -177,6 +187,6 @@ def train_loop_per_worker(config: dict) -> None:
         collective, sync.ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]])
     )
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
-    final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+    final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"], "workers": world}
     ray.train.report(final)
     driver.post(rank, final)

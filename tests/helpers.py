@@ -34,30 +34,40 @@ def tiny_model(lr: float = 0.01) -> keras.Model:
     return model
 
 
+def stock_trace(spec, sequence) -> tuple[list[dict], object, object]:
+    """Stock tf_keras ReduceLROnPlateau and EarlyStopping fed a run's global metrics, epoch by
+    epoch, in one uninterrupted fit: what they decide and what they count.
+
+    Returns (one row per epoch: lr after it, plateau_wait, stopping_wait, stop; the stock
+    ReduceLROnPlateau; the stock EarlyStopping), epochs numbered from 1.
+    """
+    model = tiny_model(spec.model.learning_rate)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()) if spec.reduce_lr else None
+    early_stopping = keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump()) if spec.early_stopping else None
+    callbacks = keras.callbacks.CallbackList([cb for cb in (reduce_lr, early_stopping) if cb], model=model)
+    callbacks.on_train_begin()
+    rows = []
+    for epoch, values in enumerate(sequence):
+        callbacks.on_epoch_end(epoch, dict(values))
+        rows.append({"epoch": epoch + 1, "lr": sync.get_lr(model), "stop": bool(model.stop_training),
+                     "plateau_wait": reduce_lr.wait if reduce_lr else None,
+                     "stopping_wait": early_stopping.wait if early_stopping else None})
+        if model.stop_training:
+            break
+    callbacks.on_train_end()
+    return rows, reduce_lr, early_stopping
+
+
 def stock_replay(spec, sequence):
     """Stock tf_keras ReduceLROnPlateau and EarlyStopping fed the same global metrics.
 
     Returns (learning rate after each epoch, stop epoch or None, EarlyStopping's best epoch
     or None), epochs numbered from 1.
     """
-    model = tiny_model(spec.model.learning_rate)
-    stock = []
-    if spec.reduce_lr is not None:
-        stock.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()))
-    if spec.early_stopping is not None:
-        stock.append(keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump()))
-    callbacks = keras.callbacks.CallbackList(stock, model=model)
-    callbacks.on_train_begin()
-    lrs, stop_epoch = [], None
-    for epoch, values in enumerate(sequence):
-        callbacks.on_epoch_end(epoch, dict(values))
-        lrs.append(sync.get_lr(model))
-        if model.stop_training:
-            stop_epoch = epoch + 1
-            break
-    callbacks.on_train_end()
-    best_epoch = stock[-1].best_epoch + 1 if spec.early_stopping is not None else None
-    return lrs, stop_epoch, best_epoch
+    rows, _, early_stopping = stock_trace(spec, sequence)
+    stop_epoch = rows[-1]["epoch"] if rows and rows[-1]["stop"] else None
+    best_epoch = early_stopping.best_epoch + 1 if early_stopping is not None else None
+    return [r["lr"] for r in rows], stop_epoch, best_epoch
 
 
 def by_epoch(decisions):

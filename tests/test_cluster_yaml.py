@@ -206,7 +206,7 @@ def test_cluster_can_run_the_spec(spec_path, config):
 
     spec = load_spec(spec_path)
     scaling = spec.scaling
-    workers = max(scaling.num_workers, 1)
+    workers = scaling.max_workers  # an elastic run grows to MAX when the cluster can
     gpus = scaling.gpus_per_worker if scaling.use_gpu else 0
     cpus = scaling.cpus_per_worker
 

@@ -132,7 +132,7 @@ def test_ambiguous_leaf_names_keep_their_section_in_the_slug():
     ({"name": ["a"]}, "grid name: cannot be varied"),
     ({"reduce_lr.factor": [0.1, 0.1]}, "grid reduce_lr.factor: the value 0.1 is listed twice"),
     ({"scaling.num_workers": [1, 0]}, "grid scaling.num_workers=0: scaling.num_workers: 0 (Ray Train's in-process"),
-    ({"scaling.num_workers": [3]}, "grid scaling.num_workers=3: spec: training.batch_size 200 is not divisible by scaling.num_workers 3"),
+    ({"scaling.num_workers": [201]}, "grid scaling.num_workers=201: spec: training.batch_size 200 is smaller than the 201 workers"),
 ])
 def test_a_bad_grid_names_the_setting(grid, message):
     with pytest.raises(SpecError) as err:

@@ -337,34 +337,20 @@ def test_shard_rejects_bad_arguments(args):
         shard(*args)
 
 
-@pytest.mark.parametrize(
-    "n, batch, workers",
-    [(8334, 128, 1), (8334, 128, 2), (8334, 128, 3), (50000, 256, 4), (60000, 100, 7), (1001, 10, 2), (13, 4, 4)],
-)
-def test_steps_per_epoch_is_the_floor_rule_and_fits_every_rank(n, batch, workers):
-    steps = steps_per_epoch(n, batch, workers)
-    per_worker = batch // workers
-    smallest = min(s.stop - s.start for s in (shard(n, workers, r) for r in range(workers)))
-    assert steps == smallest // per_worker
-    for rank in range(workers):  # every rank has data for exactly that many full batches
-        s = shard(n, workers, rank)
-        assert (s.stop - s.start) // per_worker >= steps
+@pytest.mark.parametrize("n, batch", [(8334, 128), (50000, 200), (60000, 100), (1001, 10), (13, 4), (200, 200)])
+def test_steps_per_epoch_counts_whole_global_batches(n, batch):
+    # The same for every number of workers: each takes its rows of every global batch.
+    assert steps_per_epoch(n, batch) == n // batch
 
 
 def test_steps_per_epoch_known_values():
-    assert steps_per_epoch(8334, 128, 2) == 65  # shards of 4167, batches of 64
-    assert steps_per_epoch(50000, 128, 1) == 390
-    assert steps_per_epoch(10, 4, 2) == 2  # shards of 5, batches of 2
+    assert steps_per_epoch(8334, 200) == 41
+    assert steps_per_epoch(50000, 200) == 250
 
 
 def test_steps_per_epoch_too_little_data():
-    with pytest.raises(DataError, match="too little training data for batch size 128 on 4 workers"):
-        steps_per_epoch(100, 128, 4)
-
-
-def test_steps_per_epoch_batch_smaller_than_workers():
-    with pytest.raises(DataError, match="batch size 2 is smaller than the 4 workers"):
-        steps_per_epoch(1000, 2, 4)
+    with pytest.raises(DataError, match="too little training data for batch size 128: 100 images make no whole batch"):
+        steps_per_epoch(100, 128)
 
 
 # --- Parquet ----------------------------------------------------------------------------------

@@ -11,18 +11,20 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from service import report, train
 from service.spec import load_spec
-from tests.helpers import make_spec, stock_replay, without_seconds
+from tests.helpers import by_epoch, make_spec, stock_replay, stock_trace, without_seconds
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.ray_cluster import LocalCluster, cmdline, multinode_cluster  # noqa: F401 - the fixture
+    from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401 - the fixture
 except ImportError:
-    from ray_cluster import LocalCluster, cmdline, multinode_cluster  # noqa: F401
+    from ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -299,3 +301,64 @@ def test_a_study_across_nodes_lands_where_its_driver_runs(multinode_cluster):
                if list(n.root.glob(f"ray/session_*/**/plateau-run/{row['trial']}/history.csv"))]
         assert own and head not in own, row["trial"]
     assert len(nodes_used) >= 2, "every trial trained on the same node"
+
+
+ELASTIC = ("--set", "scaling.num_workers=[1, 2]", "--set", "scaling.max_failures=2",
+           "--set", "scaling.resize_interval_s=1", "--set", "data.validation=holdout",
+           # A pause after every epoch's report: the node is lost, and found again, between epochs.
+           "--set", "debug.epoch_pause_s=4", "--set", "checkpoint.keep=null",
+           "--set", "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.005}",
+           "--set", "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.002}")
+
+
+@pytest.mark.heavy
+def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_happened(multinode_cluster, tmp_path):
+    """num_workers [1, 2] on two 1-CPU nodes: the node of rank 1 is lost after epoch 2 and back
+    after epoch 4. The run goes on at 1 worker, grows back to 2, and its learning rates, waits and
+    stop are what stock Keras decides on the run's own global metrics in one uninterrupted fit."""
+    cluster = multinode_cluster
+    argv = [sys.executable, "-m", "service.cli", "train", SPEC, "--data", "sample", "--epochs", "8", "--name", "elastic",
+            "--address", cluster.gcs_address, "--output", str(tmp_path), *ELASTIC]
+    driver = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines, lost = [], None
+    try:
+        for line in driver.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("epoch 2/") and lost is None:
+                placed = [ln for ln in lines if ln.startswith("workers: ")][-1]
+                lost = _rank_nodes(placed, cluster)[1]
+                cluster.remove_node(cluster.nodes[lost])
+            elif line.startswith("epoch 4/") and lost is not None and lost not in cluster.nodes:
+                cluster.add_node(lost)
+        assert driver.wait(timeout=900) == 0, "\n".join(lines[-40:])
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if lost is not None and lost not in cluster.nodes:
+            cluster.add_node(lost)   # as the module found it
+    run = tmp_path / "elastic"
+    history = report.read_history(run / "history.csv")
+    sizes = [row["workers"] for row in history]
+    assert sizes[:5] == [2, 2, 1, 1, 2] and set(sizes[4:]) == {2}, (sizes, "\n".join(lines))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resizes"] == [{"epoch": 3, "from": 2, "to": 1}, {"epoch": 5, "from": 1, "to": 2}]
+    assert any(ln.startswith("epoch 3/8") and "workers 2 -> 1" in ln for ln in lines)
+    assert any(ln.startswith("epoch 5/8") and "workers 1 -> 2" in ln for ln in lines)
+
+    decisions = report.read_decisions(run / "decisions.jsonl")
+    for epoch, rows in by_epoch(decisions).items():   # every rank of each epoch's group reported, and agreed
+        assert sorted(r["rank"] for r in rows) == list(range(rows[0]["world_size"]))
+        assert rows[0]["world_size"] == sizes[epoch - 1]
+        assert all({**r, "rank": 0} == {**rows[0], "rank": 0} for r in rows)
+    rank0 = [d for d in decisions if d["rank"] == 0]
+    spec = load_spec(run / "spec.yaml")
+    stock, _, _ = stock_trace(spec, [d["values"] for d in rank0])
+    # The decisions of one uninterrupted stock fit, epoch by epoch: no counter was ever reset,
+    # no reduction forgotten, and the stop (if any) at the same epoch.
+    ours = [{"epoch": d["epoch"], "lr": d["lr_after"], "stop": d["stop"], "plateau_wait": d["plateau_wait"],
+             "stopping_wait": d["stopping_wait"]} for d in rank0]
+    assert ours == stock
+    lrs = [d["lr_after"] for d in rank0]
+    assert lrs == sorted(lrs, reverse=True), "the learning rate went back up"
+    assert summary["lr_reductions"], "no LR reduction: the test proves less than it claims; retune ELASTIC"
