@@ -301,7 +301,7 @@ def warn_if_checkpoints_stay_on_one_node(spec, nodes: int) -> None:
     disk: a worker restarted on another node could not resume from them."""
     output, train_spec = _storage_of(spec)
     scaling = train_spec.scaling
-    where = scaling.storage_path or f"{output}/<name>/checkpoints"
+    where = scaling.storage_path or f"{output}/{train_spec.name}/checkpoints"
     shared = [scaling.storage_path] if scaling.storage_shared and scaling.storage_path else []
     if nodes > 1 and train_spec.workers > 1 and is_node_local(where, shared_mounts=shared):
         print(f"warning: checkpoints go to {where}, a path on one node's disk, and the cluster has {nodes} "
