@@ -93,8 +93,8 @@ def test_address_without_scheme_is_refused():
 @pytest.mark.slow
 def test_bad_spec_is_refused_before_submission(ray_head):
     before = _job_ids(ray_head)
-    # 200 is not divisible by 3 workers: load_spec refuses it locally.
-    proc = ray_head.plateau("submit", SPEC, "--workers", "3", "--wait")
+    # A batch of 200 cannot be split over 201 workers: load_spec refuses it locally.
+    proc = ray_head.plateau("submit", SPEC, "--workers", "201", "--wait")
     assert proc.returncode == 2
     assert "batch_size" in _one_error_line(proc)
     missing = ray_head.plateau("submit", "jobs/no-such-spec.yaml")
