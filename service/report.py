@@ -199,7 +199,7 @@ def _metric_panel(ax, history: list[dict], keys: tuple[str, str], monitor: Optio
 def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,
                 title: str = "", monitor: Optional[str] = None) -> None:
     """Loss and val_loss | accuracy and val_accuracy per epoch, the monitored metric drawn thick with
-    its best epoch starred; below, the learning rate (log axis); LR reductions (dashed green, between
+    its best epoch starred; below the accuracy, the learning rate (log axis); LR reductions (dashed green, between
     the epoch that decided and the first at the new rate) and the early stop (red) on every panel."""
     import matplotlib
 
@@ -209,9 +209,9 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
 
     fig = plt.figure(figsize=(11, 7))
     grid = fig.add_gridspec(2, 2, height_ratios=[2, 1])
-    ax_loss = fig.add_subplot(grid[0, 0])
+    ax_loss = fig.add_subplot(grid[:, 0])
     ax_acc = fig.add_subplot(grid[0, 1], sharex=ax_loss)
-    ax_lr = fig.add_subplot(grid[1, :], sharex=ax_loss)
+    ax_lr = fig.add_subplot(grid[1, 1], sharex=ax_loss)
     if history:
         _metric_panel(ax_loss, history, ("loss", "val_loss"), monitor, "loss")
         _metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitor, "accuracy")
@@ -220,8 +220,9 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
         if all(lr > 0 for lr in lrs):
             ax_lr.set_yscale("log")
     ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("epoch")
-    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (ax_loss, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_lr.grid(alpha=0.3, which="both")
     for ax in (ax_loss, ax_acc, ax_lr):
         for i, red in enumerate(reductions):
@@ -229,8 +230,8 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
                        label=f"lr reduced ({len(reductions)}x)" if i == 0 else None)
         if stop_epoch is not None:
             ax.axvline(stop_epoch, color="tab:red", lw=1.5, label=f"early stop (epoch {stop_epoch})")
-    ax_loss.legend(loc="upper right", fontsize="small")
-    ax_acc.legend(loc="lower right", fontsize="small")
+    ax_loss.legend(loc="best", fontsize="small")
+    ax_acc.legend(loc="best", fontsize="small")
     ax_lr.legend(loc="upper right", fontsize="small")
     if title:
         fig.suptitle(title)

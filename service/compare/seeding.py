@@ -10,8 +10,8 @@ every round, each setting other than the baseline is compared with it (`stats.pa
 accuracy); the study stops when
 
 * every such setting is resolved (its 95% bootstrap interval excludes zero) and at least `min`
-  seeds ran (default 6: a bootstrap interval over fewer seeds is too narrow, and below 6 seeds
-  no exact test can reach p < 0.05), or
+  seeds ran (default 6, or `max` if that is lower: a bootstrap interval over fewer seeds is too
+  narrow, and below 6 seeds no exact test can reach p < 0.05), or
 * `max` seeds ran.
 
 Example::
@@ -69,14 +69,14 @@ class SeedPlan:
             return Step(True, "")
         unresolved = tuple(r["setting"] for r in sorted(records, key=lambda r: r["position"])
                            if not r["baseline"] and not (r.get("paired") and r["paired"].resolved()))
-        if not unresolved and seeds_run >= self.rule.min:
+        if not unresolved and seeds_run >= self.rule.min_to_stop:
             return Step(True, f"every setting resolved after {seeds_run} seeds")
         if seeds_run >= len(self.seeds):
             listed = ", ".join(unresolved) if unresolved else "none"
             return Step(True, f"max {len(self.seeds)} seeds reached; unresolved: {listed}", unresolved)
         nxt = self.seeds[seeds_run]
         why = (f"unresolved: {', '.join(unresolved)}" if unresolved else
-               f"every setting resolved, but a stop needs at least {self.rule.min} seeds")
+               f"every setting resolved, but a stop needs at least {self.rule.min_to_stop} seeds")
         return Step(False, f"after {seeds_run} seeds {why}; adding seed {nxt}", unresolved, nxt)
 
     def describe(self) -> str:
@@ -84,7 +84,7 @@ class SeedPlan:
         if self.rule is None:
             return f"{len(self.seeds)} seed(s)"
         return (f"sequential seeds from {self.seeds[0]}: {self.start} at first, one more per round until "
-                f"every setting resolves (at least {self.rule.min}) or {len(self.seeds)}")
+                f"every setting resolves (at least {self.rule.min_to_stop}) or {len(self.seeds)}")
 
 
 def _base_seed(spec: CompareSpec) -> int:
