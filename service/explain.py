@@ -19,8 +19,9 @@ arithmetic of tf_keras 2.21's own `ReduceLROnPlateau.on_epoch_end` and
   (only if it also beats `baseline`, when one is set), and otherwise wait >= patience stops,
   never at the first epoch.
 
-The replay's learning rates and stops are checked against the trace; where they differ (a rank
-took a rank-local decision that consensus spread), the line says what the trace recorded.
+The replay's learning rates, stops and wait counters are checked against the trace; where they
+differ (a rank took a rank-local decision that consensus spread), the line says what the trace
+recorded ("the trace says ...").
 
 Example::
 
@@ -167,6 +168,8 @@ def explain(spec: TrainSpec, decisions: list[dict]) -> list[str]:
         if not parts:
             parts.append(f"no callbacks; lr {short(d['lr_before'])}")
         parts += _against_trace(d, new_lr, stops)
+        parts += [f"the trace says {key} {d[key]}" for key, replay in (("plateau_wait", reduce), ("stopping_wait", stopper))
+                  if replay is not None and d.get(key) is not None and d[key] != replay.wait]
         lines.append(f"epoch {d['epoch']}: " + "; ".join(parts))
     return lines
 
