@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, compare
+from service import cli, compare, report
 from service.compare import aggregate, stats, tables
 from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
@@ -309,8 +309,12 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    live = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\d/4\] ", ln)]
-    assert len(live) == 4 and all("test_accuracy" in ln for ln in live), proc.stdout
+    finished = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\d/4\] .*test_accuracy", ln)]
+    assert len(finished) == 4, proc.stdout
+    assert [re.search(r"\| study: (\d)/4 trials done", ln).group(1) for ln in finished] == ["1", "2", "3", "4"]
+    epoch_lines = [re.fullmatch(r"\[(\d)/4\] (\S+)  seed 7  epoch (\d)/2  val_accuracy (\d\.\d{4})  lr (\S+)(?: -> (\S+))?", ln)
+                   for ln in proc.stdout.splitlines() if re.match(r"\[\d/4\] \S+  seed 7  epoch ", ln)]
+    assert len(epoch_lines) == 8 and all(epoch_lines), proc.stdout
 
     root = out / "itest"
     rows = list(csv.DictReader((root / "comparison.csv").open()))
@@ -325,6 +329,16 @@ def test_a_2x2_study_on_the_sample(tmp_path):
         assert s["test_accuracy"] == float(r["test_accuracy"]) and s["epochs_run"] == int(r["epochs_run"]) == 2
         reduced = r["reduce_lr"] == "on"
         assert (int(r["lr_reductions"]), r["lr_reduction_epochs"]) == ((1, "2") if reduced else (0, ""))
+
+    # Each trial epoch's line says what its history.csv holds (k/N in the grid's order)
+    for m in epoch_lines:
+        r = rows[int(m.group(1)) - 1]
+        history = {h["epoch"]: h for h in report.read_history(root / "trials" / r["trial"] / "history.csv")}
+        h = history[int(m.group(3))]
+        assert (m.group(2), m.group(4), m.group(5)) == (r["setting"], f"{h['val_accuracy']:.4f}", f"{h['lr']:.3g}")
+        assert (m.group(6) is not None) == (r["reduce_lr"] == "on" and m.group(3) == "2")
+    _check_paired_files(root, rows)
+    _check_trial_events(root, rows)
 
     md = (root / "comparison.md").read_text()
     table = _md_rows(md)
@@ -350,6 +364,11 @@ def test_a_2x2_study_on_the_sample(tmp_path):
             assert cells[7] == f"{wins}/{len(mine)}"
     assert means == sorted(means, reverse=True)
     assert (root / "comparison.png").read_bytes().startswith(PNG)
+    index = subprocess.run([sys.executable, "-m", "service.cli", "runs", str(out), "--json"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    (listed,) = json.loads(index.stdout)
+    assert (listed["name"], listed["kind"], listed["status"], listed["trials"], listed["trials_ok"]) == \
+        ("itest", "compare", "finished", 4, 4)
     print(f"study took {took:.0f}s")
 
     # Again, without --fresh: the finished trials are reused, not trained again.
@@ -357,6 +376,38 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 already finished" in again.stdout
     assert list(csv.DictReader((root / "comparison.csv").open())) == rows
+
+
+def _check_paired_files(root: Path, rows: list[dict]) -> None:
+    """settings.csv and comparison.md's paired cells are stats.paired of comparison.csv's numbers."""
+    by_setting: dict[str, dict[int, float]] = {}
+    for r in rows:
+        by_setting.setdefault(r["setting"], {})[int(r["seed"])] = float(r["test_accuracy"])
+    baseline = rows[0]["setting"]
+    settings_rows = list(csv.DictReader((root / "settings.csv").open()))
+    assert [s["setting"] for s in settings_rows] == list(by_setting)
+    md_cells = {cells[1]: cells for cells in _md_rows((root / "comparison.md").read_text())}
+    for s in settings_rows:
+        if s["setting"] == baseline:
+            assert (s["n_seeds"], s["diff_mean"], s["p_value"]) == ("1", "", "")
+            assert md_cells[baseline][8:] == ["baseline", "", "", ""]
+            continue
+        c = stats.paired(by_setting[s["setting"]], by_setting[baseline])
+        assert (int(s["n_seeds"]), float(s["diff_mean"]), s["diff_ci_low"], s["seeds_needed"]) == (1, c.diff_mean, "", "")
+        assert md_cells[s["setting"]][8:] == tables.paired_cells(c) == [f"{c.diff_mean:+.4f}", "–", "1", "–"]
+
+
+def _check_trial_events(root: Path, rows: list[dict]) -> None:
+    """Every trial's TensorBoard events, written by the study's driver, hold its history; Tune wrote none."""
+    from tests.test_runs import read_events
+
+    for r in rows:
+        folder = root / "trials" / r["trial"]
+        got = read_events(folder / "tensorboard")
+        history = report.read_history(folder / "history.csv")
+        assert got["val_accuracy"] == [(h["epoch"], round(h["val_accuracy"], 6)) for h in history]
+        assert got["test/accuracy"] == [(2, round(float(r["test_accuracy"]), 6))]
+    assert not list((root / "tune").rglob("events.out.tfevents*"))
 
 
 def test_an_address_nothing_answers_at_is_refused_before_anything_starts(tmp_path):

@@ -145,6 +145,12 @@ def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     row = next(ln for ln in listing.stdout.splitlines() if ln.startswith(job_id))
     assert "seed-reduce-lr" in row and "SUCCEEDED" in row
 
+    as_json = json.loads(ray_head.plateau("status", job_id, "--json").stdout)
+    assert (as_json["job_id"], as_json["status"], as_json["metadata"]["spec"]) == (job_id, "SUCCEEDED", "seed-reduce-lr")
+    assert as_json["duration_s"] > 0 and as_json["started"] and as_json["ended"]
+    listed = {j["job_id"]: j for j in json.loads(ray_head.plateau("jobs", "--json").stdout)}
+    assert listed[job_id]["status"] == "SUCCEEDED"
+
 
 @pytest.mark.slow
 def test_stop_a_running_job(ray_head, tmp_path):
