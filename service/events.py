@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -47,8 +48,9 @@ class RunEvents:
             from tensorboardX import SummaryWriter
 
             self.logdir.mkdir(parents=True, exist_ok=True)
+            # A unique suffix: two writers opened in the same second would share tensorboardX's file name.
             self._writer = SummaryWriter(str(self.logdir), purge_step=first_step if first_step > 1 else None,
-                                         flush_secs=5)
+                                         flush_secs=5, filename_suffix=f".{uuid.uuid4().hex[:8]}")
         return self._writer
 
     def epoch(self, row: dict, decision: Optional[dict], flush: bool = True) -> None:

@@ -243,6 +243,16 @@ def test_plot_is_a_png_with_uneven_histories(tmp_path):
 
     tables.plot_comparison(tmp_path / "c.png", {"a": [hist(3, 0.01), hist(5, 0.01)], "b": [hist(4, 0.1)], "c": []})
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
+    seeds = [row("a", 7, 0.9), row("a", 8, 0.91), row("b", 7, 0.92), row("b", 8, 0.0, status="failed"),
+             row("c", 7, 0.0, status="failed")]
+    tables.plot_comparison(tmp_path / "d.png", {"a": [hist(3, 0.01)], "b": [hist(4, 0.1)], "c": []}, rows=seeds,
+                           baseline="a")
+    assert (tmp_path / "d.png").read_bytes().startswith(PNG)
+    # The tick of a setting carries its paired difference and, from two pairs on, the interval
+    acc = {("a", 7): 0.9, ("a", 8): 0.91, ("b", 7): 0.92, ("b", 8): 0.93}
+    assert tables._seed_label("a", "a", acc) == "a\n(baseline)"
+    assert tables._seed_label("b", "a", acc) == "b\n+0.0200 [+0.0200, +0.0200]"
+    assert tables._seed_label("b", "a", {("a", 7): 0.9, ("b", 7): 0.89}) == "b\n-0.0100"
 
 
 def test_a_trial_folder_holding_another_spec_stops_the_study_before_it_starts(tmp_path):
@@ -519,3 +529,10 @@ def test_sequential_seeding_adds_rounds_until_resolved_or_max(tmp_path, unresolv
     settings_rows = list(csv.DictReader((root / "settings.csv").open()))
     assert settings_rows[1]["n_seeds"] == str(len(seeds))
     assert json.loads((root / "status.json").read_text())["state"] == "finished"
+    from service import runs
+
+    shown = runs.show(root)
+    assert shown.startswith("study: study, finished\n\n# study\n")
+    assert shown.endswith((root / "comparison.md").read_text())
+    (listed,) = runs.index(tmp_path)
+    assert (listed["kind"], listed["stop_reason"]) == ("compare", expected)

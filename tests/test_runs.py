@@ -147,6 +147,23 @@ def test_event_files_read_back_with_every_scalar(tmp_path):
     assert read_events(tmp_path / "tb")["val_accuracy"] == [(1, 0.9)]
 
 
+def test_a_resumed_run_hides_what_the_interrupted_attempt_wrote_after_its_checkpoint(tmp_path):
+    import tensorflow as tf
+
+    first = events.RunEvents(tmp_path / "tb")
+    for row in HISTORY:  # the interrupted attempt got to epoch 3; its checkpoint is of epoch 2
+        first.epoch(row, None)
+    first.close()
+    again = events.RunEvents(tmp_path / "tb")
+    again.epoch({**HISTORY[2], "val_accuracy": 0.96}, None)
+    again.close()
+    files = sorted((tmp_path / "tb").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 2
+    starts = [e.step for e in tf.compat.v1.train.summary_iterator(str(files[1]))
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert starts == [3]  # TensorBoard drops the earlier files' events from step 3 on
+
+
 # --- the run index ------------------------------------------------------------------------------
 
 

@@ -79,7 +79,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         progress.error(echo, "plateau: no trial finished; see the errors above")
         runs.mark_failed(study_dir, "no trial finished")
         return EXIT_FAILED
-    runs.mark_finished(study_dir)
+    runs.mark_finished(study_dir, step.line)
     return EXIT_OK
 
 

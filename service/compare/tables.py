@@ -262,8 +262,9 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(14, 7) if rows else (8, 7))
-    grid = fig.add_gridspec(2, 2 if rows else 1, height_ratios=[2, 1], width_ratios=[3, 2] if rows else None)
+    height = max(7.0, 0.55 * len(curves) + 2) if rows else 7.0
+    fig = plt.figure(figsize=(16, height) if rows else (8, 7))
+    grid = fig.add_gridspec(2, 2 if rows else 1, height_ratios=[2, 1], width_ratios=[1, 1] if rows else None)
     ax_acc = fig.add_subplot(grid[0, 0])
     ax_lr = fig.add_subplot(grid[1, 0], sharex=ax_acc)
     cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
@@ -305,31 +306,50 @@ def _plot_curves(ax_acc, ax_lr, curves: dict[str, list[list[dict]]], colors: dic
     ax_lr.grid(alpha=0.3, which="both")
 
 
+def _seed_label(label: str, baseline: Optional[str], acc: dict) -> str:
+    """A setting's tick: its name, and its paired difference from the baseline with the interval."""
+    if label == baseline:
+        return f"{label}\n(baseline)"
+    c = stats.paired({seed: a for (s, seed), a in acc.items() if s == label},
+                     {seed: a for (s, seed), a in acc.items() if s == baseline})
+    if c.diff_mean is None:
+        return label
+    ci = "" if c.diff_ci_low is None else f" [{_signed(c.diff_ci_low)}, {_signed(c.diff_ci_high)}]"
+    return f"{label}\n{_signed(c.diff_mean)}{ci}"
+
+
 def _plot_seeds(ax, rows: list[dict], order: list[str], colors: dict, baseline: Optional[str]) -> None:
-    """Per-seed test accuracy per setting, the mean as a bar, lines from each seed's baseline point."""
+    """One row per setting (the baseline on top): each seed's test accuracy (filled) joined by a
+    line to the baseline's with the same seed (hollow), green where the setting is higher and red
+    where lower; the mean over seeds (what the table ranks by) as a bar with its value."""
     acc = {(r["setting"], r["seed"]): float(r["test_accuracy"]) for r in rows
            if r["status"] == "ok" and r.get("test_accuracy") is not None}
     base = {seed: a for (setting, seed), a in acc.items() if setting == baseline}
-    for x, label in enumerate(order):
+    seeds = sorted({seed for _, seed in acc})
+    offset = {seed: (j - (len(seeds) - 1) / 2) * min(0.6 / max(len(seeds), 1), 0.15) for j, seed in enumerate(seeds)}
+    for y, label in enumerate(order):
         mine = {seed: a for (setting, seed), a in acc.items() if setting == label}
-        if not mine:
-            continue
-        if label != baseline:
-            for seed in sorted(mine.keys() & base.keys()):
-                ax.plot([0, x], [base[seed], mine[seed]], color="grey", alpha=0.35, lw=0.8, zorder=1)
-        mean = statistics.fmean(mine.values())
-        ax.hlines(mean, x - 0.3, x + 0.3, color=colors[label], lw=3, zorder=3)
-        ax.annotate(f"{mean:.4f}", (x + 0.32, mean), va="center", fontsize="small", color=colors[label])
-        ax.scatter([x] * len(mine), list(mine.values()), color=colors[label], s=22, zorder=4, edgecolor="black",
-                   linewidth=0.4)
-    ax.set_xticks(range(len(order)))
-    ax.set_xticklabels([f"{label}\n(baseline)" if label == baseline else label for label in order],
-                       rotation=30 if len(order) > 3 else 0, ha="right" if len(order) > 3 else "center",
+        for seed, a in mine.items():
+            if label != baseline and seed in base:
+                up = a > base[seed]
+                ax.plot([base[seed], a], [y + offset[seed]] * 2, color="tab:green" if up else "tab:red",
+                        alpha=0.6, lw=1.2, zorder=2)
+                ax.scatter([base[seed]], [y + offset[seed]], facecolor="white", edgecolor="grey", s=18, zorder=3)
+            ax.scatter([a], [y + offset[seed]], color=colors[label], edgecolor="black", linewidth=0.4, s=24, zorder=4)
+            if label == baseline:
+                ax.annotate(f" seed {seed}", (a, y + offset[seed]), va="center", fontsize="xx-small", color="grey")
+        if mine:
+            mean = statistics.fmean(mine.values())
+            ax.vlines(mean, y - 0.35, y + 0.35, color=colors[label], lw=3, zorder=3)
+            ax.annotate(f"{mean:.4f}", (mean, y - 0.38), ha="center", va="bottom", fontsize="x-small",
+                        color=colors[label])
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([_seed_label(label, baseline, acc) for label in order],
                        fontsize="small" if len(order) <= 6 else "x-small")
-    ax.set_xlim(-0.5, len(order) - 0.3)
-    ax.set_ylabel("test accuracy (dots: seeds; bar: mean, the rank order)")
-    ax.set_title("per seed, lines to the baseline's same seed", fontsize="medium")
-    ax.grid(alpha=0.3, axis="y")
+    ax.set_ylim(len(order) - 0.5, -0.6)
+    ax.set_xlabel("test accuracy (dots: seeds; bar: the mean, the rank order)")
+    ax.set_title("per seed, joined to the baseline's same seed (hollow)", fontsize="medium")
+    ax.grid(alpha=0.3, axis="x")
 
 
 def live_line(done: int, total: int, trial: Trial, outcome: TrialOutcome) -> str:
