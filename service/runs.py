@@ -1,9 +1,9 @@
 """The run index: `plateau runs [OUTPUT]` and `plateau show NAME`.
 
 Every train run and study marks its folder with `status.json` ({kind, state, started, host,
-pid, ended, error, note}): `running` when it starts, `failed` with the error, `finished` for a
-study (a train run is finished when its summary.json exists). A folder marked `running`
-whose process is gone (or that runs on another host) is `interrupted`.
+pid, ended, error, note}): `running` when it starts, `failed` with the error, `finished` at the
+end (a train run also counts as finished whenever its summary.json exists). A folder marked
+`running` whose process is gone (or that runs on another host) is `interrupted`.
 
 `index(output)` lists OUTPUT/*/ (train runs: a spec.yaml of kind train; studies: status.json of
 kind compare, or a comparison.csv), newest first. `show(folder)` is the run's summary and each

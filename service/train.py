@@ -358,6 +358,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     report.write_json(out_dir / "summary.json", summary)
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
                        summary["stop_epoch"], title=spec.name, monitor=spec.monitor)
+    runs.mark_finished(out_dir)
     progress.final(echo, report.done_line(summary, out_dir))
     return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
 
