@@ -536,3 +536,25 @@ def test_sequential_seeding_adds_rounds_until_resolved_or_max(tmp_path, unresolv
     assert shown.endswith((root / "comparison.md").read_text())
     (listed,) = runs.index(tmp_path)
     assert (listed["kind"], listed["stop_reason"]) == ("compare", expected)
+
+
+def test_quiet_keeps_only_the_final_table_and_line(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    spec = study({"reduce_lr.factor": [0.1, 0.5]}, seeds=[7, 8], output=str(tmp_path))
+    for t in grid_lib.expand(spec, tmp_path / "study" / "trials"):
+        _finished_trial(t, 0.90 + t.seed / 1000 + 0.01 * t.setting.index)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"kind": "compare", "name": "study", "base": BASE,
+                                    "grid": {"reduce_lr.factor": [0.1, 0.5]}, "seeds": [7, 8]}))
+    assert cli.main(["compare", str(path), "--output", str(tmp_path)]) == 0
+    loud = capsys.readouterr().out.splitlines()
+    assert loud[0].startswith("study: 2 setting(s) x 2 seed(s), up to 1 at a time, 4 trial(s) already finished")
+    assert "every trial already finished; use --fresh to train them again" in loud
+    assert cli.main(["compare", str(path), "--output", str(tmp_path), "--quiet"]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert quiet[0] == "" and quiet[1].startswith("rank  setting ") and len(quiet) == 5
+    assert re.fullmatch(r"4/4 trials finished in \d+s; baseline: reduce_lr.factor=0.1 -> .*comparison.md", quiet[-1])
+    assert quiet[2:4] == loud[-3:-1]  # the same ranked table
