@@ -551,7 +551,7 @@ def test_quiet_keeps_only_the_final_table_and_line(tmp_path, capsys, monkeypatch
                                     "grid": {"reduce_lr.factor": [0.1, 0.5]}, "seeds": [7, 8]}))
     assert cli.main(["compare", str(path), "--output", str(tmp_path)]) == 0
     loud = capsys.readouterr().out.splitlines()
-    assert loud[0].startswith("study: 2 setting(s) x 2 seed(s), up to 1 at a time, 4 trial(s) already finished")
+    assert loud[0].startswith("study: 2 setting(s) x 2 seed(s), up to 1 at a time, 4 already finished")
     assert "every trial already finished; use --fresh to train them again" in loud
     assert cli.main(["compare", str(path), "--output", str(tmp_path), "--quiet"]) == 0
     quiet = capsys.readouterr().out.splitlines()

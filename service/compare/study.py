@@ -59,7 +59,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         shutil.rmtree(study_dir)
     reused = _count_finished(every)
     echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, up to {spec.max_concurrent_trials} "
-         f"at a time{f', {reused} trial(s) already finished' if reused else ''} -> {study_dir}")
+         f"at a time{f', {reused} already finished' if reused else ''} -> {study_dir}")
     runs.mark_started(study_dir, "compare")
     try:
         outcomes, step = _run_rounds(spec, plan, every, study_dir, Session(address, verbose, echo, data_cache),
