@@ -90,6 +90,22 @@ def test_address_without_scheme_is_refused():
 # --- against a real head ------------------------------------------------------------------------
 
 
+def test_a_job_as_json():
+    from ray.job_submission import JobDetails, JobStatus, JobType
+
+    from service import jobs
+
+    details = JobDetails(type=JobType.SUBMISSION, submission_id="plateau-x-1", status=JobStatus.SUCCEEDED,
+                         entrypoint="python -m service.cli run x.yaml", start_time=1_000_000, end_time=1_090_500,
+                         metadata={"spec": "x"}, message="done", driver_exit_code=0)
+    data = jobs.job_json(details)
+    assert {k: v for k, v in data.items() if k not in ("started", "ended")} == {
+        "job_id": "plateau-x-1", "status": "SUCCEEDED", "metadata": {"spec": "x"},
+        "entrypoint": "python -m service.cli run x.yaml", "duration_s": 90.5, "message": "done",
+        "driver_exit_code": 0}
+    assert data["started"].startswith("1970-01-01T") and data["ended"].startswith("1970-01-01T")
+
+
 @pytest.mark.slow
 def test_bad_spec_is_refused_before_submission(ray_head):
     before = _job_ids(ray_head)
