@@ -319,12 +319,6 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    finished = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\d/4\] .*test_accuracy", ln)]
-    assert len(finished) == 4, proc.stdout
-    assert [re.search(r"\| study: (\d)/4 trials done", ln).group(1) for ln in finished] == ["1", "2", "3", "4"]
-    epoch_lines = [re.fullmatch(r"\[(\d)/4\] (\S+)  seed 7  epoch (\d)/2  val_accuracy (\d\.\d{4})  lr (\S+)(?: -> (\S+))?", ln)
-                   for ln in proc.stdout.splitlines() if re.match(r"\[\d/4\] \S+  seed 7  epoch ", ln)]
-    assert len(epoch_lines) == 8 and all(epoch_lines), proc.stdout
 
     root = out / "itest"
     rows = list(csv.DictReader((root / "comparison.csv").open()))
@@ -340,13 +334,7 @@ def test_a_2x2_study_on_the_sample(tmp_path):
         reduced = r["reduce_lr"] == "on"
         assert (int(r["lr_reductions"]), r["lr_reduction_epochs"]) == ((1, "2") if reduced else (0, ""))
 
-    # Each trial epoch's line says what its history.csv holds (k/N in the grid's order)
-    for m in epoch_lines:
-        r = rows[int(m.group(1)) - 1]
-        history = {h["epoch"]: h for h in report.read_history(root / "trials" / r["trial"] / "history.csv")}
-        h = history[int(m.group(3))]
-        assert (m.group(2), m.group(4), m.group(5)) == (r["setting"], f"{h['val_accuracy']:.4f}", f"{h['lr']:.3g}")
-        assert (m.group(6) is not None) == (r["reduce_lr"] == "on" and m.group(3) == "2")
+    _check_progress_lines(proc.stdout, root, rows)
     _check_paired_files(root, rows)
     _check_trial_events(root, rows)
 
@@ -386,6 +374,23 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 already finished" in again.stdout
     assert list(csv.DictReader((root / "comparison.csv").open())) == rows
+
+
+def _check_progress_lines(stdout: str, root: Path, rows: list[dict]) -> None:
+    """A line per trial epoch saying what its history.csv holds (k/N in the grid's order), and a
+    line per finished trial with the study's progress."""
+    finished = [ln for ln in stdout.splitlines() if re.match(r"\[\d/4\] .*test_accuracy", ln)]
+    assert len(finished) == 4, stdout
+    assert [re.search(r"\| study: (\d)/4 trials done", ln).group(1) for ln in finished] == ["1", "2", "3", "4"]
+    epoch_lines = [re.fullmatch(r"\[(\d)/4\] (\S+)  seed 7  epoch (\d)/2  val_accuracy (\d\.\d{4})  lr (\S+)(?: -> (\S+))?", ln)
+                   for ln in stdout.splitlines() if re.match(r"\[\d/4\] \S+  seed 7  epoch ", ln)]
+    assert len(epoch_lines) == 8 and all(epoch_lines), stdout
+    for m in epoch_lines:
+        r = rows[int(m.group(1)) - 1]
+        history = {h["epoch"]: h for h in report.read_history(root / "trials" / r["trial"] / "history.csv")}
+        h = history[int(m.group(3))]
+        assert (m.group(2), m.group(4), m.group(5)) == (r["setting"], f"{h['val_accuracy']:.4f}", f"{h['lr']:.3g}")
+        assert (m.group(6) is not None) == (r["reduce_lr"] == "on" and m.group(3) == "2")
 
 
 def _check_paired_files(root: Path, rows: list[dict]) -> None:
