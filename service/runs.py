@@ -212,10 +212,9 @@ def find(name: str, output: Path) -> Path:
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """`key: value` per summary field (nested values as compact JSON)."""
+    """`key: value` per summary field (text as it is, anything else as JSON: null, true, [...])."""
     width = max((len(k) for k in summary), default=0)
-    return [f"{k + ':':<{width + 1}} {v if not isinstance(v, (dict, list)) else json.dumps(v)}"
-            for k, v in summary.items()]
+    return [f"{k + ':':<{width + 1}} {v if isinstance(v, str) else json.dumps(v)}" for k, v in summary.items()]
 
 
 def show(folder: Path) -> str:
