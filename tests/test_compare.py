@@ -405,7 +405,7 @@ def _check_paired_files(root: Path, rows: list[dict]) -> None:
     for s in settings_rows:
         if s["setting"] == baseline:
             assert (s["n_seeds"], s["diff_mean"], s["p_value"]) == ("1", "", "")
-            assert md_cells[baseline][8:] == ["baseline", "", "", ""]
+            assert md_cells[baseline][8:] == ["", "", "", ""]
             continue
         c = stats.paired(by_setting[s["setting"]], by_setting[baseline])
         assert (int(s["n_seeds"]), float(s["diff_mean"]), s["diff_ci_low"], s["seeds_needed"]) == (1, c.diff_mean, "", "")
@@ -479,14 +479,14 @@ def test_settings_csv_and_markdown_carry_the_paired_statistics():
 
     md = tables.markdown(study({}), records, PAIRED_ROWS, settings, outcome="Sequential seeding: max 4 seeds reached.")
     cells = {r[1]: r for r in _md_rows(md)}
-    assert cells["x.y=A"][8:] == ["baseline", "", "", ""]
+    assert cells["x.y=A"][7:] == ["baseline", "", "", "", ""]
     assert cells["x.y=B"][8:] == ["+0.0100", "[+0.0100, +0.0100]", "0.25", "2"]
     assert cells["x.y=C"][8:] == ["+0.0150", "[-0.0200, +0.0500]", "1", "88"]
-    assert ("- `x.y=B` against `x.y=A`: +0.0100 test accuracy over 3 paired seeds (95% CI +0.0100 to +0.0100): "
-            "the interval excludes zero: higher than the baseline; Wilcoxon p = 0.25, sign test p = 0.25; "
+    assert ("- `x.y=B` against `x.y=A`: +0.0100 test accuracy over 3 paired seeds, 95% CI +0.0100 to +0.0100: "
+            "resolved, higher than the baseline (the interval excludes zero); Wilcoxon p = 0.25, sign test p = 0.25; "
             "a paired t-test would need 2 seed(s) for a difference this size.") in md
-    assert "- `x.y=C` against `x.y=A`: +0.0150 test accuracy over 2 paired seeds (95% CI -0.0200 to +0.0500): " \
-           "the interval includes zero: not resolved with these seeds;" in md
+    assert "- `x.y=C` against `x.y=A`: +0.0150 test accuracy over 2 paired seeds, 95% CI -0.0200 to +0.0500: " \
+           "not resolved with these seeds (the interval includes zero);" in md
     assert "\n\nSequential seeding: max 4 seeds reached.\n" in md
 
 

@@ -77,8 +77,8 @@ def _p(value: Optional[float]) -> str:
 
 def paired_cells(paired: Optional[stats.PairedComparison]) -> list[str]:
     """diff vs baseline, 95% CI, p, seeds needed: the paired statistics' cells ("–" when undefined)."""
-    if paired is None:
-        return ["baseline", "", "", ""]
+    if paired is None:  # the baseline
+        return ["", "", "", ""]
     ci = ("–" if paired.diff_ci_low is None else
           f"[{_signed(paired.diff_ci_low)}, {_signed(paired.diff_ci_high)}]")
     needed = "–" if paired.seeds_needed is None else str(paired.seeds_needed)
@@ -169,14 +169,13 @@ def verdict(record: dict, baseline: str) -> str:
     if c.diff_ci_low is None:
         return f"{head}: {_signed(c.diff_mean)} on the one seed where both finished; no interval from one pair."
     if c.resolved():
-        side = "higher" if c.diff_ci_low > 0 else "lower"
-        judged = f"the interval excludes zero: {side} than the baseline"
+        judged = f"resolved, {'higher' if c.diff_ci_low > 0 else 'lower'} than the baseline (the interval excludes zero)"
     else:
-        judged = "the interval includes zero: not resolved with these seeds"
+        judged = "not resolved with these seeds (the interval includes zero)"
     needed = ("" if c.seeds_needed is None else
               f"; a paired t-test would need {c.seeds_needed} seed(s) for a difference this size")
-    return (f"{head}: {_signed(c.diff_mean)} test accuracy over {c.n_seeds} paired seeds "
-            f"(95% CI {_signed(c.diff_ci_low)} to {_signed(c.diff_ci_high)}): {judged}; "
+    return (f"{head}: {_signed(c.diff_mean)} test accuracy over {c.n_seeds} paired seeds, 95% CI "
+            f"{_signed(c.diff_ci_low)} to {_signed(c.diff_ci_high)}: {judged}; "
             f"Wilcoxon p = {_p(c.p_value)}, sign test p = {_p(c.p_sign)}{needed}.")
 
 
