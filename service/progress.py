@@ -102,8 +102,10 @@ class StudyPace:
         if self.running:
             text += f", {len(self.running)} running"
         text += f", elapsed {duration(self.clock() - self.started)}"
-        if self.done < self.total:
-            text += f", eta {duration(eta)}" if eta is not None else ", eta after the first trial"
+        if self.done < self.total and eta is not None:
+            text += f", eta {duration(eta)}"
+        elif self.done < self.total and self.running:
+            text += ", eta after the first trial"
         return text
 
 
