@@ -52,7 +52,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     study_dir = (Path(spec.output) / spec.name).resolve()
     plan = SeedPlan.of(spec)
     every = expand(spec, study_dir / "trials", seeds=list(plan.seeds))  # all validated up front
-    settings = list({t.setting.index: t.setting for t in every}.values())
+    settings = _settings(every)
     check_plan(plan, len(settings))
     _pin_data(every, echo, data_cache)
     if fresh and study_dir.exists():
@@ -150,6 +150,8 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
     session.trained += len(todo)
     outcomes.update(run_tune(spec, todo, study_dir, session.address, session.verbose, session.echo,
                              session.data_cache, watch))
+    for t in todo:  # a trial Tune returned nothing for is a failed row, not a hole in the study
+        outcomes.setdefault(t.name, TrialOutcome("failed", error="no result from Tune"))
     return outcomes
 
 
