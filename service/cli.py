@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
+from service import progress
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput
 from service.spec import SpecError, SpecWarning, load_spec, read_yaml
 
@@ -60,13 +62,26 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides or [])
 
 
+def _output_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """--verbose and --quiet, before or after the subcommand (after it, they only set when given)."""
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("--verbose", action="store_true", default=default, help="show TensorFlow and Ray logs")
+    p.add_argument("--quiet", action="store_true", default=default,
+                   help="print only warnings, errors and the final summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from service import __version__
+
     parser = argparse.ArgumentParser(
         prog="plateau",
         description="Data-parallel Keras MNIST on Ray with ReduceLROnPlateau and EarlyStopping "
                     "decided from the global validation metrics.",
     )
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow and Ray logs")
+    parser.add_argument("--version", action="version", version=f"plateau {__version__}")
+    _output_flags(parser, top=True)
+    flags = argparse.ArgumentParser(add_help=False)
+    _output_flags(flags, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, helptext, spec_help in (
@@ -74,29 +89,42 @@ def build_parser() -> argparse.ArgumentParser:
         ("compare", "run a Ray Tune comparison of callback settings", "compare spec YAML"),
         ("run", "run a spec of either kind (the entrypoint jobs use)", "spec YAML"),
     ):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, parents=[flags])
         p.add_argument("spec", nargs="?" if name == "train" else None, help=spec_help)
         p.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: embedded local Ray)")
         _add_overrides(p)
+        if name != "train":
+            p.add_argument("--quiet-trials", action="store_true",
+                           help="a study prints a status line at most every 10 s instead of a line per trial epoch")
 
-    p = sub.add_parser("submit", help="submit a spec as a Ray job to a cluster")
+    p = sub.add_parser("submit", help="submit a spec as a Ray job to a cluster", parents=[flags])
     p.add_argument("spec", help="spec YAML")
     p.add_argument("--address", help="job server, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--wait", action="store_true", help="wait for the job to end; exit non-zero if it failed")
-    mode.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    mode.add_argument("-f", "--follow", action="store_true", help="stream the job's logs until it ends")
     _add_overrides(p)
 
     for name, helptext in (("status", "show a job's status"), ("logs", "print a job's logs"),
                            ("stop", "stop a job")):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, parents=[flags])
         p.add_argument("job_id")
         p.add_argument("--address", help="job server (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")
         if name == "logs":
-            p.add_argument("--follow", action="store_true", help="keep streaming until the job ends")
+            p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the job ends")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
-    p = sub.add_parser("jobs", help="list this product's jobs on a cluster")
+    p = sub.add_parser("jobs", help="list this product's jobs on a cluster", parents=[flags])
     p.add_argument("--address", help="job server (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")
+    p.add_argument("--json", action="store_true", help="print the jobs as a JSON array")
+
+    p = sub.add_parser("runs", help="list the runs and studies under OUTPUT, newest first", parents=[flags])
+    p.add_argument("output", nargs="?", default="results", help="the output folder (default: results)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON array")
+    p = sub.add_parser("show", help="a run's summary and each epoch's decisions in words", parents=[flags])
+    p.add_argument("name", help="a run or study name under OUTPUT (or a study's trial, or a folder)")
+    p.add_argument("--output", default="results", help="the output folder (default: results)")
     return parser
 
 
@@ -163,14 +191,16 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str]) -> int:
         raise SpecError(f"{args.spec}: kind is {spec.kind!r}; use 'plateau {spec.kind}' or 'plateau run'")
     # Ray sets RAY_ADDRESS for a job's driver: a job joins the cluster it runs on.
     address = args.address or os.environ.get("RAY_ADDRESS")
+    echo = progress.QuietEcho(_say) if args.quiet else _say
     if kind == "compare":
         from service import compare
 
         return compare.run(spec, address=address, verbose=args.verbose, fresh=args.fresh,
-                           data_cache=data_cache_dir())
+                           data_cache=data_cache_dir(), echo=echo, quiet_trials=getattr(args, "quiet_trials", False))
     from service import train
 
-    result = train.run(spec, address=address, verbose=args.verbose, fresh=args.fresh, data_cache=data_cache_dir())
+    result = train.run(spec, address=address, verbose=args.verbose, fresh=args.fresh, data_cache=data_cache_dir(),
+                       echo=echo)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -184,16 +214,40 @@ def _job_command(args: argparse.Namespace) -> int:
             return jobs.submit(args.spec, address, overrides_from(args), wait=args.wait, follow=args.follow,
                                token=token, python=os.environ.get(JOB_PYTHON_VAR) or jobs.DEFAULT_PYTHON)
         if args.command == "status":
-            return jobs.status(args.job_id, address, token)
+            return jobs.status(args.job_id, address, token, as_json=args.json)
         if args.command == "logs":
             return jobs.logs(args.job_id, address, follow=args.follow, token=token)
         if args.command == "stop":
             return jobs.stop(args.job_id, address, token)
-        return jobs.list_jobs(address, token)
+        return jobs.list_jobs(address, token, as_json=args.json)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _index_command(args: argparse.Namespace) -> int:
+    """runs and show: read the output folders, no Ray."""
+    from service import runs
+
+    if args.command == "show":
+        sys.stdout.write(runs.show(runs.find(args.name, Path(args.output))))
+        return EXIT_OK
+    rows = runs.index(Path(args.output))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(runs.table(rows))
+    else:
+        print(f"no runs under {args.output}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet and args.verbose:
+        print("plateau: --quiet and --verbose contradict each other; give one of them", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _quiet_warnings()
     if not args.verbose:
         # Set before TensorFlow is first imported (the driver imports it through Ray Train).
@@ -201,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "compare", "run"):
             return _run_spec(args, None if args.command == "run" else args.command)
+        if args.command in ("runs", "show"):
+            return _index_command(args)
         return _job_command(args)
     except BadInput as exc:
         print(f"plateau: {exc}", file=sys.stderr)

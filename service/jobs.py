@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import json
 import logging
 import re
 import shlex
@@ -461,10 +462,28 @@ def _exit_for(status: str) -> int:
     return EXIT_FAILED if status in ("FAILED", "STOPPED") else EXIT_OK
 
 
+def job_json(info) -> dict[str, Any]:
+    """A job as `--json` prints it: Ray's fields, times as ISO text, the duration in seconds."""
+    def when(ms: int | None) -> Optional[str]:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ms / 1000)) if ms else None
+
+    end = info.end_time or (time.time() * 1000 if info.start_time else None)
+    return {"job_id": info.submission_id, "status": str(info.status), "metadata": info.metadata or {},
+            "entrypoint": info.entrypoint, "started": when(info.start_time), "ended": when(info.end_time),
+            "duration_s": round((end - info.start_time) / 1000, 1) if info.start_time else None,
+            "message": info.message, "driver_exit_code": info.driver_exit_code}
+
+
 @_command
-def status(job_id: str, address: str | None, token: Optional[str] = None) -> int:
+def status(job_id: str, address: str | None, token: Optional[str] = None, as_json: bool = False) -> int:
     server = JobServer.connect(address, token)
     info = _info(server, job_id)
+    if as_json:
+        data = job_json(info)
+        if str(info.status) == "FAILED":
+            data["error"] = one_line(_error_line(server, info) or "-")
+        print(json.dumps(data, indent=2))
+        return _exit_for(str(info.status))
     meta = info.metadata or {}
     rows = [
         ("job", info.submission_id or job_id),
@@ -524,9 +543,12 @@ def is_plateau_job(info) -> bool:
 
 
 @_command
-def list_jobs(address: str | None, token: Optional[str] = None) -> int:
+def list_jobs(address: str | None, token: Optional[str] = None, as_json: bool = False) -> int:
     server = JobServer.connect(address, token)
     jobs = [j for j in server.call(server.client.list_jobs) if is_plateau_job(j)]
+    if as_json:
+        print(json.dumps([job_json(j) for j in sorted(jobs, key=lambda j: j.start_time or 0)], indent=2))
+        return EXIT_OK
     if not jobs:
         print(f"no plateau jobs on {server.address}")
         return EXIT_OK

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from service.spec import METRICS
 
@@ -60,7 +60,14 @@ def write_history(path: Path, rows: Iterable[dict]) -> None:
 
 def read_history(path: Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: (int(v) if k in INTEGER_COLUMNS else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(column: str, text: str):
+    """A history cell; empty (a column an older run did not write) reads as None."""
+    if text == "":
+        return None
+    return int(text) if column in INTEGER_COLUMNS else float(text)
 
 
 def write_decisions(path: Path, decisions: Iterable[dict]) -> None:
@@ -80,7 +87,7 @@ def write_run(out_dir: Path, spec_text: str, history: list[dict], decisions: lis
     if summary is not None:
         write_json(Path(out_dir) / "summary.json", summary)
         plot_curves(Path(out_dir) / "curves.png", history, summary["lr_reductions"], summary["stop_epoch"],
-                    title=summary["name"])
+                    title=summary["name"], monitor=_monitor_of(spec_text))
 
 
 def lr_reductions(decisions: list[dict]) -> list[dict]:
@@ -145,8 +152,11 @@ def ranks_agree(decisions: list[dict]) -> bool:
                for rows in by_epoch.values())
 
 
-def epoch_line(row: dict, decision: dict | None, max_epochs: int, workers_before: int | None = None) -> str:
-    """One terminal line per epoch, with the callbacks' actions spelled out."""
+def epoch_line(row: dict, decision: dict | None, max_epochs: int, pace: str = "",
+               workers_before: int | None = None) -> str:
+    """One terminal line per epoch, with the callbacks' actions spelled out; `pace` (elapsed time
+    and ETA, `progress.Pace`) follows the epoch's seconds; a change in the number of workers (an
+    elastic run) is said."""
     width = len(str(max_epochs))
     parts = [
         f"epoch {row['epoch']:>{width}}/{max_epochs}",
@@ -157,6 +167,8 @@ def epoch_line(row: dict, decision: dict | None, max_epochs: int, workers_before
         f"lr {row['lr']:.3g}",
         f"{row['seconds']:.1f}s",
     ]
+    if pace:
+        parts.append(pace)
     if workers_before is not None and row.get("workers") not in (None, workers_before):
         parts.append(f"workers {workers_before} -> {row['workers']}")
     if decision is not None and decision["reduced"]:
@@ -180,36 +192,79 @@ def done_line(summary: dict, out_dir: Path) -> str:
             f"lr reductions at {reductions}{stopped} -> {out_dir}")
 
 
+def _monitor_of(spec_text: str) -> Optional[str]:
+    """The metric a spec's callbacks watch (ReduceLROnPlateau's, else EarlyStopping's), from its YAML."""
+    import yaml
+
+    data = yaml.safe_load(spec_text) or {}
+    section = data.get("reduce_lr") or data.get("early_stopping") or {}
+    return section.get("monitor") if isinstance(section, dict) else None
+
+
+def best_epoch_of(history: list[dict], monitor: str) -> Optional[dict]:
+    """The row where `monitor` is best (highest for accuracies, lowest for losses; first of ties)."""
+    rows = [r for r in history if r.get(monitor) is not None]
+    if not rows:
+        return None
+    higher = "acc" in monitor
+    return max(rows, key=lambda r: r[monitor]) if higher else min(rows, key=lambda r: r[monitor])
+
+
+def _metric_panel(ax, history: list[dict], keys: tuple[str, str], monitor: Optional[str], ylabel: str) -> None:
+    """Two curves on one axis; the monitored one drawn thick, with its best epoch starred."""
+    epochs = [r["epoch"] for r in history]
+    for key, color in zip(keys, ("tab:blue", "tab:orange")):
+        watched = key == monitor
+        ax.plot(epochs, [r[key] for r in history], marker="o", ms=4 if watched else 3, color=color,
+                lw=2.6 if watched else 1.2, alpha=1.0 if watched else 0.75,
+                label=f"{key} (monitored)" if watched else key)
+        if watched:
+            best = best_epoch_of(history, key)
+            ax.plot([best["epoch"]], [best[key]], marker="*", ms=16, color="gold", mec="black", zorder=5,
+                    label=f"best {key} {best[key]:.4f} (epoch {best['epoch']})")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,
-                title: str = "") -> None:
-    """accuracy / val_accuracy per epoch, the learning rate on a log axis, actions marked."""
+                title: str = "", monitor: Optional[str] = None) -> None:
+    """Loss and val_loss | accuracy and val_accuracy per epoch, the monitored metric drawn thick with
+    its best epoch starred; below the accuracy, the learning rate (log axis); LR reductions (dashed green, between
+    the epoch that decided and the first at the new rate) and the early stop (red) on every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_acc, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-    ax_acc.plot(epochs, [r["accuracy"] for r in history], marker="o", ms=3, label="accuracy")
-    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], marker="o", ms=3, label="val_accuracy")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.grid(alpha=0.3)
-    ax_lr.step(epochs, [r["lr"] for r in history], where="mid", color="tab:green", label="learning rate")
-    if all(r["lr"] > 0 for r in history) and history:
-        ax_lr.set_yscale("log")
+    fig = plt.figure(figsize=(11, 7))
+    grid = fig.add_gridspec(2, 2, height_ratios=[2, 1])
+    ax_loss = fig.add_subplot(grid[:, 0])
+    ax_acc = fig.add_subplot(grid[0, 1], sharex=ax_loss)
+    ax_lr = fig.add_subplot(grid[1, 1], sharex=ax_loss)
+    if history:
+        _metric_panel(ax_loss, history, ("loss", "val_loss"), monitor, "loss")
+        _metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitor, "accuracy")
+        epochs, lrs = [r["epoch"] for r in history], [r["lr"] for r in history]
+        ax_lr.step(epochs, lrs, where="mid", color="tab:green", label="learning rate")
+        if all(lr > 0 for lr in lrs):
+            ax_lr.set_yscale("log")
     ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("epoch")
+    for ax in (ax_loss, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_lr.grid(alpha=0.3, which="both")
-    for i, red in enumerate(reductions):
-        for ax in (ax_acc, ax_lr):
+    for ax in (ax_loss, ax_acc, ax_lr):
+        for i, red in enumerate(reductions):
             ax.axvline(red["epoch"] + 0.5, color="tab:green", ls="--", lw=1,
-                       label="lr reduced" if (i == 0 and ax is ax_acc) else None)
-    if stop_epoch is not None:
-        for ax in (ax_acc, ax_lr):
-            ax.axvline(stop_epoch, color="tab:red", lw=1.5, label="early stop" if ax is ax_acc else None)
-    ax_acc.legend(loc="lower right")
+                       label=f"lr reduced ({len(reductions)}x)" if i == 0 else None)
+        if stop_epoch is not None:
+            ax.axvline(stop_epoch, color="tab:red", lw=1.5, label=f"early stop (epoch {stop_epoch})")
+    ax_loss.legend(loc="best", fontsize="small")
+    ax_acc.legend(loc="best", fontsize="small")
+    ax_lr.legend(loc="upper right", fontsize="small")
     if title:
-        ax_acc.set_title(title)
+        fig.suptitle(title)
     save_figure(path, fig)
 
 

@@ -240,13 +240,54 @@ class TrainSpec(_Section):
         return self.scaling.max_workers
 
 
+class SequentialSeeds(_Section):
+    """`seeds: {start: 3, max: 10}`: add seeds one round at a time until every setting's interval
+    against the baseline excludes zero (see service/compare/seeding.py)."""
+
+    start: int = Field(3, ge=2)   # seeds of the first round
+    max: int = Field(10, ge=2)    # seeds at most
+    # The fewest seeds a study stops at on resolved intervals (default 6, or max if lower): a
+    # bootstrap interval over fewer seeds is too narrow, and below 6 no exact test reaches p < 0.05.
+    min: Optional[int] = Field(None, ge=2)
+    first: Optional[int] = None   # the first seed (default: the base's training.seed); then the next integers
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SequentialSeeds":
+        if self.max < self.start:
+            raise ValueError(f"max {self.max} is below start {self.start}")
+        if self.min is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}: the study could never stop early")
+        return self
+
+    @property
+    def min_to_stop(self) -> int:
+        """Seeds needed before a stop on resolved intervals."""
+        return self.min if self.min is not None else min(6, self.max)
+
+
 class CompareSpec(_Section):
     kind: Literal["compare"] = "compare"
     name: str = Field("compare", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     output: str = "results"
     base: Union[TrainSpec, str]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [7], min_length=1)
+    # A list: every setting runs once per seed. A mapping: sequential seeding (SequentialSeeds).
+    seeds: Union[list[int], SequentialSeeds] = Field(default_factory=lambda: [7])
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_plan(cls, value):
+        """A mapping is a SequentialSeeds (its errors in one line); a list needs a seed."""
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one seed, e.g. [7, 8, 9], or {start: 3, max: 10}")
+        if not isinstance(value, dict):
+            return value
+        try:
+            return SequentialSeeds.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
     max_concurrent_trials: int = Field(1, ge=1)
     scheduler: Optional[Literal["asha"]] = None
 

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from service import checkpoint, cluster, report
+from service import checkpoint, cluster, events, progress, report, runs
 from service import data as data_lib
 from service.errors import cause_line
 from service.spec import TrainSpec, dump_spec
@@ -58,7 +58,8 @@ class RunResult:
 
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
-        echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None) -> RunResult:
+        echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
+        tensorboard: bool = True) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -66,14 +67,19 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     `fresh=True` discards both and starts over. `callbacks` are extra Ray Train UserCallbacks
     (a Tune trial passes TuneReportCallback). Inside a running Ray (a Tune trial, a job) the
     run uses that Ray and leaves it running. `data_cache` is where full MNIST is kept.
+    `tensorboard`: write OUTPUT/NAME/tensorboard/ as the epochs arrive (a study's trials do not:
+    the study's driver writes their events from what they return).
     """
     started = time.perf_counter()
     plan = prepare(spec, address, fresh, echo, data_cache)
     done = plan.finished_result()
     if done is not None:
-        echo(f"{spec.name} already finished: see {plan.out_dir / 'summary.json'} (use --fresh to train it again)")
+        progress.final(echo, f"{spec.name} already finished: see {plan.out_dir / 'summary.json'} "
+                             f"(use --fresh to train it again)")
         return done
     collector = finished_or_resume(plan, echo)
+    if tensorboard:
+        collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
     outcome = fit_and_collect(plan, collector, address, verbose, callbacks)
     return finish(plan, collector, outcome, time.perf_counter() - started, echo)
 
@@ -137,6 +143,8 @@ class EpochCollector:
         self.test: dict = {}
         self.placement: dict[int, dict] = {}  # rank -> where its worker runs (the latest group's)
         self._pending: dict = {}
+        self.pace = progress.Pace(spec.training.epochs)
+        self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
 
     def resume(self, epoch: int, checkpoint_dir: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
@@ -185,6 +193,8 @@ class EpochCollector:
         head = per_rank[0]
         if head.get("final"):
             self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
+            if self.events is not None:
+                self.events.test(self.test, self.history[-1]["epoch"] if self.history else 0)
             return
         row = {k: head[k] for k in report.HISTORY_COLUMNS}
         previous = next((r for r in self.history if r["epoch"] == row["epoch"] - 1), row)
@@ -195,9 +205,12 @@ class EpochCollector:
         # Files first: whatever the user saw printed is already on disk.
         report.write_history(self.out_dir / "history.csv", self.history)
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
+        if self.events is not None:
+            self.events.epoch(row, head["decision"])
         if announce:
-            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs,
-                                         workers_before=previous["workers"]))
+            pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head["decision"].get("stop")))
+            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs, pace,
+                                        workers_before=previous["workers"]))
 
 
 def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
@@ -210,6 +223,7 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
         echo(f"{spec.name}: resuming after epoch {resume_epoch} from its last checkpoint (use --fresh to start over)")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
+    runs.mark_started(plan.out_dir, "train")
     sizes = plan.splits.sizes()
     echo(f"{spec.name}: {sizes['n_train']} train / {sizes['n_val']} val ({spec.data.validation}) / "
          f"{sizes['n_test']} test images from {sizes['source']}, {report.workers_phrase(spec)}, "
@@ -241,7 +255,8 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
         from service.worker import train_loop_per_worker
 
     scaling = plan.spec.scaling
-    with cluster.ray_session(address, cpus_needed(plan.spec), verbose) as started_here:
+    starting = progress.Startup(collector.echo, f"starting Ray and {plan.spec.workers} worker(s)")
+    with starting, cluster.ray_session(address, cpus_needed(plan.spec), verbose) as started_here:
         try:
             cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
@@ -267,28 +282,15 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
 
         thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
         thread.start()
-        waiting = _Reminder(collector.echo, "waiting for Ray to start the workers (their resources are busy?)")
         while thread.is_alive() or not queue.empty():
             try:
                 collector.on_message(*queue.get(timeout=0.2))
             except Empty:
-                if not collector.placement:
-                    waiting.tick()
+                pass
+            if collector.placement:
+                starting.done()
         thread.join()
     return outcome
-
-
-class _Reminder:
-    """Says `what` every `interval_s` with the time waited, from the first tick on."""
-
-    def __init__(self, echo: Echo, what: str, interval_s: float = 30.0):
-        self.echo, self.what, self.interval_s = echo, what, interval_s
-        self.started = self.said = time.monotonic()
-
-    def tick(self) -> None:
-        if time.monotonic() - self.said >= self.interval_s:
-            self.said = time.monotonic()
-            self.echo(f"{self.what}: {self.said - self.started:.0f}s")
 
 
 def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool):
@@ -354,6 +356,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     if error is not None:
         message = _failure_line(error, collector, plan.run_dir)
         echo(f"plateau: {message}")
+        runs.mark_failed(out_dir, message)
         return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
 
     summary = report.summarize(
@@ -363,8 +366,9 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     )
     report.write_json(out_dir / "summary.json", summary)
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
-                       summary["stop_epoch"], title=spec.name)
-    echo(report.done_line(summary, out_dir))
+                       summary["stop_epoch"], title=spec.name, monitor=spec.monitor)
+    runs.mark_finished(out_dir)
+    progress.final(echo, report.done_line(summary, out_dir))
     return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
 
 

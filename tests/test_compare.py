@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, compare
-from service.compare import aggregate, tables
+from service import cli, compare, report
+from service.compare import aggregate, stats, tables
 from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
 
@@ -44,7 +44,7 @@ BASE = {
 
 def study(grid: dict, seeds=(7,), **extra) -> CompareSpec:
     return CompareSpec.model_validate({"kind": "compare", "name": "study", "base": BASE, "grid": grid,
-                                       "seeds": list(seeds), **extra})
+                                       "seeds": list(seeds or [7]), **extra})
 
 
 def labels(grid: dict) -> list[str]:
@@ -243,6 +243,16 @@ def test_plot_is_a_png_with_uneven_histories(tmp_path):
 
     tables.plot_comparison(tmp_path / "c.png", {"a": [hist(3, 0.01), hist(5, 0.01)], "b": [hist(4, 0.1)], "c": []})
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
+    seeds = [row("a", 7, 0.9), row("a", 8, 0.91), row("b", 7, 0.92), row("b", 8, 0.0, status="failed"),
+             row("c", 7, 0.0, status="failed")]
+    tables.plot_comparison(tmp_path / "d.png", {"a": [hist(3, 0.01)], "b": [hist(4, 0.1)], "c": []}, rows=seeds,
+                           baseline="a")
+    assert (tmp_path / "d.png").read_bytes().startswith(PNG)
+    # The tick of a setting carries its paired difference and, from two pairs on, the interval
+    acc = {("a", 7): 0.9, ("a", 8): 0.91, ("b", 7): 0.92, ("b", 8): 0.93}
+    assert tables._seed_label("a", "a", acc) == "a\n(baseline)"
+    assert tables._seed_label("b", "a", acc) == "b\n+0.0200 [+0.0200, +0.0200]"
+    assert tables._seed_label("b", "a", {("a", 7): 0.9, ("b", 7): 0.89}) == "b\n-0.0100"
 
 
 def test_a_trial_folder_holding_another_spec_stops_the_study_before_it_starts(tmp_path):
@@ -309,8 +319,6 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    live = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\d/4\] ", ln)]
-    assert len(live) == 4 and all("test_accuracy" in ln for ln in live), proc.stdout
 
     root = out / "itest"
     rows = list(csv.DictReader((root / "comparison.csv").open()))
@@ -325,6 +333,10 @@ def test_a_2x2_study_on_the_sample(tmp_path):
         assert s["test_accuracy"] == float(r["test_accuracy"]) and s["epochs_run"] == int(r["epochs_run"]) == 2
         reduced = r["reduce_lr"] == "on"
         assert (int(r["lr_reductions"]), r["lr_reduction_epochs"]) == ((1, "2") if reduced else (0, ""))
+
+    _check_progress_lines(proc.stdout, root, rows)
+    _check_paired_files(root, rows)
+    _check_trial_events(root, rows)
 
     md = (root / "comparison.md").read_text()
     table = _md_rows(md)
@@ -350,6 +362,11 @@ def test_a_2x2_study_on_the_sample(tmp_path):
             assert cells[7] == f"{wins}/{len(mine)}"
     assert means == sorted(means, reverse=True)
     assert (root / "comparison.png").read_bytes().startswith(PNG)
+    index = subprocess.run([sys.executable, "-m", "service.cli", "runs", str(out), "--json"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    (listed,) = json.loads(index.stdout)
+    assert (listed["name"], listed["kind"], listed["status"], listed["trials"], listed["trials_ok"]) == \
+        ("itest", "compare", "finished", 4, 4)
     print(f"study took {took:.0f}s")
 
     # Again, without --fresh: the finished trials are reused, not trained again.
@@ -357,6 +374,55 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 already finished" in again.stdout
     assert list(csv.DictReader((root / "comparison.csv").open())) == rows
+
+
+def _check_progress_lines(stdout: str, root: Path, rows: list[dict]) -> None:
+    """A line per trial epoch saying what its history.csv holds (k/N in the grid's order), and a
+    line per finished trial with the study's progress."""
+    finished = [ln for ln in stdout.splitlines() if re.match(r"\[\d/4\] .*test_accuracy", ln)]
+    assert len(finished) == 4, stdout
+    assert [re.search(r"\| study: (\d)/4 trials done", ln).group(1) for ln in finished] == ["1", "2", "3", "4"]
+    epoch_lines = [re.fullmatch(r"\[(\d)/4\] (\S+)  seed 7  epoch (\d)/2  val_accuracy (\d\.\d{4})  lr (\S+)(?: -> (\S+))?", ln)
+                   for ln in stdout.splitlines() if re.match(r"\[\d/4\] \S+  seed 7  epoch ", ln)]
+    assert len(epoch_lines) == 8 and all(epoch_lines), stdout
+    for m in epoch_lines:
+        r = rows[int(m.group(1)) - 1]
+        history = {h["epoch"]: h for h in report.read_history(root / "trials" / r["trial"] / "history.csv")}
+        h = history[int(m.group(3))]
+        assert (m.group(2), m.group(4), m.group(5)) == (r["setting"], f"{h['val_accuracy']:.4f}", f"{h['lr']:.3g}")
+        assert (m.group(6) is not None) == (r["reduce_lr"] == "on" and m.group(3) == "2")
+
+
+def _check_paired_files(root: Path, rows: list[dict]) -> None:
+    """settings.csv and comparison.md's paired cells are stats.paired of comparison.csv's numbers."""
+    by_setting: dict[str, dict[int, float]] = {}
+    for r in rows:
+        by_setting.setdefault(r["setting"], {})[int(r["seed"])] = float(r["test_accuracy"])
+    baseline = rows[0]["setting"]
+    settings_rows = list(csv.DictReader((root / "settings.csv").open()))
+    assert [s["setting"] for s in settings_rows] == list(by_setting)
+    md_cells = {cells[1]: cells for cells in _md_rows((root / "comparison.md").read_text())}
+    for s in settings_rows:
+        if s["setting"] == baseline:
+            assert (s["n_seeds"], s["diff_mean"], s["p_value"]) == ("1", "", "")
+            assert md_cells[baseline][8:] == ["", "", "", ""]
+            continue
+        c = stats.paired(by_setting[s["setting"]], by_setting[baseline])
+        assert (int(s["n_seeds"]), float(s["diff_mean"]), s["diff_ci_low"], s["seeds_needed"]) == (1, c.diff_mean, "", "")
+        assert md_cells[s["setting"]][8:] == tables.paired_cells(c) == [f"{c.diff_mean:+.4f}", "–", "1", "–"]
+
+
+def _check_trial_events(root: Path, rows: list[dict]) -> None:
+    """Every trial's TensorBoard events, written by the study's driver, hold its history; Tune wrote none."""
+    from tests.test_runs import read_events
+
+    for r in rows:
+        folder = root / "trials" / r["trial"]
+        got = read_events(folder / "tensorboard")
+        history = report.read_history(folder / "history.csv")
+        assert got["val_accuracy"] == [(h["epoch"], round(h["val_accuracy"], 6)) for h in history]
+        assert got["test/accuracy"] == [(2, round(float(r["test_accuracy"]), 6))]
+    assert not list((root / "tune").rglob("events.out.tfevents*"))
 
 
 def test_an_address_nothing_answers_at_is_refused_before_anything_starts(tmp_path):
@@ -371,3 +437,129 @@ def test_an_address_nothing_answers_at_is_refused_before_anything_starts(tmp_pat
     with pytest.raises(AddressError, match="nothing answers there"):
         compare.run(spec, address=f"127.0.0.1:{port}", echo=lambda line: None)
     assert not (tmp_path / spec.name).exists()
+
+
+# --- paired statistics and sequential seeding ---------------------------------------------------
+
+
+PAIRED_ROWS = [
+    row("x.y=A", 7, 0.90), row("x.y=A", 8, 0.92), row("x.y=A", 9, 0.94),
+    row("x.y=B", 7, 0.91), row("x.y=B", 8, 0.93), row("x.y=B", 9, 0.95),          # +0.01 on every seed
+    row("x.y=C", 7, 0.95), row("x.y=C", 8, 0.90), row("x.y=C", 9, 0.0, status="failed"),  # +0.05, -0.02
+]
+
+
+def test_settings_csv_and_markdown_carry_the_paired_statistics():
+    settings = grid_lib.expand_settings({"x.y": ["A", "B", "C"]})
+    records = aggregate.aggregate(PAIRED_ROWS, [s.label for s in settings])
+    out = {r["setting"]: r for r in csv.DictReader(io.StringIO(tables.settings_csv(records, settings, ["x.y"])))}
+    assert list(out) == ["x.y=A", "x.y=B", "x.y=C"]  # grid order, the baseline first
+    a, b, c = out["x.y=A"], out["x.y=B"], out["x.y=C"]
+    assert (a["x.y"], b["x.y"], b["rank"], b["n_ok"], b["test_accuracy_mean"]) == ("A", "B", "1", "3", "0.93")  # B ranks first: 0.93 > 0.925 > 0.92
+    # The baseline: its own seeds, no paired columns
+    assert (a["n_seeds"], a["diff_mean"], a["diff_ci_low"], a["diff_ci_high"], a["p_value"], a["seeds_needed"]) == \
+        ("3", "", "", "", "", "")
+    # B - A = 0.01 on all 3 seeds: the interval is the value itself; both exact tests 2 / 2^3 = 0.25;
+    # sd 0 -> a paired t-test needs its floor of 2 seeds
+    assert float(b["diff_mean"]) == pytest.approx(0.01) and float(b["diff_sd"]) == 0.0
+    assert float(b["diff_ci_low"]) == pytest.approx(0.01) and float(b["diff_ci_high"]) == pytest.approx(0.01)
+    assert (b["n_seeds"], b["p_value"], b["p_sign"], b["seeds_needed"], b["resolved"], b["beats"]) == \
+        ("3", "0.25", "0.25", "2", "True", "3")
+    # C - A = +0.05, -0.02 on the 2 seeds both finished: mean 0.015; the 4 equally likely resamples
+    # have means -0.02, 0.015, 0.015, 0.05, so the 2.5% / 97.5% quantiles are the extremes;
+    # Wilcoxon: ranks 2 (+) and 1 (-), T+ = 2 of {0, 1, 2, 3}: p = 2 * 2/4 = 1; sign test 1 of 2: 1
+    assert c["n_seeds"] == "2" and float(c["diff_mean"]) == pytest.approx(0.015)
+    assert float(c["diff_ci_low"]) == pytest.approx(-0.02) and float(c["diff_ci_high"]) == pytest.approx(0.05)
+    assert (c["p_value"], c["p_sign"], c["resolved"]) == ("1.0", "1.0", "False")
+    assert float(c["diff_sd"]) == pytest.approx(statistics.stdev([0.05, -0.02]))
+    # ((1.96 + 0.84) * sd / mean)^2 = 85.5 with normal quantiles; t quantiles at n - 1 df add a few
+    paired_c = next(r["paired"] for r in records if r["setting"] == "x.y=C")
+    assert int(c["seeds_needed"]) == stats.seeds_needed(paired_c.diff_mean, paired_c.diff_sd) == 88
+    assert stats.seeds_needed(paired_c.diff_mean, paired_c.diff_sd, method="normal") == 86
+
+    md = tables.markdown(study({}), records, PAIRED_ROWS, settings, outcome="Sequential seeding: max 4 seeds reached.")
+    cells = {r[1]: r for r in _md_rows(md)}
+    assert cells["x.y=A"][7:] == ["baseline", "", "", "", ""]
+    assert cells["x.y=B"][8:] == ["+0.0100", "[+0.0100, +0.0100]", "0.25", "2"]
+    assert cells["x.y=C"][8:] == ["+0.0150", "[-0.0200, +0.0500]", "1", "88"]
+    assert ("- `x.y=B` against `x.y=A`: +0.0100 test accuracy over 3 paired seeds, 95% CI +0.0100 to +0.0100: "
+            "resolved, higher than the baseline (the interval excludes zero); Wilcoxon p = 0.25, sign test p = 0.25; "
+            "a paired t-test would need 2 seed(s) for a difference this size.") in md
+    assert "- `x.y=C` against `x.y=A`: +0.0150 test accuracy over 2 paired seeds, 95% CI -0.0200 to +0.0500: " \
+           "not resolved with these seeds (the interval includes zero);" in md
+    assert "\n\nSequential seeding: max 4 seeds reached.\n" in md
+
+
+def _finished_trial(trial, acc: float) -> None:
+    """A trial folder as a finished run leaves it (what a study reuses without Ray)."""
+    from service import report
+    from service.spec import dump_spec
+
+    history = [{"epoch": 1, "loss": 0.3, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": acc, "lr": 0.01,
+                "seconds": 1.0, "workers": 1}]
+    decision = {"epoch": 1, "rank": 0, "values": {"val_accuracy": acc}, "lr_before": 0.01, "lr_after": 0.01,
+                "reduced": False, "stop": False, "plateau_wait": 0, "stopping_wait": None}
+    summary = {"name": trial.name, "data": {"source": "sample"}, "epochs_run": 1, "stopped_early": False,
+               "stop_epoch": None, "best_epoch": 1, "best_val_accuracy": acc, "test_accuracy": acc,
+               "test_error": 1 - acc, "lr_reductions": [], "wall_seconds": 1.0}
+    report.write_run(Path(trial.spec.output) / trial.name, dump_spec(trial.spec), history, [decision], summary)
+
+
+@pytest.mark.parametrize("unresolved, expected", [
+    (False, "every setting resolved after 6 seeds"),
+    (True, "max 7 seeds reached; unresolved: reduce_lr.factor=0.5"),
+])
+def test_sequential_seeding_adds_rounds_until_resolved_or_max(tmp_path, unresolved, expected):
+    """The study driver's rounds over trial folders that are already finished (no Ray needed)."""
+    spec = study({"reduce_lr.factor": [0.1, 0.5]}, seeds=None, output=str(tmp_path)).model_copy(
+        update={"seeds": CompareSpec.model_validate({"kind": "compare", "base": BASE,
+                                                     "seeds": {"start": 3, "max": 7, "first": 7}}).seeds})
+    for t in grid_lib.expand(spec, tmp_path / "study" / "trials"):
+        # the baseline 0.90 + seed/1000; the setting 0.01 higher, or alternately higher and lower
+        bump = (0.01 if t.seed % 2 else -0.01) if unresolved else 0.01
+        _finished_trial(t, 0.90 + t.seed / 1000 + (bump if t.setting.index else 0.0))
+    said = []
+    assert compare.run(spec, echo=said.append) == 0
+    rounds = [ln for ln in said if ln.startswith(("after ", "every setting", "max "))]
+    assert rounds[:3] == ["after 3 seeds every setting resolved, but a stop needs at least 6 seeds; adding seed 10",
+                          "after 4 seeds every setting resolved, but a stop needs at least 6 seeds; adding seed 11",
+                          "after 5 seeds every setting resolved, but a stop needs at least 6 seeds; adding seed 12"] \
+        if not unresolved else rounds[0] == "after 3 seeds unresolved: reduce_lr.factor=0.5; adding seed 10"
+    assert rounds[-1] == expected
+    root = tmp_path / "study"
+    seeds = {int(r["seed"]) for r in csv.DictReader((root / "comparison.csv").open())}
+    assert seeds == set(range(7, 13 if not unresolved else 14))
+    assert (root / "comparison.md").read_text().rstrip().endswith(f"Sequential seeding: {expected}.")
+    assert said[-1].endswith(f"; {expected}; baseline: reduce_lr.factor=0.1 -> {root / 'comparison.md'}")
+    settings_rows = list(csv.DictReader((root / "settings.csv").open()))
+    assert settings_rows[1]["n_seeds"] == str(len(seeds))
+    assert json.loads((root / "status.json").read_text())["state"] == "finished"
+    from service import runs
+
+    shown = runs.show(root)
+    assert shown.startswith("study: study, finished\n\n# study\n")
+    assert shown.endswith((root / "comparison.md").read_text())
+    (listed,) = runs.index(tmp_path)
+    assert (listed["kind"], listed["stop_reason"]) == ("compare", expected)
+
+
+def test_quiet_keeps_only_the_final_table_and_line(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    spec = study({"reduce_lr.factor": [0.1, 0.5]}, seeds=[7, 8], output=str(tmp_path))
+    for t in grid_lib.expand(spec, tmp_path / "study" / "trials"):
+        _finished_trial(t, 0.90 + t.seed / 1000 + 0.01 * t.setting.index)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"kind": "compare", "name": "study", "base": BASE,
+                                    "grid": {"reduce_lr.factor": [0.1, 0.5]}, "seeds": [7, 8]}))
+    assert cli.main(["compare", str(path), "--output", str(tmp_path)]) == 0
+    loud = capsys.readouterr().out.splitlines()
+    assert loud[0].startswith("study: 2 setting(s) x 2 seed(s), up to 1 at a time, 4 already finished")
+    assert "every trial already finished; use --fresh to train them again" in loud
+    assert cli.main(["compare", str(path), "--output", str(tmp_path), "--quiet"]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert quiet[0] == "" and quiet[1].startswith("rank  setting ") and len(quiet) == 5
+    assert re.fullmatch(r"4/4 trials finished in \d+s; baseline: reduce_lr.factor=0.1 -> .*comparison.md", quiet[-1])
+    assert quiet[2:4] == loud[-3:-1]  # the same ranked table

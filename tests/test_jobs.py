@@ -90,6 +90,22 @@ def test_address_without_scheme_is_refused():
 # --- against a real head ------------------------------------------------------------------------
 
 
+def test_a_job_as_json():
+    from ray.job_submission import JobDetails, JobStatus, JobType
+
+    from service import jobs
+
+    details = JobDetails(type=JobType.SUBMISSION, submission_id="plateau-x-1", status=JobStatus.SUCCEEDED,
+                         entrypoint="python -m service.cli run x.yaml", start_time=1_000_000, end_time=1_090_500,
+                         metadata={"spec": "x"}, message="done", driver_exit_code=0)
+    data = jobs.job_json(details)
+    assert {k: v for k, v in data.items() if k not in ("started", "ended")} == {
+        "job_id": "plateau-x-1", "status": "SUCCEEDED", "metadata": {"spec": "x"},
+        "entrypoint": "python -m service.cli run x.yaml", "duration_s": 90.5, "message": "done",
+        "driver_exit_code": 0}
+    assert data["started"].startswith("1970-01-01T") and data["ended"].startswith("1970-01-01T")
+
+
 @pytest.mark.slow
 def test_bad_spec_is_refused_before_submission(ray_head):
     before = _job_ids(ray_head)
@@ -144,6 +160,12 @@ def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     listing = ray_head.plateau("jobs")
     row = next(ln for ln in listing.stdout.splitlines() if ln.startswith(job_id))
     assert "seed-reduce-lr" in row and "SUCCEEDED" in row
+
+    as_json = json.loads(ray_head.plateau("status", job_id, "--json").stdout)
+    assert (as_json["job_id"], as_json["status"], as_json["metadata"]["spec"]) == (job_id, "SUCCEEDED", "seed-reduce-lr")
+    assert as_json["duration_s"] > 0 and as_json["started"] and as_json["ended"]
+    listed = {j["job_id"]: j for j in json.loads(ray_head.plateau("jobs", "--json").stdout)}
+    assert listed[job_id]["status"] == "SUCCEEDED"
 
 
 @pytest.mark.slow

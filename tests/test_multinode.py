@@ -304,6 +304,9 @@ def test_a_study_across_nodes_lands_where_its_driver_runs(multinode_cluster):
         own = [n for n in [*cluster.nodes.values(), *cluster.removed]
                if list(n.root.glob(f"ray/session_*/**/plateau-run/{row['trial']}/history.csv"))]
         assert own and head not in own, row["trial"]
+        # Its TensorBoard events too are written by the driver, never on the trial's node.
+        assert list((folder / "tensorboard").glob("events.out.tfevents.*")), row["trial"]
+        assert not [n for n in own if list(n.root.glob(f"ray/session_*/**/plateau-run/{row['trial']}/tensorboard"))]
     assert len(nodes_used) >= 2, "every trial trained on the same node"
 
 

@@ -7,6 +7,7 @@ own run in which the ranks deliberately see different metrics.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,9 +31,12 @@ def uneven_run(tmp_path_factory, odd_mnist):
     tmp = tmp_path_factory.mktemp("uneven")
     spec = make_spec(tmp, f"data.source={odd_mnist}", "training.epochs=8", "checkpoint.keep=null",
                      *DECIDING, name="uneven")
-    result = train.run(spec, echo=lambda line: None)
+    result = train.run(spec, echo=UNEVEN_LINES.append)
     assert result.ok, result.error
     return spec, result
+
+
+UNEVEN_LINES: list[str] = []  # what the uneven run printed
 
 
 def test_files_follow_the_contract(uneven_run):
@@ -59,6 +63,39 @@ def test_the_run_exercised_both_callbacks(uneven_run):
     _, result = uneven_run
     assert result.summary["lr_reductions"], "no LR reduction: the deciding parameters need retuning"
     assert result.summary["stopped_early"], "no early stop: the deciding parameters need retuning"
+
+
+def test_progress_events_and_words_of_a_real_run(uneven_run):
+    """Epoch lines carry elapsed time and an ETA; TensorBoard holds every epoch's global metrics and
+    decisions; `plateau show`'s words find every recorded decision; the index calls it finished."""
+    from service import runs
+    from service.explain import explain
+    from tests.test_runs import read_events
+
+    spec, result = uneven_run
+    history, decisions = result.history, result.decisions
+    assert "starting Ray and 2 worker(s) ..." in UNEVEN_LINES[:3], UNEVEN_LINES[:3]
+    epoch_lines = [ln for ln in UNEVEN_LINES if ln.startswith("epoch ")]
+    assert len(epoch_lines) == len(history)
+    assert all(re.search(r"  \d+\.\ds  elapsed \S+  eta \S+", ln) for ln in epoch_lines[:-1]), epoch_lines
+    assert re.search(r"  \d+\.\ds  elapsed \S+  early stop$", epoch_lines[-1]), epoch_lines[-1]
+
+    got = read_events(result.out_dir / "tensorboard")
+    rank0 = [d for d in decisions if d["rank"] == 0]
+    assert got["val_loss"] == [(h["epoch"], round(h["val_loss"], 6)) for h in history]
+    assert got["lr"] == [(h["epoch"], round(h["lr"], 6)) for h in history]
+    assert got["decisions/lr_reduced"] == [(d["epoch"], float(d["reduced"])) for d in rank0]
+    assert got["decisions/stop"][-1] == (history[-1]["epoch"], 1.0)
+    assert got["test/accuracy"] == [(history[-1]["epoch"], round(result.summary["test_accuracy"], 6))]
+
+    words = explain(spec, decisions)
+    assert len(words) == len(history) and not [w for w in words if "the trace says" in w]
+    reduced = [r["epoch"] for r in result.summary["lr_reductions"]]
+    assert [int(w.split(":")[0].split()[1]) for w in words if " -> " in w] == reduced
+    assert words[-1].endswith(": stop")
+    shown = runs.show(result.out_dir)
+    assert shown.startswith(f"uneven: train run, finished (early stopping at epoch {history[-1]['epoch']})\n")
+    assert shown.endswith("\n".join(words) + "\n")
 
 
 def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):

@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
+from service.compare.seeding import SeedPlan
 from service.spec import CompareSpec, SpecError, TrainSpec, set_path, validate_train
 
 # Fields a grid may not vary: the study sets them for every trial.
@@ -182,11 +183,15 @@ def apply_setting(base: dict, values: dict[str, Any]) -> dict:
     return data
 
 
-def expand(spec: CompareSpec, trials_dir: Optional[Path] = None) -> list[Trial]:
-    """Every trial of the study, each train spec validated; raises SpecError naming the setting."""
+def expand(spec: CompareSpec, trials_dir: Optional[Path] = None, seeds: Optional[list[int]] = None) -> list[Trial]:
+    """Every trial of the study, each train spec validated; raises SpecError naming the setting.
+
+    `seeds` default: every seed the study may run (with sequential seeding, up to its `max`).
+    """
     if not isinstance(spec.base, TrainSpec):
         raise SpecError(f"base: {spec.base!r} was not loaded; load compare specs with load_spec")
-    repeated = sorted({s for s in spec.seeds if spec.seeds.count(s) > 1})
+    seeds = list(seeds if seeds is not None else SeedPlan.of(spec).seeds)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise SpecError(f"seeds: {', '.join(map(str, repeated))} listed twice; each seed is one trial per setting")
     base = spec.base.model_dump(mode="json")
@@ -194,7 +199,7 @@ def expand(spec: CompareSpec, trials_dir: Optional[Path] = None) -> list[Trial]:
     trials = []
     for setting in expand_settings(spec.grid):
         data = apply_setting(base, setting.values)
-        for seed in spec.seeds:
+        for seed in seeds:
             data = dict(data, name=f"{spec.name}-{setting.slug}-s{seed}", output=output)
             data["training"] = dict(data.get("training") or {}, seed=seed)
             where = f"grid {setting.full}: " if spec.grid else "base: "

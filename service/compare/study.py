@@ -1,9 +1,10 @@
 """The study's driver: a CompareSpec -> checked trials -> Ray Tune -> comparison files.
 
 `run(spec)` expands the grid into trials and validates every trial's spec, checks each data
-source once, reuses trials an interrupted study already finished, runs the rest as Tune trials,
-and writes OUTPUT/STUDY/: comparison.csv, comparison.md, comparison.png (and trials/NAME/, each
-trial's own train-run folder, tune/, Tune's bookkeeping).
+source once, reuses trials an interrupted study already finished, runs the rest as Tune trials
+(in rounds, one more seed each, with sequential seeding: `seeding`), and writes OUTPUT/STUDY/:
+comparison.csv, settings.csv, comparison.md, comparison.png (and trials/NAME/, each trial's own
+train-run folder with its TensorBoard events, tune/, Tune's bookkeeping).
 
 Example::
 
@@ -13,20 +14,25 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, report
+from service import cluster, events, progress, report, runs
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
-from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, live_line, markdown, plot_comparison,
+from service.compare.seeding import SeedPlan, Step, check_plan
+from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
                                     table_rows, text_table, trial_row)
+from service.compare.watch import StudyWatch
+from service.progress import StudyPace
 from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line
 from service.spec import CompareSpec, SpecError, dump_spec
 
@@ -34,47 +40,119 @@ Echo = Callable[[str], None]
 
 
 def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
-        echo: Echo = print, data_cache: Optional[Path] = None) -> int:
+        echo: Echo = print, data_cache: Optional[Path] = None, quiet_trials: bool = False) -> int:
     """Run the study; 0 when it completed (some trials may have failed), 1 when it failed or no
     trial finished. Raises a `BadInput` (a bad grid, bad data, an address nothing answers at)
-    before anything starts.
+    before anything starts. `quiet_trials`: a status line at most every 10 s instead of a line
+    per trial epoch.
     """
     started = time.perf_counter()
     if address:
         cluster.check_gcs_address(address)
     study_dir = (Path(spec.output) / spec.name).resolve()
-    trials = expand(spec, study_dir / "trials")
-    settings = list({t.setting.index: t.setting for t in trials}.values())
-    _pin_data(trials, echo, data_cache)
+    plan = SeedPlan.of(spec)
+    every = expand(spec, study_dir / "trials", seeds=list(plan.seeds))  # all validated up front
+    settings = _settings(every)
+    check_plan(plan, len(settings))
+    _pin_data(every, echo, data_cache)
     if fresh and study_dir.exists():
         shutil.rmtree(study_dir)
-    reused = _count_finished(trials)
-    echo(f"{spec.name}: {len(settings)} setting(s) x {len(spec.seeds)} seed(s) = {len(trials)} trials, "
-         f"up to {spec.max_concurrent_trials} at a time"
-         f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
-
-    if reused == len(trials):  # nothing to train: no Ray needed
-        echo("every trial already finished; use --fresh to train them again")
-        outcomes = {t.name: _finished(t) for t in trials}
-        for i, t in enumerate(trials, 1):
-            echo(live_line(i, len(trials), t, outcomes[t.name]))
-    else:
-        from service.compare.trials import run_tune  # imports Ray Tune: only when there is work
-
-        try:
-            outcomes = run_tune(spec, trials, study_dir, address, verbose, echo, data_cache)
-        except BadInput:
-            raise
-        except Exception as exc:
-            echo(f"plateau: the study failed: {cause_line(exc)}")
-            return EXIT_FAILED
-    n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo)
-    echo(f"{n_ok}/{len(trials)} trials finished in {time.perf_counter() - started:.0f}s; baseline: "
-         f"{settings[0].label} -> {study_dir / 'comparison.md'}")
-    if n_ok == 0:
-        echo("plateau: no trial finished; see the errors above")
+    reused = _count_finished(every)
+    echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, up to {spec.max_concurrent_trials} "
+         f"at a time{f', {reused} already finished' if reused else ''} -> {study_dir}")
+    runs.mark_started(study_dir, "compare")
+    try:
+        outcomes, step = _run_rounds(spec, plan, every, study_dir, Session(address, verbose, echo, data_cache),
+                                     quiet_trials)
+    except BadInput:
+        raise
+    except Exception as exc:
+        progress.error(echo, f"plateau: the study failed: {cause_line(exc)}")
+        runs.mark_failed(study_dir, cause_line(exc))
         return EXIT_FAILED
+    trials = [t for t in every if t.name in outcomes]
+    n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo, step.line)
+    progress.final(echo, f"{n_ok}/{len(trials)} trials finished in {time.perf_counter() - started:.0f}s"
+                         f"{'; ' + step.line if step.line else ''}; baseline: {settings[0].label} -> "
+                         f"{study_dir / 'comparison.md'}")
+    if n_ok == 0:
+        progress.error(echo, "plateau: no trial finished; see the errors above")
+        runs.mark_failed(study_dir, "no trial finished")
+        return EXIT_FAILED
+    runs.mark_finished(study_dir, step.line)
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Rounds of trials
+
+
+@dataclass
+class Session:
+    """Where the trials run, and how: held open across the rounds of a sequential study."""
+
+    address: Optional[str]
+    verbose: bool
+    echo: Echo
+    data_cache: Optional[Path]
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    ray_open: bool = False
+    trained: int = 0   # trials trained (not reused) so far
+
+
+def _run_rounds(spec: CompareSpec, plan: SeedPlan, every: list[Trial], study_dir: Path, session: Session,
+                quiet_trials: bool) -> tuple[dict[str, TrialOutcome], Step]:
+    """The first round's seeds, then (sequential seeding) one more seed per round until the plan
+    says stop; every trial name -> its outcome, and the plan's last word."""
+    seeds, outcomes = plan.first_round, {}
+    pace = StudyPace(0, spec.max_concurrent_trials)
+    with session.stack:
+        while True:
+            planned = [t for t in every if t.seed in seeds]
+            pace.total = len(planned)
+            watch = StudyWatch(planned, pace, quiet_trials)
+            outcomes.update(_run_round(spec, [t for t in planned if t.name not in outcomes], every, study_dir,
+                                       session, watch))
+            if not plan.sequential:
+                if not session.trained:
+                    session.echo("every trial already finished; use --fresh to train them again")
+                return outcomes, Step(True, "")
+            records = aggregate([trial_row(t, outcomes[t.name]) for t in planned], [s.label for s in _settings(every)])
+            step = plan.after_round(records, len(seeds))
+            session.echo(step.line)
+            if step.stop:
+                return outcomes, step
+            seeds = [*seeds, step.next_seed]
+
+
+def _settings(trials: list[Trial]) -> list[Setting]:
+    return list({t.setting.index: t.setting for t in trials}.values())
+
+
+def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study_dir: Path, session: Session,
+               watch: StudyWatch) -> dict[str, TrialOutcome]:
+    """One round: trials an earlier run of the study finished are reused, the rest go to Tune."""
+    outcomes = {}
+    todo = []
+    for t in trials:
+        if (Path(t.spec.output) / t.name / "summary.json").exists():
+            outcomes[t.name] = _finished(t)
+            session.echo(watch.finished(t.name, outcomes[t.name]))
+        else:
+            todo.append(t)
+    if not todo:
+        return outcomes
+    from service.compare.trials import run_tune, study_session  # imports Ray Tune: only when there is work
+
+    if not session.ray_open:  # one Ray for every round
+        session.stack.enter_context(study_session(spec, every, session.address, session.verbose, session.echo))
+        session.ray_open = True
+    session.trained += len(todo)
+    outcomes.update(run_tune(spec, todo, study_dir, session.address, session.verbose, session.echo,
+                             session.data_cache, watch))
+    for t in todo:  # a trial Tune returned nothing for is a failed row, not a hole in the study
+        outcomes.setdefault(t.name, TrialOutcome("failed", error="no result from Tune"))
+    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,14 +210,16 @@ def _finished(trial: Trial) -> TrialOutcome:
 
 
 def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Setting], outcomes: dict,
-                   study_dir: Path, echo: Echo) -> int:
-    """comparison.csv/.md/.png and the ranked table on the terminal; returns the trials that finished."""
+                   study_dir: Path, echo: Echo, outcome_line: str = "") -> int:
+    """comparison.csv/.md/.png, settings.csv and the ranked table on the terminal; returns the
+    trials that finished."""
     rows, curves = [], {s.label: [] for s in settings}
     for t in trials:
         outcome = outcomes.get(t.name) or TrialOutcome("failed", error="no result from Tune")
         if outcome.history and not outcome.reused:  # the trial's own folder, here on the driver's node
-            report.write_run(Path(t.spec.output) / t.name, dump_spec(t.spec), outcome.history, outcome.decisions,
-                             outcome.summary)
+            folder = Path(t.spec.output) / t.name
+            report.write_run(folder, dump_spec(t.spec), outcome.history, outcome.decisions, outcome.summary)
+            events.write_history(folder / events.FOLDER, outcome.history, outcome.decisions, outcome.summary)
         row = trial_row(t, outcome)
         if outcome.status != "ok" and outcome.history:  # what it trained before it ended
             row["epochs_run"] = len(outcome.history)
@@ -148,9 +228,11 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
         if outcome.status == "ok":
             curves[t.setting.label].append(outcome.history)
     records = aggregate(rows, [s.label for s in settings])
+    outcome_text = f"Sequential seeding: {outcome_line}." if outcome_line else ""
     report.write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
-    report.write_atomic(study_dir / "comparison.md", markdown(spec, records, rows, settings, trials))
-    plot_comparison(study_dir / "comparison.png", curves, title=spec.name)
-    echo("")
-    echo(text_table(TABLE_HEADER, table_rows(records)))
+    report.write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
+    report.write_atomic(study_dir / "comparison.md", markdown(spec, records, rows, settings, trials, outcome_text))
+    plot_comparison(study_dir / "comparison.png", curves, title=spec.name, rows=rows, baseline=settings[0].label)
+    progress.final(echo, "")
+    progress.final(echo, text_table(TABLE_HEADER, table_rows(records)))
     return sum(r["status"] == "ok" for r in rows)

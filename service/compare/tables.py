@@ -1,5 +1,6 @@
-"""What a study writes and prints: comparison.csv rows, the ranked table (comparison.md and the
-terminal), comparison.png, and the line printed per finished trial.
+"""What a study writes and prints: comparison.csv rows, settings.csv (one row per setting with
+its paired statistics against the baseline), the ranked table (comparison.md and the terminal),
+comparison.png, and the line printed per finished trial.
 
 Example::
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from service import report
+from service.compare import stats
 from service.compare.grid import Setting, Trial
 from service.errors import cause_line
 from service.spec import CompareSpec
@@ -61,7 +63,26 @@ def _pm(mean: Optional[float], std: Optional[float], fmt: str, scale: float = 1.
 
 
 TABLE_HEADER = ["rank", "setting", "seeds ok", "test accuracy", "test error", "best val_accuracy",
-                "epochs run", "beats baseline"]
+                "epochs run", "beats baseline", "diff vs baseline", "95% CI", "p", "seeds needed"]
+TABLE_ALIGN = ["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---", "---:", "---:"]
+
+
+def _signed(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
+def _p(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def paired_cells(paired: Optional[stats.PairedComparison]) -> list[str]:
+    """diff vs baseline, 95% CI, p, seeds needed: the paired statistics' cells ("–" when undefined)."""
+    if paired is None:  # the baseline
+        return ["", "", "", ""]
+    ci = ("–" if paired.diff_ci_low is None else
+          f"[{_signed(paired.diff_ci_low)}, {_signed(paired.diff_ci_high)}]")
+    needed = "–" if paired.seeds_needed is None else str(paired.seeds_needed)
+    return [_signed(paired.diff_mean), ci, _p(paired.p_value), needed]
 
 
 def table_rows(records: list[dict]) -> list[list[str]]:
@@ -76,6 +97,7 @@ def table_rows(records: list[dict]) -> list[list[str]]:
             _pm(r["best_val_accuracy_mean"], r["best_val_accuracy_std"], ".4f"),
             _pm(r["epochs_run_mean"], r["epochs_run_std"], ".1f"),
             beats,
+            *paired_cells(r.get("paired")),
         ])
     return rows
 
@@ -88,9 +110,12 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings: list[Setting],
-             trials: Optional[list[Trial]] = None) -> str:
+             trials: Optional[list[Trial]] = None, outcome: str = "") -> str:
+    """comparison.md: the ranked table, a verdict per setting against the baseline, and
+    `outcome` (what sequential seeding concluded, when it ran)."""
     baseline = settings[0].label if settings else "base"
     specs = [t.spec for t in trials] if trials else [spec.base]
+    seeds = list(dict.fromkeys(t.seed for t in trials)) if trials else list(spec.seeds)
 
     def distinct(get) -> str:
         return " / ".join(str(v) for v in dict.fromkeys(get(s) for s in specs))
@@ -101,7 +126,7 @@ def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings:
         f"Base spec `{spec.base.name}`; trials ran {distinct(lambda s: s.workers)} worker(s), "
         f"up to {distinct(lambda s: s.training.epochs)} epochs, data `{distinct(lambda s: s.data.source)}`, "
         f"validation on {distinct(lambda s: s.data.validation)}. "
-        f"{len(settings)} setting(s) x {len(spec.seeds)} seed(s) ({', '.join(map(str, spec.seeds))}).",
+        f"{len(settings)} setting(s) x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}).",
         "",
         "Ranked by mean test accuracy of the final model over the seeds that finished. "
         "`±` is the sample standard deviation over seeds (none for a single seed). "
@@ -109,15 +134,76 @@ def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings:
         "seeds on which a setting's test accuracy is higher than the baseline's with the same seed.",
         "",
         "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "|".join(["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:"]) + "|",
+        "|" + "|".join(TABLE_ALIGN) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(records)]
+    lines += ["", *PAIRED_EXPLAINED, ""]
+    lines += [verdict(r, baseline) for r in sorted(records, key=lambda r: r["position"]) if not r["baseline"]]
+    if outcome:
+        lines += ["", outcome]
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         lines += ["", "Trials that did not finish:", ""]
         lines += [f"- `{r['trial']}` ({r['setting']}, seed {r['seed']}): {r['status']}"
                   f"{': ' + r['error'] if r['error'] else ''}" for r in bad]
     return "\n".join(lines) + "\n"
+
+
+PAIRED_EXPLAINED = [
+    "Paired against the baseline, seed by seed, over the seeds both finished: \"diff vs baseline\" is "
+    "the mean of (setting - baseline) test accuracy; \"95% CI\" a percentile bootstrap interval of that "
+    f"mean ({stats.DEFAULT_RESAMPLES:,} resamples, fixed seed {stats.DEFAULT_SEED}: the same study gives the "
+    "same interval); \"p\" the exact two-sided Wilcoxon signed-rank test; \"seeds needed\" how many "
+    "paired seeds a paired t-test needs to resolve the observed difference at 95% / 80% power. "
+    f"With n seeds no exact test can go below 2 / 2^n (0.25 for 3 seeds): it takes "
+    f"{stats.min_seeds_for_exact()} seeds to reach p < 0.05.",
+]
+
+
+def verdict(record: dict, baseline: str) -> str:
+    """One sentence per setting: its paired difference from the baseline and whether it is resolved."""
+    c: Optional[stats.PairedComparison] = record.get("paired")
+    head = f"- `{record['setting']}` against `{baseline}`"
+    if c is None or c.n_seeds == 0:
+        return f"{head}: no seed where both finished."
+    if c.diff_ci_low is None:
+        return f"{head}: {_signed(c.diff_mean)} on the one seed where both finished; no interval from one pair."
+    if c.resolved():
+        judged = f"resolved, {'higher' if c.diff_ci_low > 0 else 'lower'} than the baseline (the interval excludes zero)"
+    else:
+        judged = "not resolved with these seeds (the interval includes zero)"
+    needed = ("" if c.seeds_needed is None else
+              f"; a paired t-test would need {c.seeds_needed} seed(s) for a difference this size")
+    return (f"{head}: {_signed(c.diff_mean)} test accuracy over {c.n_seeds} paired seeds, 95% CI "
+            f"{_signed(c.diff_ci_low)} to {_signed(c.diff_ci_high)}: {judged}; "
+            f"Wilcoxon p = {_p(c.p_value)}, sign test p = {_p(c.p_sign)}{needed}.")
+
+
+SETTINGS_RESULTS = ["rank", "n_trials", "n_ok", "test_accuracy_mean", "test_accuracy_sd", "n_seeds",
+                    "diff_mean", "diff_sd", "diff_ci_low", "diff_ci_high", "p_value", "p_sign",
+                    "seeds_needed", "resolved", "beats"]
+
+
+def settings_csv(records: list[dict], settings: list[Setting], grid_fields: list[str]) -> str:
+    """settings.csv: one row per setting in grid order (the baseline first); the paired columns
+    are empty for the baseline, whose n_seeds is the seeds it finished."""
+    by_label = {r["setting"]: r for r in records}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["setting", *grid_fields, *SETTINGS_RESULTS], lineterminator="\n")
+    writer.writeheader()
+    for setting in settings:
+        r = by_label[setting.label]
+        c: Optional[stats.PairedComparison] = r.get("paired")
+        row = {"setting": setting.label, **setting.columns, "rank": r["rank"], "n_trials": r["n"],
+               "n_ok": r["n_ok"], "test_accuracy_mean": r["test_accuracy_mean"],
+               "test_accuracy_sd": r["test_accuracy_std"], "n_seeds": r["n_ok"] if c is None else c.n_seeds,
+               "beats": "" if c is None else r["beats"]}
+        if c is not None:
+            row.update(diff_mean=c.diff_mean, diff_sd=c.diff_sd, diff_ci_low=c.diff_ci_low,
+                       diff_ci_high=c.diff_ci_high, p_value=c.p_value, p_sign=c.p_sign,
+                       seeds_needed=c.seeds_needed, resolved=c.resolved())
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
 
 
 def trial_row(trial: Trial, outcome: TrialOutcome) -> dict:
@@ -164,34 +250,49 @@ def _band(histories: list[list[dict]], key: str):
     return epochs, mean, lo, hi
 
 
-def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str = "") -> None:
-    """val_accuracy per epoch: per setting the mean over its seeds as a line and the min–max over
-    seeds as a band (later epochs: the seeds that got there); below, each seed's learning rate
-    (log axis) in its setting's colour."""
+def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str = "",
+                    rows: Optional[list[dict]] = None, baseline: Optional[str] = None) -> None:
+    """Left: val_accuracy per epoch, per setting the mean over its seeds as a line and the min–max
+    over seeds as a band (later epochs: the seeds that got there); below, each seed's learning rate
+    (log axis) in its setting's colour. Right (with `rows`): each seed's test accuracy per setting,
+    the mean (what the table ranks by) as a bar, and each seed's line to the baseline's same seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    height = max(7.0, 0.55 * len(curves) + 2) if rows else 7.0
+    fig = plt.figure(figsize=(16, height) if rows else (8, 7))
+    grid = fig.add_gridspec(2, 2 if rows else 1, height_ratios=[2, 1], width_ratios=[1, 1] if rows else None)
+    ax_acc = fig.add_subplot(grid[0, 0])
+    ax_lr = fig.add_subplot(grid[1, 0], sharex=ax_acc)
+    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    colors = {label: cmap(i % cmap.N) for i, label in enumerate(curves)}
+    _plot_curves(ax_acc, ax_lr, curves, colors)
+    if rows:
+        _plot_seeds(fig.add_subplot(grid[:, 1]), rows, list(curves), colors, baseline)
+    if title:
+        fig.suptitle(title)
+    report.save_figure(path, fig)
+
+
+def _plot_curves(ax_acc, ax_lr, curves: dict[str, list[list[dict]]], colors: dict) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_acc, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=[2, 1])
-    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
     log_ok = True
-    for i, (label, histories) in enumerate(curves.items()):
+    for label, histories in curves.items():
         histories = [h for h in histories if h]
         if not histories:
             continue
-        color = cmap(i % cmap.N)
-        n = len(histories)
         epochs, mean, lo, hi = _band(histories, "val_accuracy")
-        ax_acc.plot(epochs, mean, marker="o", ms=3, color=color, label=f"{label} (n={n})")
-        ax_acc.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0)
+        ax_acc.plot(epochs, mean, marker="o", ms=3, color=colors[label], label=f"{label} (n={len(histories)})")
+        ax_acc.fill_between(epochs, lo, hi, color=colors[label], alpha=0.15, lw=0)
         # One schedule per seed: a mean of learning rates that differ by factors of ten (and
         # over fewer seeds once some have stopped) would draw a schedule no run followed.
         for history in histories:
             lrs = [r["lr"] for r in history]
             log_ok = log_ok and min(lrs) > 0
-            ax_lr.step([r["epoch"] for r in history], lrs, where="mid", color=color, alpha=0.7, lw=1)
+            ax_lr.step([r["epoch"] for r in history], lrs, where="mid", color=colors[label], alpha=0.7, lw=1)
     ax_acc.set_ylabel("val_accuracy (mean, min–max band)")
     ax_acc.grid(alpha=0.3)
     if any(curves.values()):
@@ -202,9 +303,52 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
     ax_lr.set_xlabel("epoch")
     ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_lr.grid(alpha=0.3, which="both")
-    if title:
-        ax_acc.set_title(title)
-    report.save_figure(path, fig)
+
+
+def _seed_label(label: str, baseline: Optional[str], acc: dict) -> str:
+    """A setting's tick: its name, and its paired difference from the baseline with the interval."""
+    if label == baseline:
+        return f"{label}\n(baseline)"
+    c = stats.paired({seed: a for (s, seed), a in acc.items() if s == label},
+                     {seed: a for (s, seed), a in acc.items() if s == baseline})
+    if c.diff_mean is None:
+        return label
+    ci = "" if c.diff_ci_low is None else f" [{_signed(c.diff_ci_low)}, {_signed(c.diff_ci_high)}]"
+    return f"{label}\n{_signed(c.diff_mean)}{ci}"
+
+
+def _plot_seeds(ax, rows: list[dict], order: list[str], colors: dict, baseline: Optional[str]) -> None:
+    """One row per setting (the baseline on top): each seed's test accuracy (filled) joined by a
+    line to the baseline's with the same seed (hollow), green where the setting is higher and red
+    where lower; the mean over seeds (what the table ranks by) as a bar with its value."""
+    acc = {(r["setting"], r["seed"]): float(r["test_accuracy"]) for r in rows
+           if r["status"] == "ok" and r.get("test_accuracy") is not None}
+    base = {seed: a for (setting, seed), a in acc.items() if setting == baseline}
+    seeds = sorted({seed for _, seed in acc})
+    offset = {seed: (j - (len(seeds) - 1) / 2) * min(0.6 / max(len(seeds), 1), 0.15) for j, seed in enumerate(seeds)}
+    for y, label in enumerate(order):
+        mine = {seed: a for (setting, seed), a in acc.items() if setting == label}
+        for seed, a in mine.items():
+            if label != baseline and seed in base:
+                up = a > base[seed]
+                ax.plot([base[seed], a], [y + offset[seed]] * 2, color="tab:green" if up else "tab:red",
+                        alpha=0.6, lw=1.2, zorder=2)
+                ax.scatter([base[seed]], [y + offset[seed]], facecolor="white", edgecolor="grey", s=18, zorder=3)
+            ax.scatter([a], [y + offset[seed]], color=colors[label], edgecolor="black", linewidth=0.4, s=24, zorder=4)
+            if label == baseline:
+                ax.annotate(f" seed {seed}", (a, y + offset[seed]), va="center", fontsize="xx-small", color="grey")
+        if mine:
+            mean = statistics.fmean(mine.values())
+            ax.vlines(mean, y - 0.35, y + 0.35, color=colors[label], lw=3, zorder=3)
+            ax.annotate(f"{mean:.4f}", (mean, y - 0.38), ha="center", va="bottom", fontsize="x-small",
+                        color=colors[label])
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([_seed_label(label, baseline, acc) for label in order],
+                       fontsize="small" if len(order) <= 6 else "x-small")
+    ax.set_ylim(len(order) - 0.5, -0.6)
+    ax.set_xlabel("test accuracy (dots: seeds; bar: the mean, the rank order)")
+    ax.set_title("per seed, joined to the baseline's same seed (hollow)", fontsize="medium")
+    ax.grid(alpha=0.3, axis="x")
 
 
 def live_line(done: int, total: int, trial: Trial, outcome: TrialOutcome) -> str:

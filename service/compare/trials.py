@@ -14,18 +14,22 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster
+from service import cluster, progress
 from service.compare.grid import Trial
-from service.compare.tables import TrialOutcome, live_line
+from service.compare.tables import TrialOutcome
+from service.compare.watch import StudyWatch
+from service.progress import StudyPace
 from service.errors import cause_line
 from service.spec import CompareSpec, TrainSpec
 
@@ -45,8 +49,15 @@ class EpochsToTune(TuneReportCallback):
     def after_report(self, run_context, metrics, checkpoint):
         if metrics and metrics[0].get("final"):
             return
-        slim = [{k: v for k, v in m.items() if k != "decision"} for m in metrics]
+        slim = [{**{k: v for k, v in m.items() if k != "decision"}, **_decided(m.get("decision"))} for m in metrics]
         super().after_report(run_context, slim, checkpoint)
+
+
+def _decided(decision: Optional[dict]) -> dict:
+    """What the driver's per-epoch line needs of a decision record: the rate after it, and the stop."""
+    if not decision:
+        return {}
+    return {"lr_after": decision["lr_after"], "reduced": bool(decision["reduced"]), "stop": bool(decision["stop"])}
 
 
 def run_trial(config: dict) -> dict:
@@ -65,7 +76,7 @@ def run_trial(config: dict) -> dict:
     echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
     try:
         result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
-                           data_cache=trial.get("data_cache"))
+                           data_cache=trial.get("data_cache"), tensorboard=False)
     except Exception as exc:  # a trial's failure is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
     outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
@@ -80,25 +91,51 @@ def run_trial(config: dict) -> dict:
 # The study's driver
 
 
-class FinishedTrialLines(tune.Callback):
-    """One line per finished trial, printed by the study's driver as Tune reports it."""
+class StudyLines(tune.Callback):
+    """Forwards Tune's events to the study's `StudyWatch`, which words the lines."""
 
-    def __init__(self, trials: list[Trial], echo: Callable[[str], None]):
-        self.by_name = {t.name: t for t in trials}
-        self.total, self.done, self.echo = len(trials), 0, echo
+    def __init__(self, watch: StudyWatch, echo: Callable[[str], None]):
+        self.watch, self.echo = watch, echo
 
-    def _line(self, tune_trial, error=None) -> None:
-        trial = self.by_name.get(tune_trial.config["trial"]["spec"]["name"])
-        if trial is None:
-            return
-        self.done += 1
-        self.echo(live_line(self.done, self.total, trial, TrialOutcome.from_tune(tune_trial.last_result, error)))
+    def _say(self, line: Optional[str], failed: bool = False) -> None:
+        if line and failed:
+            progress.error(self.echo, line)
+        elif line:
+            self.echo(line)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.watch.started(_trial_dirname(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._say(self.watch.epoch(_trial_dirname(trial), result))
+
+    def on_step_end(self, iteration, trials, **info):
+        self._say(self.watch.status())
+
+    def _finished(self, tune_trial, error=None) -> None:
+        outcome = TrialOutcome.from_tune(tune_trial.last_result, error)
+        self._say(self.watch.finished(_trial_dirname(tune_trial), outcome), failed=outcome.status != "ok")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial)
+        self._finished(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, error=RuntimeError("the trial's process died"))
+        self._finished(trial, error=RuntimeError("the trial's process died"))
+
+
+class NoTuneEvents(TBXLoggerCallback):
+    """Takes the place of Tune's own TensorBoard logger (Tune adds one unless one is given): the
+    study's driver writes each trial's events under trials/NAME/tensorboard/ instead, so that
+    `tensorboard --logdir OUTPUT/STUDY` shows one set per trial, not two."""
+
+    def log_trial_start(self, trial):
+        pass
+
+    def log_trial_result(self, iteration, trial, result):
+        pass
+
+    def log_trial_end(self, trial, failed=False):
+        pass
 
 
 def _trial_dirname(tune_trial) -> str:
@@ -111,7 +148,8 @@ def study_cpus(spec: CompareSpec, trials: list[Trial]) -> int:
     return max(os.cpu_count() or 1, math.ceil(spec.max_concurrent_trials * per_trial))
 
 
-def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo, data_cache):
+def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo, data_cache,
+           watch: StudyWatch):
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
@@ -128,21 +166,34 @@ def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: boo
                                     max_concurrent_trials=spec.max_concurrent_trials,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(study_dir / "tune"),
-                                  callbacks=[FinishedTrialLines(trials, echo)], verbose=1 if verbose else 0),
+                                  callbacks=[StudyLines(watch, echo), NoTuneEvents()],
+                                  verbose=1 if verbose else 0),
     )
 
 
-def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
-             verbose: bool, echo: Callable[[str], None], data_cache: Optional[Path] = None) -> dict[str, TrialOutcome]:
-    """Run the trials on Ray Tune; trial name -> outcome. Raises whatever keeps the study itself
-    from running (Ray, Tune)."""
-    by_name = {t.name: t for t in trials}
+@contextlib.contextmanager
+def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str], verbose: bool,
+                  echo: Callable[[str], None]) -> Iterator[None]:
+    """Ray for the study (joined or embedded), once every trial's workers could be placed."""
     with cluster.ray_session(address, study_cpus(spec, trials), verbose) as started_here:
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling
             cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s, echo=echo)
-        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache)
+        yield
+
+
+def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
+             verbose: bool, echo: Callable[[str], None], data_cache: Optional[Path] = None,
+             watch: Optional[StudyWatch] = None) -> dict[str, TrialOutcome]:
+    """Run the trials on Ray Tune; trial name -> outcome. Raises whatever keeps the study itself
+    from running (Ray, Tune). `watch` words the lines printed meanwhile (default: a line per
+    trial epoch, over these trials). Inside `study_session` it uses that session's Ray."""
+    if watch is None:
+        watch = StudyWatch(trials, StudyPace(len(trials), spec.max_concurrent_trials))
+    by_name = {t.name: t for t in trials}
+    with study_session(spec, trials, address, verbose, echo):
+        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)
         with cluster.tune_console(verbose):

@@ -1,0 +1,240 @@
+"""The run index: `plateau runs [OUTPUT]` and `plateau show NAME`.
+
+Every train run and study marks its folder with `status.json` ({kind, state, started, host,
+pid, ended, error, note}): `running` when it starts, `failed` with the error, `finished` at the
+end (a train run also counts as finished whenever its summary.json exists). A folder marked
+`running` whose process is gone (or that runs on another host) is `interrupted`.
+
+`index(output)` lists OUTPUT/*/ (train runs: a spec.yaml of kind train; studies: status.json of
+kind compare, or a comparison.csv), newest first. `show(folder)` is the run's summary and each
+epoch's decisions in words (`explain`), or a study's comparison.md.
+
+Example::
+
+    for row in index(Path("results")):
+        print(row["name"], row["status"], row["test_accuracy"])
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from service import report
+from service.errors import BadInput
+
+STATUS = "status.json"
+COLUMNS = ("name", "kind", "status", "epochs", "stop_reason", "test_accuracy", "data", "started")
+
+
+class RunNotFound(BadInput):
+    """`plateau show NAME` found no such run (exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Marks
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_status(folder: Path) -> dict:
+    try:
+        data = json.loads((Path(folder) / STATUS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mark_started(folder: Path, kind: str) -> None:
+    """The run starts (or resumes: its first start time stays)."""
+    earlier = read_status(folder)
+    report.write_json(Path(folder) / STATUS, {
+        "kind": kind, "state": "running", "started": earlier.get("started") or _now(),
+        "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def _update(folder: Path, **fields) -> None:
+    status = read_status(folder)
+    report.write_json(Path(folder) / STATUS, {**status, **fields, "ended": _now()})
+
+
+def mark_failed(folder: Path, error: str) -> None:
+    _update(folder, state="failed", error=error)
+
+
+def mark_finished(folder: Path, note: str = "") -> None:
+    _update(folder, state="finished", note=note)
+
+
+def _alive(status: dict) -> bool:
+    """Whether the process that marked the folder still runs (only knowable on its own host)."""
+    if status.get("host") != socket.gethostname() or not status.get("pid"):
+        return False
+    try:
+        os.kill(int(status["pid"]), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _state(status: dict, finished: bool) -> str:
+    if finished:
+        return "finished"
+    if status.get("state") == "failed":
+        return "failed"
+    return "running" if status.get("state") == "running" and _alive(status) else "interrupted"
+
+
+# ---------------------------------------------------------------------------------------------
+# The index
+
+
+def _load(path: Path):
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _started(folder: Path, status: dict) -> str:
+    if status.get("started"):
+        return status["started"]
+    first = min((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
+    return dt.datetime.fromtimestamp(first).astimezone().isoformat(timespec="seconds")
+
+
+def stop_reason(summary: dict) -> str:
+    """The summary's own stop_reason when it has one; else early stopping or the epoch limit."""
+    if summary.get("stop_reason"):
+        return str(summary["stop_reason"])
+    if summary.get("stopped_early"):
+        return f"early stopping at epoch {summary.get('stop_epoch')}"
+    return "max epochs"
+
+
+def train_row(folder: Path) -> dict:
+    status, summary = read_status(folder), _load(folder / "summary.json")
+    spec = _load(folder / "spec.yaml") or {}
+    row = {"name": folder.name, "kind": "train", "path": str(folder), "started": _started(folder, status)}
+    if isinstance(summary, dict):
+        return {**row, "status": "finished", "epochs": summary.get("epochs_run"), "stop_reason": stop_reason(summary),
+                "test_accuracy": summary.get("test_accuracy"),
+                "data": (summary.get("data") or {}).get("source") or (spec.get("data") or {}).get("source")}
+    history = folder / "history.csv"
+    epochs = len(report.read_history(history)) if history.exists() else 0
+    state = _state(status, finished=False)
+    return {**row, "status": state, "epochs": epochs, "stop_reason": status.get("error", "") if state == "failed" else "",
+            "test_accuracy": None, "data": (spec.get("data") or {}).get("source")}
+
+
+def study_row(folder: Path) -> dict:
+    status = read_status(folder)
+    finished = status.get("state") == "finished" or (not status and (folder / "comparison.md").exists())
+    state = _state(status, finished)
+    trials = list(csv.DictReader((folder / "comparison.csv").open())) if (folder / "comparison.csv").exists() else []
+    ok = [t for t in trials if t["status"] == "ok"]
+    best = max((float(t["test_accuracy"]) for t in ok), default=None)
+    data = next((s.get("data", {}).get("source") for s in
+                 (_load(p) for p in sorted(folder.glob("trials/*/summary.json"))) if isinstance(s, dict)), None)
+    reason = status.get("note") or (f"{len(ok)}/{len(trials)} trials ok" if trials else "")
+    if state == "failed":
+        reason = status.get("error", "")
+    return {"name": folder.name, "kind": "compare", "path": str(folder), "started": _started(folder, status),
+            "status": state, "epochs": None, "stop_reason": reason, "test_accuracy": best, "data": data,
+            "trials": len(trials), "trials_ok": len(ok)}
+
+
+def kind_of(folder: Path) -> Optional[str]:
+    status = read_status(folder)
+    if status.get("kind") in ("train", "compare"):
+        return status["kind"]
+    if (folder / "comparison.csv").exists():
+        return "compare"
+    spec = _load(folder / "spec.yaml")
+    if isinstance(spec, dict) and spec.get("kind", "train") == "train":
+        return "train"
+    return None
+
+
+def index(output: Path) -> list[dict]:
+    """Every run and study directly under `output`, newest first."""
+    output = Path(output)
+    if not output.is_dir():
+        raise RunNotFound(f"{output}: no such folder; pass the OUTPUT folder runs were written to (default results)")
+    rows = []
+    for folder in sorted(p for p in output.iterdir() if p.is_dir()):
+        kind = kind_of(folder)
+        if kind == "train":
+            rows.append(train_row(folder))
+        elif kind == "compare":
+            rows.append(study_row(folder))
+    return sorted(rows, key=lambda r: r["started"], reverse=True)
+
+
+def table(rows: list[dict]) -> str:
+    """The index as aligned text columns."""
+    def cell(row: dict, key: str) -> str:
+        value = row.get(key)
+        if key == "test_accuracy" and value is not None:
+            return f"{value:.4f}"
+        if key == "started" and value:
+            return value[:19].replace("T", " ")
+        return "-" if value in (None, "") else str(value)
+
+    header = [c.upper().replace("_", " ") for c in COLUMNS]
+    body = [[cell(r, c) for c in COLUMNS] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+def find(name: str, output: Path) -> Path:
+    """NAME as a folder path, OUTPUT/NAME, or a study's trial OUTPUT/*/trials/NAME."""
+    candidates = [Path(name), Path(output) / name, *sorted(Path(output).glob(f"*/trials/{name}"))]
+    for folder in candidates:
+        if folder.is_dir() and kind_of(folder):
+            return folder
+    raise RunNotFound(f"no run or study named {name!r} under {output}; `plateau runs {output}` lists them")
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """`key: value` per summary field (text as it is, anything else as JSON: null, true, [...])."""
+    width = max((len(k) for k in summary), default=0)
+    return [f"{k + ':':<{width + 1}} {v if isinstance(v, str) else json.dumps(v)}" for k, v in summary.items()]
+
+
+def show(folder: Path) -> str:
+    """A train run: its status, summary and each epoch's decisions in words; a study: comparison.md."""
+    from service.explain import explain
+    from service.spec import validate_train
+
+    folder = Path(folder)
+    if kind_of(folder) == "compare":
+        md = folder / "comparison.md"
+        row = study_row(folder)
+        head = f"{folder.name}: study, {row['status']}"
+        return head + "\n\n" + (md.read_text() if md.exists() else "no comparison.md yet\n")
+    row = train_row(folder)
+    lines = [f"{folder.name}: train run, {row['status']}" + (f" ({row['stop_reason']})" if row["stop_reason"] else "")]
+    summary = _load(folder / "summary.json")
+    if isinstance(summary, dict):
+        lines += summary_lines(summary)
+    spec_data = _load(folder / "spec.yaml")
+    decisions = report.read_decisions(folder / "decisions.jsonl") if (folder / "decisions.jsonl").exists() else []
+    if isinstance(spec_data, dict) and decisions:
+        lines += ["", "decisions:"] + explain(validate_train(spec_data), decisions)
+    return "\n".join(lines) + "\n"
