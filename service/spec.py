@@ -163,6 +163,12 @@ class DebugSpec(_Section):
     # Let each rank's callbacks see only its own shard's metrics (what a naive setup does).
     # Only for demonstrating that consensus still keeps the ranks together.
     rank_local_metrics: bool = False
+    # The replica check compares every rank's weights, optimizer state and learning rate after
+    # every epoch (off: only to measure what it costs). perturb_* nudges one weight of one rank
+    # by one ulp at the end of that epoch (1-based), to watch the check fire.
+    replica_check: bool = True
+    perturb_at_epoch: Optional[int] = Field(None, ge=1)
+    perturb_rank: int = Field(0, ge=0)
 
 
 class TrainSpec(_Section):
@@ -188,6 +194,8 @@ class TrainSpec(_Section):
             )
         if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= workers:
             raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {workers} workers")
+        if self.debug.perturb_at_epoch is not None and self.debug.perturb_rank >= workers:
+            raise ValueError(f"debug.perturb_rank {self.debug.perturb_rank} is not a rank of {workers} workers")
         return self
 
     @property
@@ -302,8 +310,12 @@ def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _one_line(exc: ValidationError, model: type[BaseModel], where: str) -> str:
-    err = exc.errors()[0]
+def _lines(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+    """Every error of a validation, one line each (in the order of the spec's fields)."""
+    return "\n".join(dict.fromkeys(_one_line(err, model, where) for err in exc.errors()))
+
+
+def _one_line(err: dict, model: type[BaseModel], where: str) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     field = ".".join(str(p) for p in loc) or "spec"
     if err["type"] == "extra_forbidden":
@@ -323,7 +335,7 @@ def validate_train(data: dict, where: str = "") -> TrainSpec:
     try:
         return TrainSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_one_line(exc, TrainSpec, where)) from None
+        raise SpecError(_lines(exc, TrainSpec, where)) from None
 
 
 def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
@@ -336,7 +348,7 @@ def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
         try:
             return CompareSpec.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(_one_line(exc, CompareSpec, where)) from None
+            raise SpecError(_lines(exc, CompareSpec, where)) from None
     raise SpecError(f"{where}kind: unknown kind {kind!r}; use 'train' or 'compare'")
 
 

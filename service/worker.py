@@ -15,10 +15,11 @@ import ray
 import ray.train
 import tensorflow as tf
 
-from service import checkpoint, sync
+from service import checkpoint, export, sync
 from service import data as data_lib
 from service.callbacks import DriverQueue, FailOnce, ReportEachEpoch
 from service.model import build_model, random_stream, scale_pixels
+from service.replicas import replica_callbacks
 from service.spec import TrainSpec
 
 
@@ -155,7 +156,8 @@ def train_loop_per_worker(config: dict) -> None:
     collective = sync.Collective(strategy, world)
     val = sync.ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
     deciders = sync.decision_callbacks(spec, collective, rank, val, restored.callbacks)
-    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, driver, trace)]
+    checks = replica_callbacks(spec, collective, rank, deciders.consensus)
+    callbacks = [*deciders.as_list(), *checks, ReportEachEpoch(rank, deciders, driver, trace)]
     if spec.debug.fail_at_epoch is not None and rank == spec.debug.fail_rank:
         callbacks.append(FailOnce(spec.debug.fail_at_epoch, config.get("attempt", ""), rank))
 
@@ -179,4 +181,5 @@ def train_loop_per_worker(config: dict) -> None:
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
     final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     ray.train.report(final)
-    driver.post(rank, final)
+    # Rank 0 hands the driver the final model as a stock-layer .keras file.
+    driver.post(rank, {**final, "model_keras": export.keras_file(model, spec.model)} if rank == 0 else final)
