@@ -214,7 +214,7 @@ def _check(args: argparse.Namespace) -> int:
         from service.rundir import check_same_spec, state_line
 
         check_same_spec(spec)
-        print(state_line(spec), file=sys.stderr)
+        print(f"# {state_line(spec)}")  # a YAML comment: stdout stays a spec
     return EXIT_OK
 
 
