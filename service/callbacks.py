@@ -125,10 +125,13 @@ class ReportEachEpoch(keras.callbacks.Callback):
         import ray.train
 
         from service import checkpoint
+        from service.replicas import CHECK_SECONDS
 
         decision = self.deciders.consensus.last
         report = {"epoch": epoch + 1, "seconds": self.deciders.metrics.seconds, "lr": decision.lr_before,
                   **decision.values, "decision": decision.to_json()}
+        if logs and CHECK_SECONDS in logs:  # what the replica check cost this epoch
+            report[CHECK_SECONDS] = logs[CHECK_SECONDS]
         self.trace.append(report)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.write_trace(tmp, self.rank, self.trace)

@@ -8,7 +8,9 @@ a CRC-32 of every variable's bytes (weights, Adam's slots and step counter, the 
 named as the checkpoint names them), the ranks all-gather those checksums over the strategy's
 own collective (one small exchange), and any difference fails the run on every rank at once with
 one line naming the epoch, the ranks and the first variable that differs. The epoch's decision
-record says `replicas_identical` and what the check cost (`replica_check_seconds`).
+record says `replicas_identical`; what the check cost goes with the epoch's report
+(`replica_check_seconds`, in the checkpoint's traces), not into the decision record, which
+stays a deterministic function of the run.
 
 Example::
 
@@ -24,6 +26,9 @@ import numpy as np
 import tf_keras as keras
 
 from service import checkpoint
+
+
+CHECK_SECONDS = "replica_check_seconds"  # the key in `logs` and in the epoch's report
 
 
 class ReplicaMismatch(RuntimeError):
@@ -58,9 +63,9 @@ class ReplicaCheck(keras.callbacks.Callback):
         arrays = checkpoint.state_arrays(self.model)
         rows = self.collective.all_gather(checksums(arrays))
         identical = bool((rows == rows[0]).all())
-        decision = self.consensus.last
-        decision.replicas_identical = identical
-        decision.replica_check_seconds = round(time.perf_counter() - started, 6)
+        self.consensus.last.replicas_identical = identical
+        if logs is not None:  # the same dict reaches ReportEachEpoch
+            logs[CHECK_SECONDS] = round(time.perf_counter() - started, 6)
         if not identical:  # every rank saw the same rows: every rank stops here, none waits
             raise ReplicaMismatch(mismatch_line(epoch + 1, list(arrays), rows))
 

@@ -188,7 +188,6 @@ class Decision:
     # The replica check (`replicas.ReplicaCheck`): True when every rank's weights, optimizer
     # state and learning rate were bit-identical after this epoch; None when it did not run.
     replicas_identical: Optional[bool] = None
-    replica_check_seconds: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
