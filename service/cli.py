@@ -1,12 +1,15 @@
 """`plateau ...`: the command line. It owns argv and the environment; everything below gets data.
 
 Exit codes (`service.errors`): 0 success, 1 the run failed, 2 bad input found before anything
-started (any `BadInput`: a spec, data, an address, a job server).
+started (any `BadInput`: a spec, data, an address, a job server, the run's folder; one
+`plateau: ...` line per problem on stderr), 130 / 143 when Ctrl-C / SIGTERM ended a run
+(`service.signals`). `plateau check` validates a spec and starts nothing.
 
 What it reads from the environment, and hands down as parameters:
 
 * RAY_ADDRESS: the cluster `train`/`compare`/`run` join without --address (Ray sets it for job
-  drivers); RAY_API_SERVER_ADDRESS, else RAY_ADDRESS: the job server of `submit`, `status`, ...
+  drivers; its errors name the variable); RAY_API_SERVER_ADDRESS, else RAY_ADDRESS: the job
+  server of `submit`, `status`, ...
 * RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token (none with RAY_AUTH_MODE=disabled):
   the token sent to the job server.
 * PLATEAU_JOB_PYTHON: the interpreter a submitted job runs on the cluster.

@@ -166,14 +166,18 @@ def non_finite_metrics(values: dict) -> list[str]:
     return [k for k in METRICS if k in values and not _finite(values[k])]
 
 
+def non_finite_words(values: dict) -> str | None:
+    """`stopped: loss is inf` for the first metric of `values` (a history row, a decision's
+    values) that is not finite; None when all are."""
+    bad = non_finite_metrics(values)
+    return f"stopped: {bad[0]} is {values[bad[0]]}" if bad else None
+
+
 def stop_words(decision: dict) -> str:
     """A decision's stop reason in words, naming the metric when one was not finite."""
     reason = decision.get("stop_reason")
     if reason == "non_finite":
-        bad = non_finite_metrics(decision["values"])
-        if bad:
-            value = decision["values"][bad[0]]
-            return f"stopped: {bad[0]} is {'null' if value is None else value}"
+        return non_finite_words(decision["values"]) or STOP_REASONS[reason]
     return STOP_REASONS.get(reason, "early stop")
 
 

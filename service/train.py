@@ -112,10 +112,11 @@ class Plan:
             return None
         summary = json.loads((self.out_dir / "summary.json").read_text())
         decisions = report.read_decisions(self.out_dir / "decisions.jsonl")
+        history = report.read_history(self.out_dir / "history.csv")  # keeps nan and inf, JSON cannot
         diverged = summary.get("stop_reason") == "non_finite"
         return RunResult(not diverged, self.out_dir, summary=summary,
-                         error=_diverged_line(decisions, self.out_dir) if diverged else None,
-                         history=report.read_history(self.out_dir / "history.csv"), decisions=decisions)
+                         error=_diverged_line(history, self.out_dir) if diverged else None,
+                         history=history, decisions=decisions)
 
 
 def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
@@ -375,7 +376,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
                        summary["stop_epoch"], title=spec.name)
     report.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
     if summary["stop_reason"] == "non_finite":
-        message = _diverged_line(collector.decisions, out_dir)
+        message = _diverged_line(collector.history, out_dir)
         echo(f"plateau: {message}")
         return RunResult(False, out_dir, summary=summary, error=message, history=collector.history,
                          decisions=collector.decisions)
@@ -383,10 +384,11 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
 
 
-def _diverged_line(decisions: list[dict], out_dir: Path) -> str:
-    """One line for a run that stopped on a NaN or infinite metric."""
-    last = [d for d in decisions if d["rank"] == 0][-1]
-    return (f"training diverged at epoch {last['epoch']} ({report.stop_words(last)}): every rank stopped "
+def _diverged_line(history: list[dict], out_dir: Path) -> str:
+    """One line for a run that stopped on a NaN or infinite metric (its last epoch)."""
+    last = history[-1]
+    words = report.non_finite_words(last) or report.STOP_REASONS["non_finite"]
+    return (f"training diverged at epoch {last['epoch']} ({words}): every rank stopped "
             f"there; lower model.learning_rate and train again with --fresh (the run is in {out_dir})")
 
 

@@ -127,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "steps": steps per epoch,
     "progress": a ray.util.queue.Queue for the driver, or None, "attempt": an id of the driver
-    invocation}.
+    invocation}. Rank 0's final message carries the final model as a .keras file (`export`).
     """
     # -- who this worker is, and its shards of the data
     spec = TrainSpec.model_validate(config["spec"])
@@ -181,5 +181,4 @@ def train_loop_per_worker(config: dict) -> None:
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
     final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     ray.train.report(final)
-    # Rank 0 hands the driver the final model as a stock-layer .keras file.
     driver.post(rank, {**final, "model_keras": export.keras_file(model, spec.model)} if rank == 0 else final)
