@@ -168,7 +168,7 @@ def test_the_replica_check_fails_the_run_at_the_epoch_one_rank_drifted(tmp_path)
     line = done.stderr.splitlines()[-1]
     assert re.fullmatch(
         r"plateau: replicas differ after epoch 2: rank 1's model/2\.dense/bias is not rank 0's "
-        r"\(1 of 13 variables differ\); the checkpoint of epoch 1 is in .*/drift/checkpoints/drift: "
+        r"\(1 of 14 variables differ\); the checkpoint of epoch 1 is in .*/drift/checkpoints/drift: "
         r"run the same command again to resume", line), line
     assert [r["epoch"] for r in report.read_history(folder / "history.csv")] == [1]
     assert [d["replicas_identical"] for d in report.read_decisions(folder / "decisions.jsonl")] == [True, True]
