@@ -61,9 +61,27 @@ class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
 
 class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     """tf_keras `EarlyStopping` whose `best`, `wait`, `best_epoch`, `stopped_epoch` and best
-    weights survive a restart."""
+    weights survive a restart, and that says why it stopped (`stop_reason`, also kept).
 
-    state_fields = ("best", "wait", "best_epoch", "stopped_epoch", "best_weights")
+    Stock EarlyStopping resets `wait` only when the value improves on its best AND beats
+    `baseline`, and stops once `wait` reaches `patience`. The stop is `baseline`'s doing when
+    the value did improve within the last `patience` epochs (without a baseline it would have
+    gone on), else `patience`'s: no improvement for `patience` epochs.
+    """
+
+    state_fields = ("best", "wait", "best_epoch", "stopped_epoch", "best_weights", "stop_reason")
+    stop_reason = None
+
+    def on_train_begin(self, logs=None):
+        self.stop_reason = None
+        super().on_train_begin(logs)  # Keras's reset, then the saved state (its reason included)
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.stopped_epoch
+        super().on_epoch_end(epoch, logs)
+        if self.stopped_epoch != before:  # it decided to stop at this epoch
+            recent = epoch - self.best_epoch < self.patience
+            self.stop_reason = "baseline" if self.baseline is not None and recent else "patience"
 
 
 def _plain(value):
@@ -110,10 +128,13 @@ class ReportEachEpoch(keras.callbacks.Callback):
         import ray.train
 
         from service import checkpoint
+        from service.replicas import CHECK_SECONDS
 
         decision = self.deciders.consensus.last
         report = {"epoch": epoch + 1, "seconds": self.deciders.metrics.seconds, "lr": decision.lr_before,
                   **decision.values, "workers": decision.world_size, "decision": decision.to_json()}
+        if logs and CHECK_SECONDS in logs:  # what the replica check cost this epoch
+            report[CHECK_SECONDS] = logs[CHECK_SECONDS]
         self.trace.append(report)
         with tempfile.TemporaryDirectory() as tmp:
             for rank, trace in [*self.former.items(), (self.rank, self.trace)]:

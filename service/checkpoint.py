@@ -86,15 +86,22 @@ def _optimizer_names(model) -> list[str]:
 # Save and restore
 
 
-def save(directory, model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
-    """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
-    callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
+def state_arrays(model) -> dict[str, np.ndarray]:
+    """Everything training carries from step to step, by stable name, in a fixed order: the
+    model's weights, the optimizer's step counter and slots, and the learning rate."""
     import tf_keras as keras
 
     arrays = {f"model/{n}": w for n, w in zip(_weight_names(model), model.get_weights())}
     arrays.update({n: v.numpy() for n, v in zip(_optimizer_names(model), model.optimizer.variables)})
     rate = keras.backend.get_value(model.optimizer.learning_rate)
     arrays["optimizer/learning_rate"] = np.asarray(rate, dtype=np.float32)
+    return arrays
+
+
+def save(directory, model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
+    """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
+    callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
+    arrays = state_arrays(model)
     plain: dict[str, dict[str, Any]] = {}
     for name, state in callbacks.items():
         state = dict(state)

@@ -1,12 +1,15 @@
 """`plateau ...`: the command line. It owns argv and the environment; everything below gets data.
 
 Exit codes (`service.errors`): 0 success, 1 the run failed, 2 bad input found before anything
-started (any `BadInput`: a spec, data, an address, a job server).
+started (any `BadInput`: a spec, data, an address, a job server, the run's folder; one
+`plateau: ...` line per problem on stderr), 130 / 143 when Ctrl-C / SIGTERM ended a run
+(`service.signals`). `plateau check` validates a spec and starts nothing.
 
 What it reads from the environment, and hands down as parameters:
 
 * RAY_ADDRESS: the cluster `train`/`compare`/`run` join without --address (Ray sets it for job
-  drivers); RAY_API_SERVER_ADDRESS, else RAY_ADDRESS: the job server of `submit`, `status`, ...
+  drivers; its errors name the variable); RAY_API_SERVER_ADDRESS, else RAY_ADDRESS: the job
+  server of `submit`, `status`, ...
 * RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token (none with RAY_AUTH_MODE=disabled):
   the token sent to the job server.
 * PLATEAU_JOB_PYTHON: the interpreter a submitted job runs on the cluster.
@@ -19,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Iterator, Optional
 
 from service import progress
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput
-from service.spec import SpecError, SpecWarning, load_spec, read_yaml
+from service.spec import Spec, SpecError, SpecWarning, dump_spec, load_spec, read_yaml
 
 JOB_PYTHON_VAR = "PLATEAU_JOB_PYTHON"
 
@@ -97,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quiet-trials", action="store_true",
                            help="a study prints a status line at most every 10 s instead of a line per trial epoch")
 
+    p = sub.add_parser("check", help="validate a spec and print it resolved, with warnings; starts nothing",
+                       parents=[flags])
+    p.add_argument("spec", help="spec YAML")
+    _add_overrides(p)
+
     p = sub.add_parser("submit", help="submit a spec as a Ray job to a cluster", parents=[flags])
     p.add_argument("spec", help="spec YAML")
     p.add_argument("--address", help="job server, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")
@@ -155,6 +164,17 @@ def job_server_token() -> Optional[str]:
     return None
 
 
+def cluster_address(flag: Optional[str]) -> Optional[str]:
+    """The Ray cluster train/compare/run join: --address, else RAY_ADDRESS (Ray sets it for a
+    job's driver), remembering which of the two it came from for its error messages."""
+    from service.cluster import Address
+
+    if flag:
+        return Address(flag, Address.FLAG)
+    env = os.environ.get("RAY_ADDRESS")
+    return Address(env, Address.ENV) if env else None
+
+
 @contextlib.contextmanager
 def _without_ray_address_variables() -> Iterator[None]:
     """Ray's job client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is
@@ -182,16 +202,26 @@ def _quiet_warnings() -> None:
 # Commands
 
 
-def _run_spec(args: argparse.Namespace, kind: Optional[str]) -> int:
+def _warn(spec: Spec) -> None:
+    """The spec lint's findings, one `warning: ...` line each on stderr."""
+    from service.lint import lint
+
+    for line in lint(spec):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> int:
     """train, compare, or run (either, by the spec's `kind`), on the cluster or an embedded Ray."""
+    from service.console import say
+
     if kind is None:
         kind = str(read_yaml(args.spec).get("kind", "train"))
     spec = load_spec(args.spec, overrides_from(args))
     if spec.kind != kind:
         raise SpecError(f"{args.spec}: kind is {spec.kind!r}; use 'plateau {spec.kind}' or 'plateau run'")
-    # Ray sets RAY_ADDRESS for a job's driver: a job joins the cluster it runs on.
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    echo = progress.QuietEcho(_say) if args.quiet else _say
+    _warn(spec)
+    address = cluster_address(args.address)
+    echo = progress.QuietEcho(say) if args.quiet else say
     if kind == "compare":
         from service import compare
 
@@ -200,8 +230,25 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str]) -> int:
     from service import train
 
     result = train.run(spec, address=address, verbose=args.verbose, fresh=args.fresh, data_cache=data_cache_dir(),
-                       echo=echo)
+                       echo=echo, command=command)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _check(args: argparse.Namespace) -> int:
+    """`plateau check`: the resolved spec on stdout, warnings on stderr; no Ray, no TensorFlow."""
+    spec = load_spec(args.spec, overrides_from(args))
+    if spec.kind == "compare":
+        from service.compare.grid import expand
+
+        expand(spec)  # every trial's spec validated, as compare would before starting
+    sys.stdout.write(dump_spec(spec))
+    _warn(spec)
+    if spec.kind == "train" and not args.fresh:
+        from service.rundir import check_same_spec, state_line
+
+        check_same_spec(spec)
+        print(f"# {state_line(spec)}")  # a YAML comment: stdout stays a spec
+    return EXIT_OK
 
 
 def _job_command(args: argparse.Namespace) -> int:
@@ -211,8 +258,10 @@ def _job_command(args: argparse.Namespace) -> int:
     token = job_server_token()
     with _without_ray_address_variables():
         if args.command == "submit":
+            _warn(load_spec(args.spec, overrides_from(args)))
             return jobs.submit(args.spec, address, overrides_from(args), wait=args.wait, follow=args.follow,
-                               token=token, python=os.environ.get(JOB_PYTHON_VAR) or jobs.DEFAULT_PYTHON)
+                               token=token, python=os.environ.get(JOB_PYTHON_VAR) or jobs.DEFAULT_PYTHON,
+                               fresh=args.fresh)
         if args.command == "status":
             return jobs.status(args.job_id, address, token, as_json=args.json)
         if args.command == "logs":
@@ -220,10 +269,6 @@ def _job_command(args: argparse.Namespace) -> int:
         if args.command == "stop":
             return jobs.stop(args.job_id, address, token)
         return jobs.list_jobs(address, token, as_json=args.json)
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
 
 
 def _index_command(args: argparse.Namespace) -> int:
@@ -244,6 +289,7 @@ def _index_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.quiet and args.verbose:
         print("plateau: --quiet and --verbose contradict each other; give one of them", file=sys.stderr)
@@ -252,18 +298,27 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # Set before TensorFlow is first imported (the driver imports it through Ray Train).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from service import signals
+
     try:
+        if args.command == "check":
+            return _check(args)
         if args.command in ("train", "compare", "run"):
-            return _run_spec(args, None if args.command == "run" else args.command)
+            with signals.interruptible():
+                return _run_spec(args, None if args.command == "run" else args.command, shlex.join(["plateau", *argv]))
         if args.command in ("runs", "show"):
             return _index_command(args)
         return _job_command(args)
     except BadInput as exc:
-        print(f"plateau: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"plateau: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except signals.Interrupted as exc:
+        print(f"plateau: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("plateau: interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        return signals.EXIT_SIGINT
 
 
 if __name__ == "__main__":

@@ -40,6 +40,26 @@ class AddressError(BadInput):
     """The Ray address cannot be used: one line saying why and what to pass instead."""
 
 
+class Address(str):
+    """A Ray address that remembers where it came from, so that its errors name what the user
+    can change: the `--address` flag, or the RAY_ADDRESS variable (Ray's job docs tell users to
+    export it, then `plateau train` would join it without any flag typed)."""
+
+    FLAG, ENV = "--address", "RAY_ADDRESS"
+
+    def __new__(cls, value: str, origin: str = FLAG) -> "Address":
+        address = super().__new__(cls, value)
+        address.origin = origin
+        return address
+
+
+def _named(address: str) -> str:
+    """`--address X` or `RAY_ADDRESS=X (from the environment; unset it to train on an embedded Ray)`."""
+    if getattr(address, "origin", Address.FLAG) == Address.ENV:
+        return f"RAY_ADDRESS={address} (from the environment; unset it to train on an embedded Ray)"
+    return f"--address {address}"
+
+
 def check_gcs_address(address: str) -> None:
     """Fail fast, before anything starts, on a cluster address Ray would retry for a long time.
 
@@ -49,15 +69,15 @@ def check_gcs_address(address: str) -> None:
     if address == "auto":
         return
     if "://" in address and not address.startswith("ray://"):
-        raise AddressError(f"--address {address}: give the cluster's GCS address HOST:6379 (or 'auto'); "
+        raise AddressError(f"{_named(address)}: give the cluster's GCS address HOST:6379 (or 'auto'); "
                            f"http://HOST:8265 is the job server, used by 'plateau submit'")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise AddressError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+        raise AddressError(f"{_named(address)}: expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
     except OSError as exc:
-        raise AddressError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+        raise AddressError(f"{_named(address)}: nothing answers there ({exc.strerror or exc}); "
                            f"start the cluster with 'ray start --head' or check the address") from None
 
 
@@ -106,9 +126,9 @@ def _join_or_start(ray, address: Optional[str], cpus: float, verbose: bool) -> b
     quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
     if address:
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=str(address), **quiet)
         except (ConnectionError, RuntimeError) as exc:
-            raise AddressError(f"--address {address}: cannot join that Ray cluster ({first_line(exc)})") from None
+            raise AddressError(f"{_named(address)}: cannot join that Ray cluster ({first_line(exc)})") from None
         return True
     ray.init(num_cpus=max(int(cpus + 0.999), os.cpu_count() or 1), include_dashboard=False, **quiet)
     return True

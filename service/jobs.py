@@ -98,7 +98,8 @@ def _command(fn: Callable[..., int]) -> Callable[..., int]:
         try:
             return fn(*args, **kwargs)
         except BadInput as exc:
-            print(f"plateau: {one_line(exc, 1000)}", file=sys.stderr)
+            for line in str(exc).splitlines():  # a spec with several errors: one line each
+                print(f"plateau: {one_line(line, 1000)}", file=sys.stderr)
             return EXIT_BAD_INPUT
 
     return wrapper
@@ -239,10 +240,11 @@ def _user() -> str:
         return "unknown"
 
 
-def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT_PYTHON) -> dict[str, Any]:
+def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT_PYTHON,
+                     fresh: bool = False) -> dict[str, Any]:
     """Everything `submit` sends, computed and checked locally (no cluster needed).
 
-    `python` is the interpreter the job runs on the cluster.
+    `python` is the interpreter the job runs on the cluster; `fresh` passes `--fresh` on.
     """
     spec = load_spec(spec_path, overrides)  # SpecError -> exit 2, nothing submitted
     _refuse_placeholder_buckets(spec)
@@ -259,6 +261,8 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     parts = [python, "-m", "service.cli", "run", rel.as_posix(), "--address", "auto"]
     for text in overrides:
         parts += ["--set", text]
+    if fresh:
+        parts.append("--fresh")
     excludes = list(EXCLUDES)
     output = Path(spec.output)
     if not output.is_absolute() and output.parts and output.parts[0] not in ("..", "."):
@@ -317,8 +321,8 @@ def submission_id(name: str, now: float | None = None) -> str:
 
 @_command
 def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: bool, follow: bool,
-           token: Optional[str] = None, python: str = DEFAULT_PYTHON) -> int:
-    job = build_submission(spec_path, overrides, python)  # local checks first: bad spec -> exit 2
+           token: Optional[str] = None, python: str = DEFAULT_PYTHON, fresh: bool = False) -> int:
+    job = build_submission(spec_path, overrides, python, fresh)  # local checks first: bad spec -> exit 2
     server = JobServer.connect(address, token)
     warn_if_checkpoints_stay_on_one_node(job["spec"], server.alive_nodes())
     base = submission_id(job["spec"].name)

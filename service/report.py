@@ -1,7 +1,9 @@
 """Output files of a run: history.csv, decisions.jsonl, summary.json, curves.png.
 
 Every file is written whole to a temporary name and renamed into place, so a crash never
-leaves a torn file behind: a reader sees the previous version or the new one.
+leaves a torn file behind: a reader sees the previous version or the new one. Files get the
+permissions of any other new file (0666 less the umask). JSON files are strict JSON: a
+non-finite number (a diverged run's NaN) is written as null.
 
 Example::
 
@@ -15,8 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -24,12 +27,15 @@ from service.spec import METRICS
 
 HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
 INTEGER_COLUMNS = ("epoch", "workers")
+MODEL_FILE = "model.keras"  # the final model, stock tf_keras layers (service.export)
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    # 0o666 and the umask, as open() does; mkstemp would make every file 0600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode() if isinstance(text, str) else text)
@@ -40,7 +46,18 @@ def write_atomic(path: Path, text: str | bytes) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    write_atomic(path, json.dumps(finite_or_null(data), indent=2, default=_jsonable, allow_nan=False) + "\n")
+
+
+def finite_or_null(data: Any) -> Any:
+    """`data` with every NaN or infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(data, dict):
+        return {k: finite_or_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_null(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
 
 
 def _jsonable(value):
@@ -71,7 +88,7 @@ def _number(column: str, text: str):
 
 
 def write_decisions(path: Path, decisions: Iterable[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(d, sort_keys=False) + "\n" for d in decisions))
+    write_atomic(path, "".join(json.dumps(finite_or_null(d), allow_nan=False) + "\n" for d in decisions))
 
 
 def read_decisions(path: Path) -> list[dict]:
@@ -100,7 +117,8 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
     """summary.json: the run in one object (see the README for each key)."""
     rank0 = [d for d in decisions if d["rank"] == 0]
     stopped = bool(rank0 and rank0[-1]["stop"])
-    best = max(history, key=lambda r: r["val_accuracy"]) if history else None
+    finite = [r for r in history if _finite(r["val_accuracy"]) and _finite(r["val_loss"])]
+    best = max(finite, key=lambda r: r["val_accuracy"]) if finite else None
     final_lr = rank0[-1]["lr_after"] if rank0 else None
     return {
         "name": name,
@@ -110,9 +128,10 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
         "epochs_run": len(history),
         "stopped_early": stopped,
         "stop_epoch": rank0[-1]["epoch"] if stopped else None,
+        "stop_reason": stop_reason(decisions, max_epochs),
         "best_epoch": best["epoch"] if best else None,
         "best_val_accuracy": best["val_accuracy"] if best else None,
-        "best_val_loss": min(r["val_loss"] for r in history) if history else None,
+        "best_val_loss": min(r["val_loss"] for r in finite) if finite else None,
         "test_loss": test.get("test_loss"),
         "test_accuracy": test.get("test_accuracy"),
         "test_error": (1.0 - test["test_accuracy"]) if test.get("test_accuracy") is not None else None,
@@ -120,6 +139,7 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
         "final_lr": final_lr,
         "ranks_agree": ranks_agree(decisions),
         "resizes": resizes(history),
+        "replicas_identical": replicas_identical(decisions),
         "placement": list(placement),
         "wall_seconds": round(wall_seconds, 2),
     }
@@ -140,6 +160,60 @@ def workers_phrase(spec) -> str:
     if batch % spec.workers:
         return f"{spec.workers} workers sharing batch {batch}"
     return f"{spec.workers} worker(s) x batch {batch // spec.workers}"
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+# Why a run ended (summary.json's `stop_reason`, the decision record of the last epoch), in words.
+STOP_REASONS = {
+    "max_epochs": "reached training.epochs",
+    "patience": "early stop: no improvement for early_stopping.patience epochs",
+    "baseline": "early stop: did not beat early_stopping.baseline within its patience",
+    "non_finite": "stopped: a metric is not finite",
+    "consensus": "stopped: another rank decided to stop",
+}
+
+
+def stop_reason(decisions: list[dict], max_epochs: int) -> str | None:
+    """Rank 0's reason on the last epoch; `max_epochs` when the run simply trained them all."""
+    rank0 = [d for d in decisions if d["rank"] == 0]
+    if not rank0:
+        return None
+    reason = rank0[-1].get("stop_reason")
+    if reason is None and not rank0[-1]["stop"] and rank0[-1]["epoch"] >= max_epochs:
+        return "max_epochs"
+    return reason
+
+
+def non_finite_metrics(values: dict) -> list[str]:
+    """The metrics of a decision record that are NaN or infinite (null in a file)."""
+    return [k for k in METRICS if k in values and not _finite(values[k])]
+
+
+def non_finite_words(values: dict) -> str | None:
+    """`stopped: loss is inf` for the first metric of `values` (a history row, a decision's
+    values) that is not finite; None when all are."""
+    bad = non_finite_metrics(values)
+    return f"stopped: {bad[0]} is {values[bad[0]]}" if bad else None
+
+
+def stop_words(decision: dict) -> str:
+    """A decision's stop reason in words, naming the metric when one was not finite."""
+    reason = decision.get("stop_reason")
+    if reason == "non_finite":
+        return non_finite_words(decision["values"]) or STOP_REASONS[reason]
+    return STOP_REASONS.get(reason, "early stop")
+
+
+def replicas_identical(decisions: list[dict]) -> bool | None:
+    """True when the replica check found every rank's state identical at every epoch; None when
+    it did not run (one worker, or switched off)."""
+    checked = [d.get("replicas_identical") for d in decisions]
+    if not checked or any(c is None for c in checked):
+        return None
+    return all(checked)
 
 
 def ranks_agree(decisions: list[dict]) -> bool:
@@ -174,7 +248,7 @@ def epoch_line(row: dict, decision: dict | None, max_epochs: int, pace: str = ""
     if decision is not None and decision["reduced"]:
         parts.append(f"lr -> {decision['lr_after']:.3g}")
     if decision is not None and decision["stop"]:
-        parts.append("early stop")
+        parts.append(stop_words(decision))
     return "  ".join(parts)
 
 
@@ -187,9 +261,12 @@ def placement_line(placement: list[dict]) -> str:
 def done_line(summary: dict, out_dir: Path) -> str:
     """The last line of a finished run."""
     reductions = [r["epoch"] for r in summary["lr_reductions"]] or "none"
-    stopped = f", stopped early at epoch {summary['stop_epoch']}" if summary["stopped_early"] else ""
-    return (f"done: {summary['epochs_run']} epochs, test accuracy {summary['test_accuracy']:.4f}, "
-            f"lr reductions at {reductions}{stopped} -> {out_dir}")
+    stopped = f" at epoch {summary['stop_epoch']}" if summary["stopped_early"] else ""
+    why = STOP_REASONS.get(summary.get("stop_reason"), "stopped") + stopped
+    accuracy = summary["test_accuracy"]
+    accuracy = f"{accuracy:.4f}" if _finite(accuracy) else "n/a"
+    return (f"done: {summary['epochs_run']} epochs ({why}), test accuracy {accuracy}, "
+            f"lr reductions at {reductions} -> {out_dir}")
 
 
 def _monitor_of(spec_text: str) -> Optional[str]:

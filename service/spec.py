@@ -199,6 +199,12 @@ class DebugSpec(_Section):
     # Every worker waits this long after each epoch's report: widens the gap between epochs so
     # that a drill (a node lost or added) lands at a known epoch.
     epoch_pause_s: float = Field(0.0, ge=0)
+    # The replica check compares every rank's weights, optimizer state and learning rate after
+    # every epoch (off: only to measure what it costs). perturb_* nudges one weight of one rank
+    # by one ulp at the end of that epoch (1-based), to watch the check fire.
+    replica_check: bool = True
+    perturb_at_epoch: Optional[int] = Field(None, ge=1)
+    perturb_rank: int = Field(0, ge=0)
 
 
 class TrainSpec(_Section):
@@ -223,9 +229,11 @@ class TrainSpec(_Section):
                 f"training.batch_size {self.training.batch_size} is smaller than the {workers} workers it is "
                 f"split across; use a batch size of at least {workers}"
             )
-        if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= self.scaling.min_workers:
-            raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {self.scaling.min_workers} "
-                             "workers")
+        least = self.scaling.min_workers  # the ranks every size of the run has
+        if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= least:
+            raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {least} workers")
+        if self.debug.perturb_at_epoch is not None and self.debug.perturb_rank >= least:
+            raise ValueError(f"debug.perturb_rank {self.debug.perturb_rank} is not a rank of {least} workers")
         return self
 
     @property
@@ -381,8 +389,12 @@ def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _one_line(exc: ValidationError, model: type[BaseModel], where: str) -> str:
-    err = exc.errors()[0]
+def _lines(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+    """Every error of a validation, one line each (in the order of the spec's fields)."""
+    return "\n".join(dict.fromkeys(_one_line(err, model, where) for err in exc.errors()))
+
+
+def _one_line(err: dict, model: type[BaseModel], where: str) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     field = ".".join(str(p) for p in loc) or "spec"
     if err["type"] == "extra_forbidden":
@@ -402,7 +414,7 @@ def validate_train(data: dict, where: str = "") -> TrainSpec:
     try:
         return TrainSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_one_line(exc, TrainSpec, where)) from None
+        raise SpecError(_lines(exc, TrainSpec, where)) from None
 
 
 def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
@@ -415,7 +427,7 @@ def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
         try:
             return CompareSpec.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(_one_line(exc, CompareSpec, where)) from None
+            raise SpecError(_lines(exc, CompareSpec, where)) from None
     raise SpecError(f"{where}kind: unknown kind {kind!r}; use 'train' or 'compare'")
 
 

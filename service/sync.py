@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Optional
 
@@ -129,6 +130,10 @@ class GlobalMetrics(keras.callbacks.Callback):
     global validation sums, and averages the training `loss` and `accuracy` over ranks (every
     rank runs the same number of equal-sized steps, so the plain mean is the global one). It
     also times each epoch.
+
+    A metric that is NaN or infinite (training diverged) stops the run at this epoch: every rank
+    sees the same global numbers, so every rank stops here. `non_finite` names the first such
+    metric (None when all are finite).
     """
 
     def __init__(self, collective: Collective, val: ShardEvaluator):
@@ -137,6 +142,7 @@ class GlobalMetrics(keras.callbacks.Callback):
         self.val = val
         self.seconds = 0.0
         self._start = 0.0
+        self.non_finite: Optional[str] = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -150,6 +156,9 @@ class GlobalMetrics(keras.callbacks.Callback):
         logs["val_loss"] = float(loss_sum / count)
         logs["val_accuracy"] = float(correct / count)
         self.seconds = time.perf_counter() - self._start
+        self.non_finite = next((k for k in METRICS if not math.isfinite(logs.get(k, 0.0))), None)
+        if self.non_finite is not None:
+            self.model.stop_training = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +183,12 @@ class Decision:
     # disagreed, which global metrics prevent.
     would_stop: bool = False
     proposed_lr: float = 0.0
+    # Why the run ends at this epoch (None while it goes on): max_epochs, patience, baseline,
+    # non_finite, or consensus (another rank decided it).
+    stop_reason: Optional[str] = None
+    # The replica check (`replicas.ReplicaCheck`): True when every rank's weights, optimizer
+    # state and learning rate were bit-identical after this epoch; None when it did not run.
+    replicas_identical: Optional[bool] = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,12 +209,13 @@ class Consensus(keras.callbacks.Callback):
     instead of a hang or silently diverging weights.
     """
 
-    def __init__(self, collective: Collective, rank: int, reduce_lr=None, early_stopping=None):
+    def __init__(self, collective: Collective, rank: int, reduce_lr=None, early_stopping=None, metrics=None):
         super().__init__()
         self.collective = collective
         self.rank = rank
         self.reduce_lr = reduce_lr
         self.early_stopping = early_stopping
+        self.metrics = metrics
         self.last: Optional[Decision] = None
         self._lr_before = 0.0
 
@@ -234,7 +250,20 @@ class Consensus(keras.callbacks.Callback):
             stopping_wait=None if self.early_stopping is None else int(self.early_stopping.wait),
             would_stop=wants_stop,
             proposed_lr=proposed,
+            stop_reason=self._stop_reason(epoch, wants_stop, stop),
         )
+
+    def _stop_reason(self, epoch: int, wants_stop: bool, stop: bool) -> Optional[str]:
+        """Whose decision ends the run here: this rank's own deciders', another rank's
+        (consensus), or none but the last epoch (max_epochs)."""
+        if not stop:
+            epochs = (getattr(self, "params", None) or {}).get("epochs", math.inf)
+            return "max_epochs" if epoch + 1 >= epochs else None
+        if not wants_stop:
+            return "consensus"
+        if self.metrics is not None and self.metrics.non_finite is not None:
+            return "non_finite"
+        return getattr(self.early_stopping, "stop_reason", None) or "consensus"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +306,10 @@ def decision_callbacks(spec, collective: Collective, rank: int, val: ShardEvalua
         early_stopping.load_state_dict(state.get("early_stopping", {}))
     # The rank-local mode exists to show what consensus guards against; never the default.
     metrics_collective = Collective() if spec.debug.rank_local_metrics else collective
+    metrics = GlobalMetrics(metrics_collective, val)
     return DecisionCallbacks(
-        metrics=GlobalMetrics(metrics_collective, val),
+        metrics=metrics,
         reduce_lr=reduce_lr,
         early_stopping=early_stopping,
-        consensus=Consensus(collective, rank, reduce_lr, early_stopping),
+        consensus=Consensus(collective, rank, reduce_lr, early_stopping, metrics=metrics),
     )

@@ -32,19 +32,18 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from service import checkpoint, cluster, events, progress, report, runs
+from service import checkpoint, cluster, events, progress, report, rundir, runs, signals
 from service import data as data_lib
+from service.console import say
 from service.errors import cause_line
+from service.provenance import provenance, utc_now
 from service.spec import TrainSpec, dump_spec
 
 Echo = Callable[[str], None]
 # How a worker's DeviceError reads inside the error Ray Train hands back.
 DEVICE_ERROR = re.compile(r"DeviceError: (rank \d+ on .*)$", re.M)
-
-
-def say(line: str) -> None:
-    """Print a progress line now, also when stdout is a pipe (tee, a job log, a test)."""
-    print(line, flush=True)
+# ... and the replica check's verdict (`replicas.ReplicaMismatch`).
+REPLICA_MISMATCH = re.compile(r"ReplicaMismatch: (replicas differ .*)$", re.M)
 
 
 @dataclasses.dataclass
@@ -59,7 +58,7 @@ class RunResult:
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
-        tensorboard: bool = True) -> RunResult:
+        tensorboard: bool = True, command: Optional[str] = None) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -69,19 +68,29 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     run uses that Ray and leaves it running. `data_cache` is where full MNIST is kept.
     `tensorboard`: write OUTPUT/NAME/tensorboard/ as the epochs arrive (a study's trials do not:
     the study's driver writes their events from what they return).
+    A folder that holds a run of another spec is refused (`rundir.RunFolderError`). `command`
+    is the command line that asked for the run, for summary.json.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), utc_now()
     plan = prepare(spec, address, fresh, echo, data_cache)
+    rundir.check_same_spec(spec)
     done = plan.finished_result()
     if done is not None:
         progress.final(echo, f"{spec.name} already finished: see {plan.out_dir / 'summary.json'} "
                              f"(use --fresh to train it again)")
+        if not done.ok:
+            progress.error(echo, f"plateau: {done.error}")
         return done
+    rundir.check_writable(plan.out_dir, plan.storage)
     collector = finished_or_resume(plan, echo)
     if tensorboard:
         collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
-    outcome = fit_and_collect(plan, collector, address, verbose, callbacks)
-    return finish(plan, collector, outcome, time.perf_counter() - started, echo)
+    try:
+        outcome = fit_and_collect(plan, collector, address, verbose, callbacks)
+    except signals.Interrupted as exc:
+        exc.message = _interrupted_line(exc, collector, plan.run_dir)
+        raise
+    return finish(plan, collector, outcome, time.perf_counter() - started, echo, provenance(started_at, command))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,12 +112,16 @@ class Plan:
         return Path(self.storage, self.spec.name)
 
     def finished_result(self) -> Optional[RunResult]:
-        """The stored result of a run that already finished, else None."""
+        """The stored result of a run that already finished, else None (a diverged run's is not ok)."""
         if not (self.out_dir / "summary.json").exists():
             return None
-        return RunResult(True, self.out_dir, summary=json.loads((self.out_dir / "summary.json").read_text()),
-                         history=report.read_history(self.out_dir / "history.csv"),
-                         decisions=report.read_decisions(self.out_dir / "decisions.jsonl"))
+        summary = json.loads((self.out_dir / "summary.json").read_text())
+        decisions = report.read_decisions(self.out_dir / "decisions.jsonl")
+        history = report.read_history(self.out_dir / "history.csv")  # keeps nan and inf, JSON cannot
+        diverged = summary.get("stop_reason") == "non_finite"
+        return RunResult(not diverged, self.out_dir, summary=summary,
+                         error=_diverged_line(history, self.out_dir) if diverged else None,
+                         history=history, decisions=decisions)
 
 
 def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
@@ -121,7 +134,10 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     out_dir = Path(spec.output) / spec.name
     storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
     if fresh and out_dir.exists():
-        shutil.rmtree(out_dir)
+        try:
+            shutil.rmtree(out_dir)
+        except OSError as exc:
+            raise rundir.RunFolderError(f"--fresh: cannot remove {out_dir} ({exc.strerror or exc})") from None
     return Plan(spec, splits, steps, out_dir, storage)
 
 
@@ -141,6 +157,7 @@ class EpochCollector:
         self.history: list[dict] = []
         self.decisions: list[dict] = []
         self.test: dict = {}
+        self.model_file: Optional[bytes] = None  # the final model (.keras bytes), from rank 0
         self.placement: dict[int, dict] = {}  # rank -> where its worker runs (the latest group's)
         self._pending: dict = {}
         self.pace = progress.Pace(spec.training.epochs)
@@ -193,6 +210,7 @@ class EpochCollector:
         head = per_rank[0]
         if head.get("final"):
             self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
+            self.model_file = head.get("model_keras")
             if self.events is not None:
                 self.events.test(self.test, self.history[-1]["epoch"] if self.history else 0)
             return
@@ -257,6 +275,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
     scaling = plan.spec.scaling
     starting = progress.Startup(collector.echo, f"starting Ray and {plan.spec.workers} worker(s)")
     with starting, cluster.ray_session(address, cpus_needed(plan.spec), verbose) as started_here:
+        signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
         try:
             cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
@@ -348,7 +367,8 @@ def _stderr_silenced(enabled: bool):
 # 4. finish
 
 
-def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, echo: Echo) -> RunResult:
+def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, echo: Echo,
+           origin: Optional[dict] = None) -> RunResult:
     spec, out_dir = plan.spec, plan.out_dir
     error = outcome.get("error")
     if error is None and getattr(outcome.get("result"), "error", None) is not None:
@@ -364,12 +384,38 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
         history=collector.history, decisions=collector.decisions, test=collector.test, wall_seconds=wall,
         placement=[collector.placement[r] for r in sorted(collector.placement)],
     )
-    report.write_json(out_dir / "summary.json", summary)
+    summary.update(origin or {})
+    if collector.model_file is not None:
+        report.write_atomic(out_dir / report.MODEL_FILE, collector.model_file)
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
                        summary["stop_epoch"], title=spec.name, monitor=spec.monitor)
+    report.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
+    if summary["stop_reason"] == "non_finite":
+        message = _diverged_line(collector.history, out_dir)
+        runs.mark_failed(out_dir, message)
+        progress.error(echo, f"plateau: {message}")
+        return RunResult(False, out_dir, summary=summary, error=message, history=collector.history,
+                         decisions=collector.decisions)
     runs.mark_finished(out_dir)
     progress.final(echo, report.done_line(summary, out_dir))
     return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
+
+
+def _diverged_line(history: list[dict], out_dir: Path) -> str:
+    """One line for a run that stopped on a NaN or infinite metric (its last epoch)."""
+    last = history[-1]
+    words = report.non_finite_words(last) or report.STOP_REASONS["non_finite"]
+    return (f"training diverged at epoch {last['epoch']} ({words}): every rank stopped "
+            f"there; lower model.learning_rate and train again with --fresh (the run is in {out_dir})")
+
+
+def _interrupted_line(exc: signals.Interrupted, collector: EpochCollector, run_dir: Path) -> str:
+    """One line for a run stopped by Ctrl-C or SIGTERM: what is kept, and how to go on."""
+    trained = collector.history[-1]["epoch"] if collector.history else 0
+    saved, _ = checkpoint.latest(run_dir)
+    kept = (f"the checkpoint of epoch {saved} is in {run_dir}: run the same command again to resume"
+            if saved else "no epoch was checkpointed, so the same command starts it over")
+    return f"interrupted by {exc.name} after epoch {trained}; {kept}"
 
 
 def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: Path) -> str:
@@ -380,13 +426,16 @@ def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: 
     if device:  # a worker's own one-line verdict on its device: nothing to add
         return device.group(1)
     last = collector.history[-1]["epoch"] if collector.history else 0
-    where = ""
+    where, text = "", f"{type(error).__name__}: {error}"
     failures = getattr(error, "worker_failures", None)
     if failures:
         rank, error = sorted(failures.items())[0]
-        where = f" on rank {rank}"
+        where, text = f" on rank {rank}", f"{text}\n{type(error).__name__}: {error}"
+    replicas = REPLICA_MISMATCH.search(text)
     cause = cause_line(error).partition(": ")[2] or type(error).__name__
     resume = (f"the checkpoint of epoch {last} is in {checkpoints}: run the same command again to resume"
               if last else "no epoch finished, so there is no checkpoint to resume from")
+    if replicas:  # every rank raised the same verdict: it is the whole story
+        return f"{replicas.group(1)}; {resume}"
     return (f"training failed{where} during epoch {last + 1}: {cause}; {resume} "
             f"(history.csv and decisions.jsonl keep the finished epochs)")

@@ -15,10 +15,11 @@ import ray
 import ray.train
 import tensorflow as tf
 
-from service import checkpoint, sync
+from service import checkpoint, export, sync
 from service import data as data_lib
 from service.callbacks import DriverQueue, FailOnce, PauseAfterEpoch, ReportEachEpoch
 from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
+from service.replicas import replica_callbacks
 from service.spec import TrainSpec
 
 
@@ -128,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "steps": steps per epoch,
     "progress": a ray.util.queue.Queue for the driver, or None, "attempt": an id of the driver
-    invocation}.
+    invocation}. Rank 0's final message carries the final model as a .keras file (`export`).
     """
     # -- who this worker is, and its shards of the data
     spec = TrainSpec.model_validate(config["spec"])
@@ -162,7 +163,9 @@ def train_loop_per_worker(config: dict) -> None:
     deciders = sync.decision_callbacks(spec, collective, rank, val, restored.callbacks)
     # Rank 0 carries the traces of ranks an earlier, larger worker group had.
     former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
-    callbacks = [*deciders.as_list(), ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former)]
+    checks = replica_callbacks(spec, collective, rank, deciders.consensus)
+    callbacks = [*deciders.as_list(), *checks,
+                 ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former)]
     if spec.debug.fail_at_epoch is not None and rank == spec.debug.fail_rank:
         callbacks.append(FailOnce(spec.debug.fail_at_epoch, config.get("attempt", ""), rank))
     if spec.debug.epoch_pause_s:
@@ -189,4 +192,4 @@ def train_loop_per_worker(config: dict) -> None:
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
     final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"], "workers": world}
     ray.train.report(final)
-    driver.post(rank, final)
+    driver.post(rank, {**final, "model_keras": export.keras_file(model, spec.model)} if rank == 0 else final)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from service import report, train
+from service.signals import EXIT_SIGINT, EXIT_SIGTERM
 from service.spec import dump_spec
 from tests.helpers import make_spec, without_seconds
 
@@ -108,3 +109,70 @@ def test_failure_without_restarts_says_where_and_keeps_what_finished(tmp_path):
     assert {(d["epoch"], d["rank"]) for d in report.read_decisions(out / "decisions.jsonl")} == {
         (1, 0), (1, 1), (2, 0), (2, 1)}
     assert not (out / "summary.json").exists()
+
+
+def _children(pid: int) -> list:
+    """Every process below `pid`: the Ray it started and Ray's workers."""
+    import ray  # noqa: F401 - puts Ray's vendored psutil on sys.path
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _interrupt_after_epoch_2(tmp_path: Path, signum: int, group: bool):
+    """Start `plateau train` on DECIDING, send `signum` after the epoch 2 line (to the whole
+    process group, as Ctrl-C in a terminal does, or to the driver alone, as `kill` and `timeout`
+    do); returns the command, the finished process, its stderr, its processes and the seconds
+    it took to end."""
+    spec = make_spec(tmp_path, *DECIDING, name="ft")
+    (tmp_path / "ft.yaml").write_text(dump_spec(spec))
+    command = [sys.executable, "-m", "service.cli", "train", "ft.yaml"]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    for line in driver.stdout:
+        if line.startswith("epoch 2/"):
+            break
+    processes = _children(driver.pid)
+    sent = time.monotonic()
+    (os.killpg if group else os.kill)(driver.pid, signum)
+    try:
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL) if driver.poll() is None else None
+    return command, driver, stderr, processes, time.monotonic() - sent
+
+
+def _assert_ended_cleanly(driver, stderr: str, processes: list, seconds: float, name: str, code: int, out: Path):
+    assert driver.returncode == code, stderr
+    assert seconds < 15, seconds
+    lines = stderr.splitlines()
+    assert re.fullmatch(rf"plateau: interrupted by {name} after epoch (2|3); the checkpoint of epoch [1-3] is in "
+                        rf".*/ft/checkpoints/ft: run the same command again to resume", lines[-1]), stderr
+    assert not [ln for ln in lines if "SIGTERM received" in ln or "PC: @" in ln or "Traceback" in ln], stderr
+    time.sleep(2)  # let the kernel reap what the driver's exit took down
+    left = [p for p in processes if p.is_running() and p.status() != "zombie"]
+    assert not left, [(p.pid, p.name()) for p in left]
+    assert [r["epoch"] for r in report.read_history(out / "history.csv")][:2] == [1, 2]
+    assert not (out / "summary.json").exists()
+
+
+def test_sigterm_ends_the_run_cleanly_within_15_seconds(tmp_path):
+    """SIGTERM (kill, timeout, a scheduler) to the driver alone: exit 143, one line, and no
+    process of the run left: not the Ray it started, not its workers."""
+    _, driver, stderr, processes, seconds = _interrupt_after_epoch_2(tmp_path, signal.SIGTERM, group=False)
+    assert len(processes) >= 4  # gcs, raylet, the two training workers at least
+    _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGTERM", EXIT_SIGTERM, tmp_path / "results" / "ft")
+
+
+def test_ctrl_c_ends_the_run_and_the_same_command_resumes_it(reference, tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C sends it: exit 130, one line, nothing left
+    running, every finished epoch on disk; the same command resumes and ends equal to the run
+    that was never interrupted."""
+    command, driver, stderr, processes, seconds = _interrupt_after_epoch_2(tmp_path, signal.SIGINT, group=True)
+    out = tmp_path / "results" / "ft"
+    _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGINT", EXIT_SIGINT, out)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert re.search(r"^ft: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
+    assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)
+    assert report.read_decisions(out / "decisions.jsonl") == reference.decisions

@@ -194,7 +194,7 @@ def test_stop_a_running_job(ray_head, tmp_path):
 def test_a_job_that_fails_on_the_cluster_reports_failed(ray_head, tmp_path):
     # Passes the local checks (the path may exist on the cluster), fails when the job reads it.
     proc = ray_head.plateau("submit", SPEC, "--data", "no-such-dir/missing-mnist.npz", "--workers", "2",
-                            "--epochs", "1", "--set", f"output={tmp_path}", "--follow", timeout=300)
+                            "--epochs", "1", "--set", f"output={tmp_path}", "--fresh", "--follow", timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     job_id = _job_id(proc)
     line = _one_error_line(proc)
@@ -205,3 +205,5 @@ def test_a_job_that_fails_on_the_cluster_reports_failed(ray_head, tmp_path):
     assert re.search(r"^status:\s+FAILED", status.stdout, re.M)
     error = re.search(r"^error:\s+(.*)$", status.stdout, re.M)
     assert error and "missing-mnist.npz" in error.group(1), status.stdout
+    entrypoint = re.search(r"^entrypoint:\s+(.*)$", status.stdout, re.M)
+    assert entrypoint and entrypoint.group(1).endswith(" --fresh"), status.stdout  # submit --fresh reached the job

@@ -1,0 +1,78 @@
+"""Spec lint: settings that validate but cannot do what they say. Each finding is one line.
+
+A spec can be valid and still pointless: an EarlyStopping that always stops before
+ReduceLROnPlateau gets to act, a floor on the learning rate above the rate itself, a start epoch
+past the last epoch. `plateau check` prints these findings; train, compare and submit print them
+too (as `warning: ...` lines on stderr) and go on.
+
+Example::
+
+    for line in lint(load_spec("jobs/seed-reduce-lr.yaml")):
+        print(f"warning: {line}")
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from service.spec import CompareSpec, Spec, TrainSpec
+
+# The seed's own advice, quoted where it applies.
+SEED_ADVICE = "EarlyStopping's patience must be larger than ReduceLROnPlateau's, or the callback has no effect"
+
+
+def inferred_mode(monitor: str) -> Optional[str]:
+    """The direction `mode: auto` should mean for a metric: max for an accuracy, min for a loss,
+    None when the name does not say. (tf_keras's own rule: "acc" in the name -> max, else min.)"""
+    if "acc" in monitor:
+        return "max"
+    if "loss" in monitor:
+        return "min"
+    return None
+
+
+def _mode_findings(section: str, monitor: str, mode: str) -> list[str]:
+    direction = inferred_mode(monitor)
+    if direction is None and mode == "auto":
+        return [f"{section}.monitor {monitor}: mode auto cannot tell whether higher is better "
+                f"(tf_keras would take it as lower); set {section}.mode to min or max"]
+    if direction is not None and mode not in ("auto", direction):
+        better = "higher" if direction == "max" else "lower"
+        return [f"{section}.mode {mode} on {monitor}: a {better} {monitor} is better, so the callback would "
+                f"count every improvement as a step back; use mode {direction} or auto"]
+    return []
+
+
+def lint_train(spec: TrainSpec) -> list[str]:
+    """The findings for one train spec, in the order of its sections."""
+    found: list[str] = []
+    stop, reduce = spec.early_stopping, spec.reduce_lr
+    if stop is not None and reduce is not None and stop.monitor == reduce.monitor \
+            and stop.patience <= reduce.patience + reduce.cooldown:
+        found.append(f"early_stopping.patience {stop.patience} is not larger than reduce_lr.patience "
+                     f"{reduce.patience} + reduce_lr.cooldown {reduce.cooldown} on {stop.monitor}: EarlyStopping "
+                     f"stops before a lowered rate can help (the seed: \"{SEED_ADVICE}\")")
+    if reduce is not None and reduce.min_lr >= spec.model.learning_rate:
+        found.append(f"reduce_lr.min_lr {reduce.min_lr:g} is not below model.learning_rate "
+                     f"{spec.model.learning_rate:g}: ReduceLROnPlateau can never lower the rate")
+    if stop is not None and stop.start_from_epoch >= spec.training.epochs:
+        found.append(f"early_stopping.start_from_epoch {stop.start_from_epoch} is not below training.epochs "
+                     f"{spec.training.epochs}: EarlyStopping never looks at an epoch")
+    for name, section in (("reduce_lr", reduce), ("early_stopping", stop)):
+        if section is not None:
+            found += _mode_findings(name, section.monitor, section.mode)
+    return found
+
+
+def lint(spec: Spec) -> list[str]:
+    """A train spec's findings; for a study, each setting's (prefixed with the setting), once."""
+    if isinstance(spec, TrainSpec):
+        return lint_train(spec)
+    assert isinstance(spec, CompareSpec)
+    from service.compare.grid import expand
+
+    found: dict[str, None] = {}
+    for trial in expand(spec):
+        for line in lint_train(trial.spec):
+            found[f"{trial.setting.label}: {line}"] = None
+    return list(found)

@@ -1,0 +1,95 @@
+"""The replica check: after every epoch, do all ranks still hold the same model?
+
+Data-parallel training is only correct while every rank holds bit-identical weights, optimizer
+state and learning rate: the all-reduce averages gradients, and identical replicas apply them
+identically. A rank that drifts (a rank-local learning rate, a bad device, a bug) would silently
+train another model. `ReplicaCheck` runs after `Consensus` at every epoch's end: each rank takes
+a CRC-32 of every variable's bytes (weights, Adam's slots and step counter, the learning rate,
+named as the checkpoint names them), the ranks all-gather those checksums over the strategy's
+own collective (one small exchange), and any difference fails the run on every rank at once with
+one line naming the epoch, the ranks and the first variable that differs. The epoch's decision
+record says `replicas_identical`; what the check cost goes with the epoch's report
+(`replica_check_seconds`, in the checkpoint's traces), not into the decision record, which
+stays a deterministic function of the run.
+
+Example::
+
+    callbacks = [*deciders.as_list(), *replica_callbacks(spec, collective, rank, deciders.consensus), report]
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import numpy as np
+import tf_keras as keras
+
+from service import checkpoint
+
+
+CHECK_SECONDS = "replica_check_seconds"  # the key in `logs` and in the epoch's report
+
+
+class ReplicaMismatch(RuntimeError):
+    """The ranks' models differ: one line saying after which epoch, where and in what."""
+
+
+def checksums(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """A CRC-32 of each array's bytes, as float64 (exact: a CRC-32 is below 2**53)."""
+    return np.array([zlib.crc32(np.ascontiguousarray(a)) for a in arrays.values()], dtype=np.float64)
+
+
+def mismatch_line(epoch: int, names: list[str], rows: np.ndarray) -> str:
+    """`replicas differ after epoch E: rank R's NAME is not rank 0's (K of N variables differ)`."""
+    differs = np.flatnonzero((rows != rows[0]).any(axis=0))
+    first = int(differs[0])
+    ranks = [r for r in range(len(rows)) if rows[r, first] != rows[0, first]]
+    who = f"rank {ranks[0]}'s" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}'"
+    return (f"replicas differ after epoch {epoch}: {who} {names[first]} is not rank 0's "
+            f"({len(differs)} of {len(names)} variables differ)")
+
+
+class ReplicaCheck(keras.callbacks.Callback):
+    """Fails the run as soon as the ranks' models differ. Place it after `Consensus` (the
+    learning rate is final for the epoch) and before the epoch's report and checkpoint."""
+
+    def __init__(self, collective, consensus):
+        super().__init__()
+        self.collective, self.consensus = collective, consensus
+
+    def on_epoch_end(self, epoch, logs=None):
+        started = time.perf_counter()
+        arrays = checkpoint.state_arrays(self.model)
+        rows = self.collective.all_gather(checksums(arrays))
+        identical = bool((rows == rows[0]).all())
+        self.consensus.last.replicas_identical = identical
+        if logs is not None:  # the same dict reaches ReportEachEpoch
+            logs[CHECK_SECONDS] = round(time.perf_counter() - started, 6)
+        if not identical:  # every rank saw the same rows: every rank stops here, none waits
+            raise ReplicaMismatch(mismatch_line(epoch + 1, list(arrays), rows))
+
+
+class PerturbOnce(keras.callbacks.Callback):
+    """A drill: at the end of `epoch` (1-based), move the first element of this rank's last
+    weight (the output layer's bias) to the next float32 up, the smallest change there is."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 != self.epoch:
+            return
+        variable = self.model.weights[-1]
+        value = variable.numpy()
+        value.reshape(-1)[0] = np.nextafter(value.reshape(-1)[0], np.float32(np.inf))
+        variable.assign(value)
+
+
+def replica_callbacks(spec, collective, rank: int, consensus) -> list:
+    """The check (and its drill, when the spec asks for one); none with a single replica."""
+    if collective.world_size <= 1 or not spec.debug.replica_check:
+        return []
+    drill = spec.debug.perturb_at_epoch is not None and rank == spec.debug.perturb_rank
+    return [*([PerturbOnce(spec.debug.perturb_at_epoch)] if drill else []), ReplicaCheck(collective, consensus)]

@@ -1,0 +1,175 @@
+"""Trustworthy runs end to end: `plateau train` as a user types it, on real Ray with two real
+TensorFlow workers and the bundled MNIST sample.
+
+One clean run that stops early (module-scoped) backs provenance, the stop reason, the replica
+check's clean verdict, the exported model, the file modes and run identity; a run with a learning
+rate that really diverges backs the non-finite stop; a run with one rank's weight nudged by one
+ulp backs the replica check firing. Signals are in test_failures.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from service import report
+from service.lint import SEED_ADVICE
+
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SPEC = "jobs/seed-reduce-lr.yaml"
+# The quickstart's run (val_accuracy 0.909, 0.927, 0.9375, 0.9375, ...) with EarlyStopping's
+# patience cut to 1 and best-weight restore: it stops at epoch 4 on patience and restores epoch 3.
+EARLY = ("--data", "sample", "--epochs", "6", "--set", "early_stopping.patience=1",
+         "--set", "early_stopping.restore_best_weights=true")
+STRICT = dict(parse_constant=lambda c: pytest.fail(f"summary.json holds the non-JSON constant {c}"))
+# Adam moves every weight by about the learning rate per step: at 1e16 the seed model's training
+# loss overflows float32 to inf within its first epoch on the sample (tried: 1e3 ... 1e15 give
+# huge but finite losses for 2 epochs; 1e16 and 3e16 give inf at epoch 1, 1e17 and up NaN).
+DIVERGING_LR = "1e16"
+
+
+def plateau(*args: str, umask: int | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout,
+                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+
+
+@pytest.fixture(scope="module")
+def early(tmp_path_factory):
+    out = tmp_path_factory.mktemp("early")
+    args = ("train", SPEC, *EARLY, "--output", str(out), "--name", "early")
+    done = plateau(*args, umask=0o027)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return args, done, out / "early"
+
+
+def test_the_epoch_line_and_done_line_say_why_the_run_stopped(early):
+    _, done, folder = early
+    lines = done.stdout.splitlines()
+    assert [ln.split()[1] for ln in lines if ln.startswith("epoch ")] == ["1/6", "2/6", "3/6", "4/6"]
+    assert lines[-2].endswith("  lr -> 0.001  early stop: no improvement for early_stopping.patience epochs")
+    assert lines[-1] == (f"done: 4 epochs (early stop: no improvement for early_stopping.patience epochs at epoch 4), "
+                         f"test accuracy 0.9375, lr reductions at [4] -> {folder}")
+    # stderr: the lint's one warning (patience 1 is not larger than ReduceLROnPlateau's 1), nothing else
+    assert done.stderr.splitlines() == [
+        "warning: early_stopping.patience 1 is not larger than reduce_lr.patience 1 + reduce_lr.cooldown 0 on "
+        f"val_accuracy: EarlyStopping stops before a lowered rate can help (the seed: \"{SEED_ADVICE}\")"]
+
+
+def test_summary_says_when_with_what_from_where_and_why(early):
+    args, _, folder = early
+    summary = json.loads((folder / "summary.json").read_text(), **STRICT)
+    assert (summary["stop_reason"], summary["stop_epoch"], summary["best_epoch"]) == ("patience", 4, 3)
+    assert summary["replicas_identical"] is True
+    started, finished = (datetime.strptime(summary[k], "%Y-%m-%dT%H:%M:%SZ") for k in ("started_at", "finished_at"))
+    assert 0 <= (finished - started).total_seconds() <= summary["wall_seconds"] + 1
+    assert summary["versions"] == {"plateau": metadata.version("plateau"), "ray": metadata.version("ray"),
+                                   "tensorflow": metadata.version("tensorflow"),
+                                   "tf_keras": metadata.version("tf-keras"),
+                                   "python": ".".join(map(str, sys.version_info[:3]))}
+    git = ["git", "-C", str(PROJECT_ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+    assert summary["git_commit"] == head + ("-dirty" if dirty else "")
+    assert summary["command"] == "plateau " + " ".join(args)
+    decisions = report.read_decisions(folder / "decisions.jsonl")
+    assert [(d["epoch"], d["rank"], d["stop_reason"]) for d in decisions if d["stop_reason"]] == [
+        (4, 0, "patience"), (4, 1, "patience")]
+    assert [d["replicas_identical"] for d in decisions] == [True] * 8
+
+
+def test_output_files_follow_the_umask(early):
+    _, _, folder = early
+    files = ["curves.png", "decisions.jsonl", "history.csv", "model.keras", "spec.yaml", "summary.json"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == files
+    assert {name: oct((folder / name).stat().st_mode & 0o777) for name in files} == {name: "0o640" for name in files}
+
+
+def test_the_exported_model_loads_in_plain_tf_keras_and_scores_the_summarys_test_accuracy(early):
+    _, _, folder = early
+    code = """
+import json, sys
+import numpy as np, tf_keras
+from service import data
+model = tf_keras.models.load_model(sys.argv[1])
+test = data.load("sample", "test")
+probs = model.predict(test.x_test.reshape(-1, 784).astype("float32") / 255.0, batch_size=4096, verbose=0)
+print(json.dumps({"layers": [type(l).__name__ for l in model.layers],
+                  "accuracy": float((probs.argmax(axis=1) == test.y_test).mean())}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(folder / "model.keras")], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded["layers"] == ["Dense", "Dropout", "Dense"]  # stock layers: no custom objects needed
+    summary = json.loads((folder / "summary.json").read_text())
+    assert loaded["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    assert summary["test_accuracy"] == 0.9375  # epoch 3's weights, restored by EarlyStopping
+
+
+def test_a_name_is_the_same_run_only_with_the_same_spec(early):
+    args, _, folder = early
+    again = plateau(*args, timeout=300)
+    assert (again.returncode, again.stderr.count("plateau:")) == (0, 0)
+    assert again.stdout.splitlines()[-1] == (f"early already finished: see {folder}/summary.json "
+                                             "(use --fresh to train it again)")
+    changed = plateau(*args, "--epochs", "30", "--set", "reduce_lr.factor=0.5", timeout=300)
+    assert (changed.returncode, changed.stdout) == (2, "")
+    assert changed.stderr.splitlines()[-1] == (
+        f"plateau: {folder} holds a run of another spec (training.epochs 6 -> 30, reduce_lr.factor 0.1 -> 0.5); "
+        "use --fresh to discard it, or --name to train this spec under another name")
+    check = plateau("check", *args[1:], timeout=120)
+    assert check.returncode == 0 and check.stdout.splitlines()[-1] == (
+        f"# {folder}: finished; train says so and hands back its result (--fresh trains it again)")
+
+
+def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path):
+    args = ("train", SPEC, "--data", "sample", "--epochs", "4", "--output", str(tmp_path), "--name", "boom",
+            "--set", f"model.learning_rate={DIVERGING_LR}",
+            "--set", "early_stopping={monitor: val_accuracy, patience: 3, restore_best_weights: true}")
+    done = plateau(*args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    folder = tmp_path / "boom"
+    history = report.read_history(folder / "history.csv")
+    assert [r["epoch"] for r in history] == [1] and report.non_finite_metrics(history[0]) == ["loss"]
+    epoch, value = 1, history[0]["loss"]
+    assert value == float("inf")  # the training loss overflowed float32 in the first epoch
+    assert done.stderr.splitlines()[-1] == (
+        f"plateau: training diverged at epoch 1 (stopped: loss is inf): every rank stopped there; "
+        f"lower model.learning_rate and train again with --fresh (the run is in {folder})")
+    assert done.stdout.splitlines()[-1].startswith("epoch 1/4  loss inf  ")
+    assert done.stdout.splitlines()[-1].endswith("  stopped: loss is inf")
+    summary = json.loads((folder / "summary.json").read_text(), **STRICT)
+    assert (summary["stop_reason"], summary["stop_epoch"], summary["epochs_run"]) == ("non_finite", epoch, epoch)
+    decisions = report.read_decisions(folder / "decisions.jsonl")
+    assert [(d["rank"], d["stop"], d["stop_reason"]) for d in decisions if d["epoch"] == epoch] == [
+        (0, True, "non_finite"), (1, True, "non_finite")]
+    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG" and (folder / "model.keras").is_file()
+    # Not trusted as finished: the same command says what happened, again with exit 1.
+    again = plateau(*args, timeout=300)
+    assert again.returncode == 1 and again.stderr.splitlines()[-1] == done.stderr.splitlines()[-1]
+
+
+def test_the_replica_check_fails_the_run_at_the_epoch_one_rank_drifted(tmp_path):
+    done = plateau("train", SPEC, "--data", "sample", "--epochs", "3", "--output", str(tmp_path), "--name", "drift",
+                   "--set", "debug.perturb_at_epoch=2", "--set", "debug.perturb_rank=1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    folder = tmp_path / "drift"
+    line = done.stderr.splitlines()[-1]
+    assert re.fullmatch(
+        r"plateau: replicas differ after epoch 2: rank 1's model/2\.dense/bias is not rank 0's "
+        r"\(1 of 14 variables differ\); the checkpoint of epoch 1 is in .*/drift/checkpoints/drift: "
+        r"run the same command again to resume", line), line
+    assert [r["epoch"] for r in report.read_history(folder / "history.csv")] == [1]
+    assert [d["replicas_identical"] for d in report.read_decisions(folder / "decisions.jsonl")] == [True, True]
+    assert not (folder / "summary.json").exists()
