@@ -115,12 +115,14 @@ def _started(folder: Path, status: dict) -> str:
 
 
 def stop_reason(summary: dict) -> str:
-    """The summary's own stop_reason when it has one; else early stopping or the epoch limit."""
-    if summary.get("stop_reason"):
-        return str(summary["stop_reason"])
+    """The summary's own stop_reason (`patience at epoch 5`, `max_epochs`); a summary from before
+    stop reasons says early stopping or the epoch limit."""
+    reason = summary.get("stop_reason")
+    if reason:
+        return f"{reason} at epoch {summary.get('stop_epoch')}" if summary.get("stopped_early") else str(reason)
     if summary.get("stopped_early"):
         return f"early stopping at epoch {summary.get('stop_epoch')}"
-    return "max epochs"
+    return "max_epochs"
 
 
 def train_row(folder: Path) -> dict:

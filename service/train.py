@@ -1,4 +1,4 @@
-"""The train driver: spec -> Ray -> TensorflowTrainer -> output files.
+"""The train driver: spec -> Ray -> Ray Train's TensorFlow workers -> output files.
 
 `run(spec)` goes through four steps, each its own function below:
 
@@ -20,10 +20,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import re
 import shutil
 import threading
@@ -269,8 +267,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
     from ray.util.queue import Empty, Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    with _stderr_silenced(enabled=not verbose):  # TensorFlow's import banner is noise here
-        from service.worker import train_loop_per_worker
+    from service.backend import train_loop_per_worker
 
     scaling = plan.spec.scaling
     starting = progress.Startup(collector.echo, f"starting Ray and {plan.spec.workers} worker(s)")
@@ -314,7 +311,9 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
 
 def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from service.backend import TensorflowWorkers
 
     scaling = plan.spec.scaling
     run_config = RunConfig(
@@ -325,8 +324,9 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
         callbacks=list(callbacks),
         worker_runtime_env=cluster.worker_runtime_env(verbose),
     )
-    return TensorflowTrainer(
+    return DataParallelTrainer(
         loop,
+        backend_config=TensorflowWorkers(),
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=scaling.resources_per_worker,
@@ -344,23 +344,6 @@ def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
     higher = section.mode == "max" or (section.mode == "auto" and "acc" in section.monitor)
     return CheckpointConfig(num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=section.monitor,
                             checkpoint_score_order="max" if higher else "min")
-
-
-@contextlib.contextmanager
-def _stderr_silenced(enabled: bool):
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up banner ignores
-    TF_CPP_MIN_LOG_LEVEL because it is printed before its logging is configured."""
-    if not enabled:
-        yield
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def reference(tmp_path_factory):
     return result
 
 
+@pytest.mark.heavy  # a worker group restart with max_failures: also the multi-node node-loss test's path
 def test_killed_worker_resumes_to_the_run_that_never_failed(reference, tmp_path):
     spec = make_spec(tmp_path, *DECIDING, "debug.fail_at_epoch=3", "debug.fail_rank=1",
                      "scaling.max_failures=1", name="ft")
@@ -58,6 +59,7 @@ def test_killed_worker_resumes_to_the_run_that_never_failed(reference, tmp_path)
     assert len(epoch3) == 1
 
 
+@pytest.mark.heavy  # the driver's end and resume: SIGTERM's test covers them by default
 def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
     spec = make_spec(tmp_path, *DECIDING, name="ft")
     (tmp_path / "ft.yaml").write_text(dump_spec(spec))
@@ -156,14 +158,25 @@ def _assert_ended_cleanly(driver, stderr: str, processes: list, seconds: float, 
     assert not (out / "summary.json").exists()
 
 
-def test_sigterm_ends_the_run_cleanly_within_15_seconds(tmp_path):
+def test_sigterm_ends_the_run_cleanly_and_the_same_command_resumes_it(tmp_path):
     """SIGTERM (kill, timeout, a scheduler) to the driver alone: exit 143, one line, and no
-    process of the run left: not the Ray it started, not its workers."""
-    _, driver, stderr, processes, seconds = _interrupt_after_epoch_2(tmp_path, signal.SIGTERM, group=False)
+    process of the run left: not the Ray it started, not its workers. The same command resumes
+    from the last checkpoint and keeps the epochs trained before the signal as they were."""
+    command, driver, stderr, processes, seconds = _interrupt_after_epoch_2(tmp_path, signal.SIGTERM, group=False)
     assert len(processes) >= 4  # gcs, raylet, the two training workers at least
-    _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGTERM", EXIT_SIGTERM, tmp_path / "results" / "ft")
+    out = tmp_path / "results" / "ft"
+    _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGTERM", EXIT_SIGTERM, out)
+    before = without_seconds(report.read_history(out / "history.csv"))
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed = re.search(r"^ft: resuming after epoch ([1-3]) from its last checkpoint", again.stdout, re.M)
+    assert resumed, again.stdout
+    after = without_seconds(report.read_history(out / "history.csv"))
+    kept = int(resumed.group(1))
+    assert [r["epoch"] for r in after] == [1, 2, 3, 4, 5] and after[:kept] == before[:kept]
 
 
+@pytest.mark.heavy  # the same path by SIGTERM runs by default; this one also replays the whole run
 def test_ctrl_c_ends_the_run_and_the_same_command_resumes_it(reference, tmp_path):
     """SIGINT to the whole process group, as Ctrl-C sends it: exit 130, one line, nothing left
     running, every finished epoch on disk; the same command resumes and ends equal to the run

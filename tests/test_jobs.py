@@ -133,6 +133,7 @@ def test_unknown_job_id_and_wrong_token_are_one_line_exit_2(ray_head):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the same submission, and its views, run on the multi-node cluster by default
 def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     out = tmp_path / "results"
     proc = ray_head.plateau("submit", SPEC, "--data", "sample", "--workers", "2", "--epochs", "2",
@@ -140,31 +141,32 @@ def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = _job_id(proc)
     assert f"{job_id}: SUCCEEDED" in proc.stdout
+    summary = json.loads((out / "seed-reduce-lr" / "summary.json").read_text())
+    assert (summary["name"], summary["workers"], summary["epochs_run"], summary["data"]["source"]) == \
+        ("seed-reduce-lr", 2, 2, "sample")
+    assert_job_views(ray_head, job_id, epochs=2)
 
-    status = ray_head.plateau("status", job_id)
+
+def assert_job_views(server, job_id: str, epochs: int) -> None:
+    """status, logs, jobs and their --json forms all show the succeeded seed-reduce-lr job."""
+    status = server.plateau("status", job_id)
     assert status.returncode == 0
     assert re.search(r"^status:\s+SUCCEEDED", status.stdout, re.M)
     assert "seed-reduce-lr (train, jobs/seed-reduce-lr.yaml)" in status.stdout
 
-    logs = ray_head.plateau("logs", job_id)
+    logs = server.plateau("logs", job_id)
     assert logs.returncode == 0
-    assert re.search(r"^epoch\s+1/2\b", logs.stdout, re.M), logs.stdout[-3000:]
-    assert re.search(r"^epoch\s+2/2\b", logs.stdout, re.M), logs.stdout[-3000:]
+    for epoch in range(1, epochs + 1):
+        assert re.search(rf"^epoch\s+{epoch}/{epochs}\b", logs.stdout, re.M), logs.stdout[-3000:]
 
-    summary = json.loads((out / "seed-reduce-lr" / "summary.json").read_text())
-    assert summary["name"] == "seed-reduce-lr"
-    assert summary["workers"] == 2
-    assert summary["epochs_run"] == 2
-    assert summary["data"]["source"] == "sample"
-
-    listing = ray_head.plateau("jobs")
+    listing = server.plateau("jobs")
     row = next(ln for ln in listing.stdout.splitlines() if ln.startswith(job_id))
     assert "seed-reduce-lr" in row and "SUCCEEDED" in row
 
-    as_json = json.loads(ray_head.plateau("status", job_id, "--json").stdout)
+    as_json = json.loads(server.plateau("status", job_id, "--json").stdout)
     assert (as_json["job_id"], as_json["status"], as_json["metadata"]["spec"]) == (job_id, "SUCCEEDED", "seed-reduce-lr")
     assert as_json["duration_s"] > 0 and as_json["started"] and as_json["ended"]
-    listed = {j["job_id"]: j for j in json.loads(ray_head.plateau("jobs", "--json").stdout)}
+    listed = {j["job_id"]: j for j in json.loads(server.plateau("jobs", "--json").stdout)}
     assert listed[job_id]["status"] == "SUCCEEDED"
 
 

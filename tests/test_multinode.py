@@ -20,6 +20,7 @@ import pytest
 from service import report, train
 from service.spec import load_spec
 from tests.helpers import by_epoch, make_spec, stock_replay, stock_trace, without_seconds
+from tests.test_jobs import assert_job_views
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
     from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401 - the fixture
@@ -212,6 +213,7 @@ def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster,
     lrs, stop_epoch, _ = stock_replay(spec, [d["values"] for d in decisions if d["rank"] == 0])
     assert [d["lr_after"] for d in decisions if d["rank"] == 0] == lrs
     assert summary["stop_epoch"] == stop_epoch
+    assert_job_views(cluster, submission_id, epochs=3)
 
 
 def _rank_nodes(line: str, cluster: LocalCluster) -> dict[int, str]:

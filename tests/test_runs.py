@@ -208,7 +208,7 @@ def test_the_index_lists_runs_and_studies_newest_first(tmp_path):
     assert text[2].split() == ["done", "train", "finished", "3", "early", "stopping", "at", "epoch", "3", "0.9400",
                                "sample", "2026-01-03", "10:00:00"]
     assert runs.stop_reason({"stop_reason": "non-finite val_loss"}) == "non-finite val_loss"
-    assert runs.stop_reason({"stopped_early": False}) == "max epochs"
+    assert runs.stop_reason({"stopped_early": False}) == "max_epochs"
 
 
 def test_a_running_run_on_this_host_is_running(tmp_path):

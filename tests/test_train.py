@@ -78,7 +78,8 @@ def test_progress_events_and_words_of_a_real_run(uneven_run):
     epoch_lines = [ln for ln in UNEVEN_LINES if ln.startswith("epoch ")]
     assert len(epoch_lines) == len(history)
     assert all(re.search(r"  \d+\.\ds  elapsed \S+  eta \S+", ln) for ln in epoch_lines[:-1]), epoch_lines
-    assert re.search(r"  \d+\.\ds  elapsed \S+  early stop$", epoch_lines[-1]), epoch_lines[-1]
+    stopped = r"  \d+\.\ds  elapsed \S+  early stop: no improvement for early_stopping.patience epochs$"
+    assert re.search(stopped, epoch_lines[-1]), epoch_lines[-1]
 
     got = read_events(result.out_dir / "tensorboard")
     rank0 = [d for d in decisions if d["rank"] == 0]
@@ -94,7 +95,7 @@ def test_progress_events_and_words_of_a_real_run(uneven_run):
     assert [int(w.split(":")[0].split()[1]) for w in words if " -> " in w] == reduced
     assert words[-1].endswith(": stop")
     shown = runs.show(result.out_dir)
-    assert shown.startswith(f"uneven: train run, finished (early stopping at epoch {history[-1]['epoch']})\n")
+    assert shown.startswith(f"uneven: train run, finished (patience at epoch {history[-1]['epoch']})\n")
     assert shown.endswith("\n".join(words) + "\n")
 
 
@@ -158,6 +159,7 @@ def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run
     assert best_epoch != stop_epoch  # otherwise restoring would prove nothing
 
 
+@pytest.mark.heavy  # a run of its own; consensus itself is unit-tested in test_sync.py by default
 def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path):
     """Rank-local metrics (the naive setup): views differ, yet LR and stop stay common."""
     spec = make_spec(tmp_path, "debug.rank_local_metrics=true", "training.epochs=6",

@@ -1,6 +1,6 @@
 """The trial runner: every trial of a study as a Ray Tune trial that runs one `train.run`.
 
-Under Ray Train V2 a Tune trial is a plain function: it builds its own TensorflowTrainer (through
+Under Ray Train V2 a Tune trial is a plain function: it builds its own Ray Train trainer (through
 `train.run`) and passes Tune's `TuneReportCallback` in the trainer's RunConfig, so every epoch
 reaches Tune while it runs. The trial returns its outcome (status, summary, history) as its last
 result, which is what the study's driver reads back: no trial folder on another node's disk is

@@ -1,0 +1,57 @@
+"""How Ray Train starts plateau's workers: TF_CONFIG for MultiWorkerMirroredStrategy, and the
+entry point each worker runs, without importing TensorFlow anywhere but in the workers.
+
+Ray's `TensorflowTrainer` does the same TF_CONFIG set-up, but its backend lives in
+`ray.train.tensorflow`, whose package imports TensorFlow: the driver and Ray Train's controller
+each spent about 6 s importing a TensorFlow they never use, and the workers imported Keras 3
+(which plateau does not use) for Ray's version record. `TensorflowWorkers` is that backend
+without those imports; `benchmarks/throughput.py` reports the start-up it leaves.
+
+Example::
+
+    DataParallelTrainer(train_loop_per_worker, backend_config=TensorflowWorkers(), ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import ray
+from ray._common.network_utils import build_address
+from ray.train._internal.utils import get_address_and_port
+from ray.train.backend import Backend, BackendConfig
+
+
+def train_loop_per_worker(config: dict):
+    """What every worker runs (service.worker's loop, imported there: that is where TensorFlow
+    is first imported)."""
+    from service.worker import train_loop_per_worker as loop
+
+    return loop(config)
+
+
+def _set_tf_config(addresses: list[str], index: int) -> None:
+    """The cluster MultiWorkerMirroredStrategy reads: every worker's host:port, and this one's index."""
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+
+
+class _TensorflowBackend(Backend):
+    def on_start(self, worker_group, backend_config: "TensorflowWorkers") -> None:
+        def free_address() -> str:
+            return build_address(*get_address_and_port())
+
+        addresses = worker_group.execute(free_address)
+        ray.get([worker_group.execute_single_async(rank, _set_tf_config, addresses=addresses, index=rank)
+                 for rank in range(len(worker_group))])
+
+
+@dataclass
+class TensorflowWorkers(BackendConfig):
+    """Ray Train backend: each worker gets the TF_CONFIG of its worker group (set again at every
+    restart or resize, as the group's addresses change)."""
+
+    @property
+    def backend_cls(self):
+        return _TensorflowBackend
