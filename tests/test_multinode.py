@@ -8,6 +8,7 @@ node is DEAD and takes nothing else with it, and a plateau job trains on the wor
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -216,6 +217,19 @@ def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster,
     assert_job_views(cluster, submission_id, epochs=3)
 
 
+@contextlib.contextmanager
+def _nodes_restored(cluster: LocalCluster):
+    """Whatever a test adds or loses, the module's next test finds the nodes it started with."""
+    before = set(cluster.nodes)
+    try:
+        yield
+    finally:
+        for name in [n for n in cluster.nodes if n not in before]:
+            cluster.remove_node(cluster.nodes[name])
+        for name in sorted(before - set(cluster.nodes)):
+            cluster.add_node(name)
+
+
 def _rank_nodes(line: str, cluster: LocalCluster) -> dict[int, str]:
     """rank -> node name, from a `workers: rank 0 on IP (node 1a2b3c4d, CPU), ...` line."""
     by_prefix = {node_id[:8]: name for name, node_id in cluster.node_ids().items()}
@@ -228,47 +242,47 @@ def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path):
     is lost after epoch 2; the run finishes on the other nodes with the history, decisions and
     LR schedule of a run that lost nothing (bit-identical on CPU)."""
     cluster = multinode_cluster
-    cluster.add_node("n3")
-    overrides = ("--set", "scaling.max_failures=1", "--set", "checkpoint.keep=null",
-                 "--set", "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
-                 "--set", "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}")
-    undisturbed = train.run(make_spec(tmp_path / "alone", "training.epochs=5", *overrides[1::2], name="loss"),
-                            echo=lambda line: None)
-    assert undisturbed.ok, undisturbed.error
+    with _nodes_restored(cluster):
+        cluster.add_node("n3")
+        overrides = ("--set", "scaling.max_failures=1", "--set", "checkpoint.keep=null",
+                     "--set", "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
+                     "--set", "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}")
+        undisturbed = train.run(make_spec(tmp_path / "alone", "training.epochs=5", *overrides[1::2], name="loss"),
+                                echo=lambda line: None)
+        assert undisturbed.ok, undisturbed.error
 
-    out = tmp_path / "cluster"
-    proc = cluster.plateau("submit", SPEC, "--data", "sample", "--epochs", "5", "--name", "loss",
-                           "--set", "data.validation=holdout", "--set", "training.batch_size=100",
-                           *overrides, "--set", f"output={out}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    # On one machine the nodes share a disk; on a real cluster this path would be one node's.
-    assert f"warning: checkpoints go to {out}/loss/checkpoints, a path on one node's disk, and the cluster " \
-           "has 4 nodes" in proc.stderr
-    submission_id = _submission_id(proc)
-    lost = ""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and not lost:
-        logs = cluster.plateau("logs", submission_id, timeout=60).stdout
-        placed = re.search(r"^workers: .*$", logs, re.M)
-        if placed and re.search(r"^epoch\s+2/5\b", logs, re.M):
-            lost = _rank_nodes(placed.group(0), cluster)[1]
-            cluster.remove_node(cluster.nodes[lost])
-        else:
-            time.sleep(1)
-    assert lost, "the run never got past epoch 2"
-    finish = cluster.plateau("logs", submission_id, "--follow", timeout=900)
-    assert cluster.job(submission_id)["status"] == "SUCCEEDED", finish.stdout[-3000:]
+        out = tmp_path / "cluster"
+        proc = cluster.plateau("submit", SPEC, "--data", "sample", "--epochs", "5", "--name", "loss",
+                               "--set", "data.validation=holdout", "--set", "training.batch_size=100",
+                               *overrides, "--set", f"output={out}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # On one machine the nodes share a disk; on a real cluster this path would be one node's.
+        assert f"warning: checkpoints go to {out}/loss/checkpoints, a path on one node's disk, and the cluster " \
+               "has 4 nodes" in proc.stderr
+        submission_id = _submission_id(proc)
+        lost = ""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not lost:
+            logs = cluster.plateau("logs", submission_id, timeout=60).stdout
+            placed = re.search(r"^workers: .*$", logs, re.M)
+            if placed and re.search(r"^epoch\s+2/5\b", logs, re.M):
+                lost = _rank_nodes(placed.group(0), cluster)[1]
+                cluster.remove_node(cluster.nodes[lost])
+            else:
+                time.sleep(1)
+        assert lost, "the run never got past epoch 2"
+        finish = cluster.plateau("logs", submission_id, "--follow", timeout=900)
+        assert cluster.job(submission_id)["status"] == "SUCCEEDED", finish.stdout[-3000:]
 
-    placements = re.findall(r"^workers: .*$", finish.stdout, re.M)
-    assert len(placements) >= 2, "the worker group was not restarted"
-    assert lost not in _rank_nodes(placements[-1], cluster).values()
-    run = out / "loss"
-    assert without_seconds(report.read_history(run / "history.csv")) == without_seconds(undisturbed.history)
-    assert report.read_decisions(run / "decisions.jsonl") == undisturbed.decisions
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["test_accuracy"] == undisturbed.summary["test_accuracy"]
-    assert summary["lr_reductions"] == undisturbed.summary["lr_reductions"]
-    cluster.add_node(lost)   # as the module found it
+        placements = re.findall(r"^workers: .*$", finish.stdout, re.M)
+        assert len(placements) >= 2, "the worker group was not restarted"
+        assert lost not in _rank_nodes(placements[-1], cluster).values()
+        run = out / "loss"
+        assert without_seconds(report.read_history(run / "history.csv")) == without_seconds(undisturbed.history)
+        assert report.read_decisions(run / "decisions.jsonl") == undisturbed.decisions
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["test_accuracy"] == undisturbed.summary["test_accuracy"]
+        assert summary["lr_reductions"] == undisturbed.summary["lr_reductions"]
 
 
 @pytest.mark.heavy
