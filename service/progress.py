@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from service.console import is_error_line
+
 Echo = Callable[[str], None]
 Clock = Callable[[], float]
 RECENT = 5  # epochs whose median pace the ETA uses
@@ -147,13 +149,11 @@ class Startup:
 class QuietEcho:
     """`--quiet`: drops progress lines; keeps warnings, errors and the final summary."""
 
-    KEEP = ("plateau:", "WARNING", "warning:")
-
     def __init__(self, echo: Echo = print):
         self.echo = echo
 
     def __call__(self, line: str) -> None:
-        if line.startswith(self.KEEP):
+        if is_error_line(line):
             self.echo(line)
 
     def final(self, line: str) -> None:

@@ -130,7 +130,8 @@ def train_row(folder: Path) -> dict:
     spec = _load(folder / "spec.yaml") or {}
     row = {"name": folder.name, "kind": "train", "path": str(folder), "started": _started(folder, status)}
     if isinstance(summary, dict):
-        return {**row, "status": "finished", "epochs": summary.get("epochs_run"), "stop_reason": stop_reason(summary),
+        diverged = summary.get("stop_reason") == "non_finite"  # it has a summary, and exit 1
+        return {**row, "status": "failed" if diverged else "finished", "epochs": summary.get("epochs_run"), "stop_reason": stop_reason(summary),
                 "test_accuracy": summary.get("test_accuracy"),
                 "data": (summary.get("data") or {}).get("source") or (spec.get("data") or {}).get("source")}
     history = folder / "history.csv"

@@ -358,7 +358,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
         error = outcome["result"].error
     if error is not None:
         message = _failure_line(error, collector, plan.run_dir)
-        echo(f"plateau: {message}")
+        progress.error(echo, f"plateau: {message}")
         runs.mark_failed(out_dir, message)
         return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
 
