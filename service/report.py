@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from service.spec import METRICS
+from service.spec import METRICS, TrainSpec, dump_spec
 
 HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
 INTEGER_COLUMNS = ("epoch", "workers")
@@ -95,16 +95,16 @@ def read_decisions(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def write_run(out_dir: Path, spec_text: str, history: list[dict], decisions: list[dict],
+def write_run(out_dir: Path, spec: TrainSpec, history: list[dict], decisions: list[dict],
               summary: dict | None = None) -> None:
     """A run's folder in one go (a study's driver writes each trial's from what the trial returned)."""
-    write_atomic(Path(out_dir) / "spec.yaml", spec_text)
+    write_atomic(Path(out_dir) / "spec.yaml", dump_spec(spec))
     write_history(Path(out_dir) / "history.csv", history)
     write_decisions(Path(out_dir) / "decisions.jsonl", decisions)
     if summary is not None:
         write_json(Path(out_dir) / "summary.json", summary)
         plot_curves(Path(out_dir) / "curves.png", history, summary["lr_reductions"], summary["stop_epoch"],
-                    title=summary["name"], monitor=_monitor_of(spec_text))
+                    title=summary["name"], monitor=spec.monitor)
 
 
 def lr_reductions(decisions: list[dict]) -> list[dict]:
@@ -267,15 +267,6 @@ def done_line(summary: dict, out_dir: Path) -> str:
     accuracy = f"{accuracy:.4f}" if _finite(accuracy) else "n/a"
     return (f"done: {summary['epochs_run']} epochs ({why}), test accuracy {accuracy}, "
             f"lr reductions at {reductions} -> {out_dir}")
-
-
-def _monitor_of(spec_text: str) -> Optional[str]:
-    """The metric a spec's callbacks watch (ReduceLROnPlateau's, else EarlyStopping's), from its YAML."""
-    import yaml
-
-    data = yaml.safe_load(spec_text) or {}
-    section = data.get("reduce_lr") or data.get("early_stopping") or {}
-    return section.get("monitor") if isinstance(section, dict) else None
 
 
 def best_epoch_of(history: list[dict], monitor: str) -> Optional[dict]:

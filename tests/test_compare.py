@@ -493,7 +493,6 @@ def test_settings_csv_and_markdown_carry_the_paired_statistics():
 def _finished_trial(trial, acc: float) -> None:
     """A trial folder as a finished run leaves it (what a study reuses without Ray)."""
     from service import report
-    from service.spec import dump_spec
 
     history = [{"epoch": 1, "loss": 0.3, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": acc, "lr": 0.01,
                 "seconds": 1.0, "workers": 1}]
@@ -502,7 +501,7 @@ def _finished_trial(trial, acc: float) -> None:
     summary = {"name": trial.name, "data": {"source": "sample"}, "epochs_run": 1, "stopped_early": False,
                "stop_epoch": None, "best_epoch": 1, "best_val_accuracy": acc, "test_accuracy": acc,
                "test_error": 1 - acc, "lr_reductions": [], "wall_seconds": 1.0}
-    report.write_run(Path(trial.spec.output) / trial.name, dump_spec(trial.spec), history, [decision], summary)
+    report.write_run(Path(trial.spec.output) / trial.name, trial.spec, history, [decision], summary)
 
 
 @pytest.mark.parametrize("unresolved, expected", [

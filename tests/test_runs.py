@@ -15,7 +15,7 @@ import pytest
 
 from service import cli, events, report, runs
 from service.explain import explain, pair, short
-from service.spec import dump_spec, validate_train
+from service.spec import validate_train
 from tests.helpers import make_spec
 from tests.test_sync import PARAMETER_SETS, metric_sequence, run_stack, spec_with
 
@@ -171,7 +171,7 @@ def fake_run(output: Path, name: str, *, summary=None, history=HISTORY, status=N
     folder = output / name
     spec = validate_train({"name": name, "output": str(output), "data": {"source": "sample"},
                            "reduce_lr": {"monitor": "val_accuracy", "patience": 1}})
-    report.write_run(folder, dump_spec(spec), history, decisions or [], summary)
+    report.write_run(folder, spec, history, decisions or [], summary)
     if status is not None:
         report.write_json(folder / runs.STATUS, status)
     return folder

@@ -218,7 +218,7 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
         outcome = outcomes.get(t.name) or TrialOutcome("failed", error="no result from Tune")
         if outcome.history and not outcome.reused:  # the trial's own folder, here on the driver's node
             folder = Path(t.spec.output) / t.name
-            report.write_run(folder, dump_spec(t.spec), outcome.history, outcome.decisions, outcome.summary)
+            report.write_run(folder, t.spec, outcome.history, outcome.decisions, outcome.summary)
             events.write_history(folder / events.FOLDER, outcome.history, outcome.decisions, outcome.summary)
         row = trial_row(t, outcome)
         if outcome.status != "ok" and outcome.history:  # what it trained before it ended
