@@ -107,7 +107,10 @@ def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int
     def to_batch(idx):
         return scale_pixels(tf.gather(x, idx)), tf.one_hot(tf.cast(tf.gather(y, idx), tf.int32), 10)
 
-    ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
+    # Repeated, so its cardinality is infinite: fit draws exactly steps x epochs batches anyway,
+    # and on a dataset of unknown size MultiWorkerMirroredStrategy would all-reduce an "is there
+    # another batch" flag before every step (tensorflow's input_lib, partial-batch handling).
+    ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).repeat()
     return ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
