@@ -120,7 +120,8 @@ def test_the_pages_show_commands():
 
 
 @pytest.mark.parametrize("page, command", COMMANDS, ids=[f"{page}: {command}" for page, command in COMMANDS])
-def test_shown_command_parses_and_checks(page, command, tmp_path, monkeypatch, capsys):
+def test_shown_command_parses_and_checks(page: str, command: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     argv = argv_of(command)
     args = parse(argv, command)
     if args.command not in CHECKED or Path(args.spec).name in ILLUSTRATIVE_SPECS:
@@ -224,7 +225,7 @@ def test_readme_links_land():
             assert anchor in {slugify(h) for h in headings}, f"README.md links to {link}: no such heading"
 
 
-def test_site_builds_strictly(tmp_path):
+def test_site_builds_strictly(tmp_path: Path) -> None:
     """`mkdocs build --strict`: every page in the nav, every link and anchor between pages, the
     README section that docs/cluster.md includes."""
     pytest.importorskip("mkdocs", reason="MkDocs is not installed: pip install -e '.[docs]' (the test extra has it)")

@@ -54,7 +54,7 @@ def test_differences_drop_unfinished_seeds():
     # 1 of 2: both tails hold 3/4, doubled 3/2, capped at 1
     ([0.01, -0.01], 1.0),
 ])
-def test_sign_test_exact_binomial(diffs, expected):
+def test_sign_test_exact_binomial(diffs: list[float], expected: float) -> None:
     assert sign_test_p(diffs) == pytest.approx(expected, abs=1e-15)
 
 
@@ -89,7 +89,7 @@ def test_sign_test_drops_zeros():
     # 7 of 256; two-sided 14/256 > 0.05
     ([0.01, 0.02, 0.03, -0.04, 0.05, 0.06, 0.07, 0.08], 14 / 256),
 ])
-def test_wilcoxon_exact_without_ties(diffs, expected):
+def test_wilcoxon_exact_without_ties(diffs: list[float], expected: float) -> None:
     assert wilcoxon_exact_p(diffs) == pytest.approx(expected, abs=1e-15)
 
 
@@ -147,7 +147,7 @@ def test_min_seeds_for_exact():
 # Bootstrap interval
 
 
-def _bootstrap_by_loop(diffs, level, resamples, seed):
+def _bootstrap_by_loop(diffs: list[float], level: float, resamples: int, seed: int) -> tuple[float, float]:
     """The percentile bootstrap written out: one draw of n positions per resample, then the
     linear-interpolation quantile (position h = (B - 1) q between the sorted means)."""
     rng = np.random.default_rng(seed)
@@ -158,7 +158,7 @@ def _bootstrap_by_loop(diffs, level, resamples, seed):
         means.append(sum(diffs[i] for i in picks) / n)
     means.sort()
 
-    def quantile(q):
+    def quantile(q: float) -> float:
         h = (resamples - 1) * q
         below = math.floor(h)
         above = min(below + 1, resamples - 1)
@@ -318,7 +318,7 @@ def test_paired_constant_difference_is_resolved():
 
 
 def test_resolved_reads_the_interval():
-    def with_ci(low, high):
+    def with_ci(low: float, high: float) -> PairedComparison:
         return PairedComparison(5, 0.0, 0.01, low, high, 0.5, 0.5, 0.5, 10)
 
     assert with_ci(0.001, 0.004).resolved()
@@ -357,21 +357,21 @@ def _paired_samples(ties: bool) -> list[list[float]]:
 
 
 @pytest.mark.parametrize("diffs", _paired_samples(ties=False))
-def test_wilcoxon_matches_scipy_exact_without_ties(diffs):
+def test_wilcoxon_matches_scipy_exact_without_ties(diffs: list[float]) -> None:
     scipy_stats = pytest.importorskip("scipy.stats")
     want = scipy_stats.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided", method="exact").pvalue
     assert wilcoxon_exact_p(diffs) == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("diffs", _paired_samples(ties=True))
-def test_wilcoxon_with_ties_matches_scipy_sign_flip_enumeration(diffs):
+def test_wilcoxon_with_ties_matches_scipy_sign_flip_enumeration(diffs: list[float]) -> None:
     # With tied |d|, scipy's method="exact" uses the untied null distribution; the exact test
     # with average ranks is the enumeration of all 2^n sign flips, which permutation_test does
     # with n_resamples=inf (a one-sample "samples" permutation flips signs).
     scipy_stats = pytest.importorskip("scipy.stats")
     assert len({abs(d) for d in diffs}) < len(diffs) or len(diffs) <= 3
 
-    def t_plus(x, axis=-1):
+    def t_plus(x: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.sum(scipy_stats.rankdata(np.abs(x), axis=axis) * (x > 0), axis=axis)
 
     want = scipy_stats.permutation_test((np.asarray(diffs),), t_plus, permutation_type="samples",
@@ -380,7 +380,7 @@ def test_wilcoxon_with_ties_matches_scipy_sign_flip_enumeration(diffs):
 
 
 @pytest.mark.parametrize("diffs", _paired_samples(ties=False) + _paired_samples(ties=True))
-def test_sign_test_matches_scipy_binomtest(diffs):
+def test_sign_test_matches_scipy_binomtest(diffs: list[float]) -> None:
     scipy_stats = pytest.importorskip("scipy.stats")
     positives = sum(1 for d in diffs if d > 0)
     want = scipy_stats.binomtest(positives, len(diffs), 0.5, alternative="two-sided").pvalue
