@@ -1,0 +1,33 @@
+"""TensorFlow stays in the workers: importing the driver's modules loads neither TensorFlow nor
+tf_keras (see docs/how-it-works.md, "TensorFlow only in the workers", and docs/speed.md for what
+the import cost at start-up). Fast: one fresh interpreter that imports Ray, no Ray started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DRIVER_MODULES = ["service.train", "service.backend", "service.compare.study", "service.compare.trials",
+                  "service.jobs", "service.cli"]
+WORKER_ONLY = ["tensorflow", "tf_keras"]
+
+PROBE = f"""
+import importlib, json, sys
+for name in {DRIVER_MODULES!r}:
+    importlib.import_module(name)
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({WORKER_ONLY!r}))))
+"""
+
+
+def test_driver_modules_do_not_import_tensorflow():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"importing {', '.join(DRIVER_MODULES)} loaded {', '.join(loaded)}"
