@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --data mnist.npz [--epochs 5] [--repeats 1] [--json OUT.json]
                                     [--modes plain,workers_1,workers_2,local] [--set KEY=VALUE ...]
+                                    [--beside]
 
 Four ways to train the seed's model (Dense 784 relu -> Dropout 0.5 -> Dense 10 softmax, Adam
 0.01, global batch 200) for the same epochs on the same training images, validating on the
@@ -24,7 +25,12 @@ not always land on the same mode. Per mode the table shows:
   img/s       training images per second at `s/epoch`
   x plain     s/epoch divided by plain's
   start-up    subprocess start -> the first epoch line on its stdout
+  finish s    plateau: the last epoch line -> the `done:` line (the test evaluation, the model's
+              export, Ray Train ending the workers, the run's files)
   peak MB     peak RSS of the process that trains (per Ray worker: the largest worker)
+
+--beside starts a second, identical plateau run next to each measured one (not measured
+itself): the same numbers on a machine that is busy with another run.
 
 Numbers from a shared machine are noisy: read the ratios, repeat (--repeats 3) when the
 machine is busy, and look at the load averages printed with the table.
@@ -159,6 +165,10 @@ def run_mode(mode: str, args, workdir: Path, spec_path: Path, run_index: int) ->
     # Always an embedded Ray of our own: never join a cluster the caller's shell points at.
     env.pop("RAY_ADDRESS", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    beside = None
+    if args.beside and mode != "plain":  # the same run again, as load only
+        beside = subprocess.Popen([f"{name}-beside" if part == name else part for part in cmd], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=env, cwd=Path(__file__).resolve().parent.parent)
 
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -168,10 +178,13 @@ def run_mode(mode: str, args, workdir: Path, spec_path: Path, run_index: int) ->
     line_times: list[float] = []  # when each epoch line arrived, seconds since start
     plain_seconds: list[float] = []
     tail: list[str] = []
+    done_at = None
     for line in proc.stdout:
         now = time.perf_counter() - started
         if EPOCH_LINE.match(line):
             line_times.append(now)
+        if line.startswith("done:"):
+            done_at = now
         if line.startswith("SECONDS "):
             plain_seconds.append(json.loads(line[len("SECONDS "):])["seconds"])
             continue
@@ -180,6 +193,8 @@ def run_mode(mode: str, args, workdir: Path, spec_path: Path, run_index: int) ->
             print(f"  [{mode} {now:6.1f}s] {line.rstrip()}", flush=True)
     code = proc.wait()
     total = time.perf_counter() - started
+    if beside is not None:
+        beside.wait()
     watcher.done.set()
     watcher.join()
     if code != 0 or not line_times:
@@ -193,16 +208,18 @@ def run_mode(mode: str, args, workdir: Path, spec_path: Path, run_index: int) ->
             seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
         # Local mode trains inside the driver; Ray workers train in their own processes.
         peak = max(watcher.worker_peaks.values()) if watcher.worker_peaks else watcher.root_peak
-    steady = seconds[1:] or seconds  # epoch 1 traces the functions: leave it out
+    steady = seconds[1:] or seconds  # epoch 1 traces the functions: leave it out (unless it is all)
     gaps = [b - a for a, b in zip(line_times, line_times[1:])]
     return {
         "epoch_seconds": [round(s, 3) for s in seconds],
         "seconds_per_epoch": statistics.median(steady),
         "cycle_seconds_per_epoch": statistics.median(gaps) if gaps else None,
         "startup_seconds": line_times[0],
+        "finish_seconds": done_at - line_times[-1] if done_at is not None else None,
         "total_seconds": total,
         "peak_rss_mb": peak / 2**20,
         "worker_peak_rss_mb": sorted(round(v / 2**20) for v in watcher.worker_peaks.values()),
+        "beside": beside is not None,
     }
 
 
@@ -235,25 +252,30 @@ def summarise(runs: dict[str, list[dict]], n_images: int) -> dict:
     """Per mode: medians over repeats; ratios against plain's median."""
     out = {}
     for mode, results in runs.items():
-        med = lambda key: statistics.median(r[key] for r in results if r[key] is not None)  # noqa: E731
+        med = lambda key: statistics.median([r[key] for r in results if r[key] is not None] or [0.0])  # noqa: E731
         cycles = [r["cycle_seconds_per_epoch"] for r in results if r["cycle_seconds_per_epoch"]]
         out[mode] = {
             "seconds_per_epoch": round(med("seconds_per_epoch"), 3),
             "cycle_seconds_per_epoch": round(statistics.median(cycles), 3) if cycles else None,
             "images_per_second": round(n_images / med("seconds_per_epoch")),
             "startup_seconds": round(med("startup_seconds"), 1),
+            "finish_seconds": round(med("finish_seconds"), 2) if mode != "plain" else None,
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in results)),
             "runs": results,
+            "beside": bool(results and results[0].get("beside")),
         }
     plain = out.get("plain", {}).get("seconds_per_epoch")
+    plain_startup = out.get("plain", {}).get("startup_seconds")
     for entry in out.values():
         entry["ratio_to_plain"] = round(entry["seconds_per_epoch"] / plain, 2) if plain else None
+        entry["startup_ratio_to_plain"] = round(entry["startup_seconds"] / plain_startup, 2) if plain_startup else None
     return out
 
 
 def print_table(summary: dict, epochs: int, repeats: int) -> None:
     print(f"\n{epochs} epochs, {repeats} repeat(s); s/epoch = median of epochs 2..{epochs} (median over repeats)")
-    head = f"{'mode':<10} {'s/epoch':>8} {'cycle s':>8} {'img/s':>8} {'x plain':>8} {'start-up s':>10} {'peak MB':>8}"
+    head = (f"{'mode':<10} {'s/epoch':>8} {'cycle s':>8} {'img/s':>8} {'x plain':>8} {'start-up s':>10} "
+            f"{'x plain':>8} {'finish s':>8} {'peak MB':>8}")
     print(head)
     print("-" * len(head))
     for mode in MODES:
@@ -262,8 +284,10 @@ def print_table(summary: dict, epochs: int, repeats: int) -> None:
         e = summary[mode]
         ratio = f"{e['ratio_to_plain']:.2f}" if e["ratio_to_plain"] is not None else "-"
         cycle = f"{e['cycle_seconds_per_epoch']:.2f}" if e["cycle_seconds_per_epoch"] else "-"
+        startup_ratio = f"{e['startup_ratio_to_plain']:.2f}" if e["startup_ratio_to_plain"] is not None else "-"
+        finish = f"{e['finish_seconds']:.2f}" if e["finish_seconds"] is not None else "-"
         print(f"{mode:<10} {e['seconds_per_epoch']:>8.2f} {cycle:>8} {e['images_per_second']:>8} "
-              f"{ratio:>8} {e['startup_seconds']:>10.1f} {e['peak_rss_mb']:>8}")
+              f"{ratio:>8} {e['startup_seconds']:>10.1f} {startup_ratio:>8} {finish:>8} {e['peak_rss_mb']:>8}")
     for mode in MODES:
         if mode in summary:
             print(f"  {mode}: epoch seconds per run: {[r['epoch_seconds'] for r in summary[mode]['runs']]}")
@@ -279,14 +303,14 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="spec override for the plateau modes, e.g. training.steps_per_execution=50")
     parser.add_argument("--verbose", action="store_true", help="echo every subprocess line")
+    parser.add_argument("--beside", action="store_true", help="a second identical plateau run beside each measured one")
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.plain_child:
         plain_child(args.data, args.epochs)
         return 0
-    if args.epochs < 2:
-        parser.error("--epochs must be at least 2 (epoch 1 is excluded from the median)")
+
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
     if unknown:

@@ -296,8 +296,20 @@ class CompareSpec(_Section):
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ValueError(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
-    max_concurrent_trials: int = Field(1, ge=1)
+    # How the trials run (compare/plan.py): "auto" plans them from what Ray reports (on CPUs one
+    # worker per trial, as many trials at once as the CPUs hold); a number fixes it. The worker
+    # count changes a run only by the order its gradients are summed in; every trial gets the same.
+    max_concurrent_trials: Union[Literal["auto"], int] = "auto"
+    workers_per_trial: Union[Literal["auto"], int] = "auto"
     scheduler: Optional[Literal["asha"]] = None
+
+    @field_validator("max_concurrent_trials", "workers_per_trial", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value, info):
+        least = 1  # a trial cannot train in local mode (0 workers): it runs inside a Tune trial
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            return value
+        raise ValueError(f"use auto or a whole number >= {least}")
 
 
 def inline_compare_base(data: dict, base_dir: Path | None) -> dict:
@@ -431,15 +443,22 @@ def validate(data: dict, where: str = "", base_dir: Path | None = None) -> Spec:
     raise SpecError(f"{where}kind: unknown kind {kind!r}; use 'train' or 'compare'")
 
 
+WORKERS_KEY = "scaling.num_workers"
+
+
 def route_overrides(data: dict, overrides: list[str] | None) -> list[str]:
     """Overrides as they apply to the spec `data`: for a compare spec, a key that is not one of
     the study's own fields (name, output, grid, seeds, ...) belongs to its base train spec, so
-    `training.epochs=2` (or `--epochs 2`) becomes `base.training.epochs=2`."""
+    `training.epochs=2` (or `--epochs 2`) becomes `base.training.epochs=2`; the worker count
+    (`--workers N`) becomes the study's `workers_per_trial`."""
     if not isinstance(data, dict) or data.get("kind") != "compare":
         return list(overrides or [])
     routed = []
     for text in overrides or []:
         key, _ = parse_override(text)
+        if key == WORKERS_KEY:  # `--workers N` on a study fixes every trial's workers
+            routed.append(f"workers_per_trial={text.partition('=')[2]}")
+            continue
         routed.append(text if key.split(".")[0] in CompareSpec.model_fields else f"base.{text.lstrip()}")
     return routed
 

@@ -83,12 +83,16 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     collector = finished_or_resume(plan, echo)
     if tensorboard:
         collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
+    starting = progress.Startup(echo, f"starting Ray and {spec.workers} worker(s)")
     try:
-        outcome = fit_and_collect(plan, collector, address, verbose, callbacks)
+        with starting, cluster.ray_session(address, cpus_needed(spec), verbose) as started_here:
+            outcome = fit_and_collect(plan, collector, started_here, verbose, callbacks, starting)
+            # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
+            return finish(plan, collector, outcome, time.perf_counter() - started, echo,
+                          provenance(started_at, command))
     except signals.Interrupted as exc:
         exc.message = _interrupted_line(exc, collector, plan.run_dir)
         raise
-    return finish(plan, collector, outcome, time.perf_counter() - started, echo, provenance(started_at, command))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,9 +260,11 @@ def cpus_needed(spec: TrainSpec) -> float:
     return spec.workers * spec.scaling.cpus_per_worker + 1
 
 
-def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str], verbose: bool,
-                    callbacks: Sequence) -> dict:
-    """Run the trainer; hand every report to `collector` as it arrives.
+def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, verbose: bool,
+                    callbacks: Sequence, starting: progress.Startup) -> dict:
+    """Run the trainer on the Ray of `cluster.ray_session` (`started_here`: an embedded one, which
+    cannot grow); hand every report to `collector` as it arrives; `starting` stops saying "still
+    starting" once the workers said where they run.
 
     Returns {"result": Ray Train's Result} or {"error": what fit raised}: a failure is reported
     after the epochs that finished are saved.
@@ -270,42 +276,40 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, address: Optional[str
     from service.backend import train_loop_per_worker
 
     scaling = plan.spec.scaling
-    starting = progress.Startup(collector.echo, f"starting Ray and {plan.spec.workers} worker(s)")
-    with starting, cluster.ray_session(address, cpus_needed(plan.spec), verbose) as started_here:
-        signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
+    signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
+    try:
+        cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
+                                   can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
+                                   echo=collector.echo)
+    except cluster.ResourcesTimeout as exc:
+        return {"error": exc}
+    arrays = {k: ray.put(getattr(plan.splits, k)) for k in
+              ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+    # The queue is an actor: without these options it asks for a CPU and may land on a
+    # worker node, and die with it.
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)})
+    config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
+              "progress": queue, "attempt": uuid.uuid4().hex}
+    trainer = _trainer(plan, train_loop_per_worker, config, callbacks, verbose)
+    outcome: dict = {}
+
+    def fit() -> None:
         try:
-            cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
-                                       can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
-                                       echo=collector.echo)
-        except cluster.ResourcesTimeout as exc:
-            return {"error": exc}
-        arrays = {k: ray.put(getattr(plan.splits, k)) for k in
-                  ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-        # The queue is an actor: without these options it asks for a CPU and may land on a
-        # worker node, and die with it.
-        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False)})
-        config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
-                  "progress": queue, "attempt": uuid.uuid4().hex}
-        trainer = _trainer(plan, train_loop_per_worker, config, callbacks, verbose)
-        outcome: dict = {}
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # reported by `finish`, after the last epochs are saved
+            outcome["error"] = exc
 
-        def fit() -> None:
-            try:
-                outcome["result"] = trainer.fit()
-            except BaseException as exc:  # reported by `finish`, after the last epochs are saved
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
-        thread.start()
-        while thread.is_alive() or not queue.empty():
-            try:
-                collector.on_message(*queue.get(timeout=0.2))
-            except Empty:
-                pass
-            if collector.placement:
-                starting.done()
-        thread.join()
+    thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            collector.on_message(*queue.get(timeout=0.2))
+        except Empty:
+            pass
+        if collector.placement:
+            starting.done()
+    thread.join()
     return outcome
 
 

@@ -149,7 +149,8 @@ def test_a_seed_listed_twice_is_refused():
 def test_the_job_files_expand_as_documented():
     seed = load_spec(PROJECT_ROOT / "jobs" / "seed-comparison.yaml")
     trials = grid_lib.expand(seed)
-    assert seed.base.name == "seed-reduce-lr" and seed.max_concurrent_trials == 1
+    assert seed.base.name == "seed-reduce-lr"
+    assert seed.max_concurrent_trials == "auto" and seed.workers_per_trial == "auto"  # planned from Ray
     assert [(t.setting.label, t.seed) for t in trials] == [
         ("reduce_lr=off", 7), ("reduce_lr=off", 8), ("reduce_lr=off", 9),
         ("reduce_lr=on", 7), ("reduce_lr=on", 8), ("reduce_lr=on", 9)]
@@ -555,7 +556,7 @@ def test_quiet_keeps_only_the_final_table_and_line(tmp_path, capsys, monkeypatch
                                     "grid": {"reduce_lr.factor": [0.1, 0.5]}, "seeds": [7, 8]}))
     assert cli.main(["compare", str(path), "--output", str(tmp_path)]) == 0
     loud = capsys.readouterr().out.splitlines()
-    assert loud[0].startswith("study: 2 setting(s) x 2 seed(s), up to 1 at a time, 4 already finished")
+    assert loud[0].startswith("study: 2 setting(s) x 2 seed(s), 1 worker(s) per trial, 4 already finished")
     assert "every trial already finished; use --fresh to train them again" in loud
     assert cli.main(["compare", str(path), "--output", str(tmp_path), "--quiet"]) == 0
     quiet = capsys.readouterr().out.splitlines()

@@ -36,6 +36,8 @@ def test_batch_split_is_as_even_as_possible(batch, workers, offsets, sizes):
 
 
 def test_every_world_size_trains_on_the_same_global_batches():
+    import tensorflow as tf
+
     from service.worker import train_dataset
 
     x = np.arange(1000, dtype=np.uint8).reshape(1000, 1) % 251
@@ -43,7 +45,11 @@ def test_every_world_size_trains_on_the_same_global_batches():
     common = dict(steps=4, global_batch=200, seed=7, start_epoch=1, epochs=3)
 
     def images(rows: slice) -> np.ndarray:
-        return np.concatenate([b[0].numpy() for b in train_dataset(x, y, rows=rows, **common)])
+        # The dataset repeats (infinite cardinality: MWMS then needs no per-step "is there a
+        # batch" exchange); fit draws epochs x steps batches of it: 2 x 4 here.
+        dataset = train_dataset(x, y, rows=rows, **common)
+        assert dataset.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+        return np.concatenate([b[0].numpy() for b in dataset.take(2 * 4)])
 
     whole = images(slice(0, 200))
     assert whole.shape == (2 * 4 * 200, 1)

@@ -28,6 +28,7 @@ from service import cluster, events, progress, report, runs
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
+from service.compare.plan import PLAN_FILE, StudyPlan, plan_workers, with_workers
 from service.compare.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
                                     table_rows, text_table, trial_row)
@@ -50,6 +51,8 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     if address:
         cluster.check_gcs_address(address)
     study_dir = (Path(spec.output) / spec.name).resolve()
+    workers, why = plan_workers(spec)
+    spec = with_workers(spec, workers)  # before the trials are made: it is part of their specs
     plan = SeedPlan.of(spec)
     every = expand(spec, study_dir / "trials", seeds=list(plan.seeds))  # all validated up front
     settings = _settings(every)
@@ -58,12 +61,12 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     if fresh and study_dir.exists():
         shutil.rmtree(study_dir)
     reused = _count_finished(every)
-    echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, up to {spec.max_concurrent_trials} "
-         f"at a time{f', {reused} already finished' if reused else ''} -> {study_dir}")
+    echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, {workers} worker(s) per trial"
+         f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
     runs.mark_started(study_dir, "compare")
+    session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why))
     try:
-        outcomes, step = _run_rounds(spec, plan, every, study_dir, Session(address, verbose, echo, data_cache),
-                                     quiet_trials)
+        outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
     except BadInput:
         raise
     except Exception as exc:
@@ -71,7 +74,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         runs.mark_failed(study_dir, cause_line(exc))
         return EXIT_FAILED
     trials = [t for t in every if t.name in outcomes]
-    n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo, step.line)
+    n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo, step.line, session.plan)
     progress.final(echo, f"{n_ok}/{len(trials)} trials finished in {time.perf_counter() - started:.0f}s"
                          f"{'; ' + step.line if step.line else ''}; baseline: {settings[0].label} -> "
                          f"{study_dir / 'comparison.md'}")
@@ -95,6 +98,7 @@ class Session:
     verbose: bool
     echo: Echo
     data_cache: Optional[Path]
+    plan: StudyPlan      # how many trials at once, with how many workers (concurrency once Ray is up)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     ray_open: bool = False
     trained: int = 0   # trials trained (not reused) so far
@@ -105,7 +109,7 @@ def _run_rounds(spec: CompareSpec, plan: SeedPlan, every: list[Trial], study_dir
     """The first round's seeds, then (sequential seeding) one more seed per round until the plan
     says stop; every trial name -> its outcome, and the plan's last word."""
     seeds, outcomes = plan.first_round, {}
-    pace = StudyPace(0, spec.max_concurrent_trials)
+    pace = StudyPace(0, 1)  # its concurrency is the plan's, once Ray is up
     with session.stack:
         while True:
             planned = [t for t in every if t.seed in seeds]
@@ -144,12 +148,17 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
         return outcomes
     from service.compare.trials import run_tune, study_session  # imports Ray Tune: only when there is work
 
-    if not session.ray_open:  # one Ray for every round
-        session.stack.enter_context(study_session(spec, every, session.address, session.verbose, session.echo))
+    if not session.ray_open:  # one Ray for every round; the plan's concurrency from what it reports
+        resources = session.stack.enter_context(study_session(spec, every, session.address, session.verbose,
+                                                              session.echo))
+        session.plan = session.plan.concurrency(spec, resources, len(every))
+        session.echo(f"{spec.name}: {session.plan.line()}")
+        report.write_json(study_dir / PLAN_FILE, session.plan.to_json())
         session.ray_open = True
+    watch.pace.concurrency = session.plan.concurrent
     session.trained += len(todo)
     outcomes.update(run_tune(spec, todo, study_dir, session.address, session.verbose, session.echo,
-                             session.data_cache, watch))
+                             session.data_cache, watch, concurrent=session.plan.concurrent))
     for t in todo:  # a trial Tune returned nothing for is a failed row, not a hole in the study
         outcomes.setdefault(t.name, TrialOutcome("failed", error="no result from Tune"))
     return outcomes
@@ -210,7 +219,7 @@ def _finished(trial: Trial) -> TrialOutcome:
 
 
 def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Setting], outcomes: dict,
-                   study_dir: Path, echo: Echo, outcome_line: str = "") -> int:
+                   study_dir: Path, echo: Echo, outcome_line: str = "", study_plan: Optional[StudyPlan] = None) -> int:
     """comparison.csv/.md/.png, settings.csv and the ranked table on the terminal; returns the
     trials that finished."""
     rows, curves = [], {s.label: [] for s in settings}
@@ -229,6 +238,8 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
             curves[t.setting.label].append(outcome.history)
     records = aggregate(rows, [s.label for s in settings])
     outcome_text = f"Sequential seeding: {outcome_line}." if outcome_line else ""
+    if study_plan is not None and study_plan.concurrent:  # how this run of the study ran its trials
+        outcome_text = f"{outcome_text}\n\nHow the trials ran: {study_plan.line()}.".strip()
     report.write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
     report.write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
     report.write_atomic(study_dir / "comparison.md", markdown(spec, records, rows, settings, trials, outcome_text))

@@ -35,6 +35,11 @@ from service.spec import CompareSpec, TrainSpec
 
 # What Tune ranks trials by (ASHA needs it in every result).
 METRIC, MODE = "val_accuracy", "max"
+# What a trial's own process reserves: no CPU, since it only waits while its Ray Train workers
+# train (Ray Train's controller reserves none either), and the workers reserve theirs in the
+# placement group the trainer makes; so a study plans its trials by their workers alone. Tune
+# refuses a trial that asks for nothing at all: it asks for one byte of memory.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,14 +147,14 @@ def _trial_dirname(tune_trial) -> str:
     return tune_trial.config["trial"]["spec"]["name"]
 
 
-def study_cpus(spec: CompareSpec, trials: list[Trial]) -> int:
-    """Logical CPUs for an embedded Ray: each concurrent trial's own process plus its workers."""
-    per_trial = max(1 + t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)
-    return max(os.cpu_count() or 1, math.ceil(spec.max_concurrent_trials * per_trial))
+def study_cpus(trials: list[Trial]) -> int:
+    """Logical CPUs for an embedded Ray: the machine's, or more when one trial's workers need more
+    (they then share the cores)."""
+    return max(os.cpu_count() or 1, math.ceil(max(t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)))
 
 
 def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo, data_cache,
-           watch: StudyWatch):
+           watch: StudyWatch, concurrent: int):
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
@@ -158,12 +163,10 @@ def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: boo
     space = [{"spec": t.spec.model_dump(mode="json"), "verbose": verbose,
               "data_cache": str(data_cache) if data_cache else None} for t in trials]
     return tune.Tuner(
-        # The trial's own process takes one CPU; its Ray Train workers reserve theirs in the
-        # placement group the trainer makes for them.
-        tune.with_resources(run_trial, {"CPU": 1}),
+        tune.with_resources(run_trial, TRIAL_RESOURCES),
         param_space={"trial": tune.grid_search(space)},
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
-                                    max_concurrent_trials=spec.max_concurrent_trials,
+                                    max_concurrent_trials=concurrent,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(study_dir / "tune"),
                                   callbacks=[StudyLines(watch, echo), NoTuneEvents()],
@@ -173,27 +176,31 @@ def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: boo
 
 @contextlib.contextmanager
 def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str], verbose: bool,
-                  echo: Callable[[str], None]) -> Iterator[None]:
-    """Ray for the study (joined or embedded), once every trial's workers could be placed."""
-    with cluster.ray_session(address, study_cpus(spec, trials), verbose) as started_here:
+                  echo: Callable[[str], None]) -> Iterator[dict[str, float]]:
+    """Ray for the study (joined or embedded), once every trial's workers could be placed;
+    yields the resources Ray reports (what `plan.StudyPlan.concurrency` plans from)."""
+    import ray
+
+    with cluster.ray_session(address, study_cpus(trials), verbose) as started_here:
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling
             cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s, echo=echo)
-        yield
+        yield dict(ray.cluster_resources())
 
 
 def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
              verbose: bool, echo: Callable[[str], None], data_cache: Optional[Path] = None,
-             watch: Optional[StudyWatch] = None) -> dict[str, TrialOutcome]:
-    """Run the trials on Ray Tune; trial name -> outcome. Raises whatever keeps the study itself
-    from running (Ray, Tune). `watch` words the lines printed meanwhile (default: a line per
-    trial epoch, over these trials). Inside `study_session` it uses that session's Ray."""
+             watch: Optional[StudyWatch] = None, concurrent: int = 1) -> dict[str, TrialOutcome]:
+    """Run the trials on Ray Tune, `concurrent` at a time; trial name -> outcome. Raises whatever
+    keeps the study itself from running (Ray, Tune). `watch` words the lines printed meanwhile
+    (default: a line per trial epoch, over these trials). Inside `study_session` it uses that
+    session's Ray."""
     if watch is None:
-        watch = StudyWatch(trials, StudyPace(len(trials), spec.max_concurrent_trials))
+        watch = StudyWatch(trials, StudyPace(len(trials), concurrent))
     by_name = {t.name: t for t in trials}
     with study_session(spec, trials, address, verbose, echo):
-        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch)
+        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)
         with cluster.tune_console(verbose):

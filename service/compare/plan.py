@@ -1,0 +1,89 @@
+"""How a study runs its trials: how many workers each, and how many at once.
+
+The worker count is a speed knob, not a setting under study: the global batch, the data order
+and the dropout masks do not depend on it (`model.BatchSplit`, `worker.train_dataset`), so a run
+on 1 worker and one on 3 differ only by the order in which gradients are summed (on the sample:
+within 2e-5 for five epochs, then compounding, 4.7e-3 in val_loss at epoch 6). A study may
+therefore choose it, as long as every trial of the study uses the same count.
+
+`plan_workers` decides the count before Ray starts (it is part of every trial's spec);
+`StudyPlan.concurrency` decides how many trials run at once from the resources Ray reports.
+Either is fixed by the compare spec (`workers_per_trial`, or `--workers`; `max_concurrent_trials`).
+Otherwise:
+
+* CPUs: one worker per trial, as many trials at once as the CPUs hold. Measured with
+  `benchmarks/study.py` (the seed's experiment, 2 arms x 2 seeds, full MNIST, 2 cores): trials
+  on one worker each, two at once, beat trials on 2 workers one at a time, whose gradients
+  cross a socket every step on the cores that compute.
+* GPUs (the base sets `use_gpu`) and elastic bases: the base's workers, and as many trials at
+  once as the GPUs (or CPUs) hold.
+
+Example::
+
+    workers, why = plan_workers(spec)                       # 1, "one worker per trial on CPUs ..."
+    plan = StudyPlan(workers, why).concurrency(spec, ray.cluster_resources(), trials=4)
+    plan.line()     # "plan: 2 trials at once, 1 worker each (...)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from service.spec import CompareSpec, TrainSpec
+
+PLAN_FILE = "plan.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    workers: int                 # every trial's worker count
+    workers_why: str
+    concurrent: Optional[int] = None   # trials at once, once Ray's resources are known
+    concurrent_why: str = ""
+
+    def concurrency(self, spec: CompareSpec, resources: dict[str, float], trials: int) -> "StudyPlan":
+        """This plan with the trials at once: fixed by the spec, else as many as `resources`
+        (Ray's cluster resources) hold, between 1 and `trials`."""
+        if spec.max_concurrent_trials != "auto":
+            return dataclasses.replace(self, concurrent=spec.max_concurrent_trials,
+                                       concurrent_why="max_concurrent_trials in the study")
+        base = spec.base
+        if base.scaling.use_gpu:
+            key, per_trial = "GPU", self.workers * base.scaling.gpus_per_worker
+        else:
+            key, per_trial = "CPU", max(self.workers, 1) * base.scaling.cpus_per_worker
+        have = float(resources.get(key, 0.0))
+        fits = int(have / per_trial + 1e-9) if per_trial > 0 else trials
+        concurrent = max(1, min(fits, trials))
+        unit = "GPUs" if key == "GPU" else "CPUs"
+        return dataclasses.replace(self, concurrent=concurrent,
+                                   concurrent_why=f"Ray reports {have:g} {unit}, a trial needs {per_trial:g}")
+
+    def line(self) -> str:
+        at_once = f"{self.concurrent} trial(s) at once" if self.concurrent else "trials"
+        return (f"plan: {at_once}, {self.workers} worker(s) each ({self.workers_why}"
+                f"{'; ' + self.concurrent_why if self.concurrent_why else ''})")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def plan_workers(spec: CompareSpec) -> tuple[int, str]:
+    """Every trial's worker count, and why."""
+    base: TrainSpec = spec.base
+    if spec.workers_per_trial != "auto":
+        return spec.workers_per_trial, "workers_per_trial in the study"
+    if base.scaling.use_gpu:
+        return base.workers, "the base's workers: trials on GPUs"
+    if base.scaling.elastic:
+        return base.workers, "the base's workers: an elastic base"
+    return 1, "one worker per trial on CPUs: the fastest plan measured there"
+
+
+def with_workers(spec: CompareSpec, workers: int) -> CompareSpec:
+    """`spec` with every trial on `workers` workers (an elastic base keeps its range)."""
+    if spec.base.scaling.elastic and workers == spec.base.workers:
+        return spec
+    scaling = spec.base.scaling.model_copy(update={"num_workers": workers})
+    return spec.model_copy(update={"base": spec.base.model_copy(update={"scaling": scaling})})

@@ -1,0 +1,71 @@
+"""How a study plans its trials (service/compare/plan.py): workers per trial and trials at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.compare import grid as grid_lib
+from service.compare.plan import StudyPlan, plan_workers, with_workers
+from service.spec import SpecError, load_spec
+
+SEED_STUDY = Path(__file__).resolve().parent.parent / "jobs" / "seed-comparison.yaml"
+
+
+def plan(overrides=(), resources=None, trials=4) -> StudyPlan:
+    spec = load_spec(SEED_STUDY, list(overrides))
+    workers, why = plan_workers(spec)
+    return StudyPlan(workers, why).concurrency(with_workers(spec, workers), resources or {"CPU": 2.0}, trials)
+
+
+def test_on_cpus_one_worker_per_trial_and_a_trial_per_cpu():
+    assert (plan().workers, plan().concurrent) == (1, 2)
+    assert plan(resources={"CPU": 16.0}, trials=4).concurrent == 4   # never more than the trials
+    assert plan(resources={"CPU": 16.0}, trials=40).concurrent == 16
+    assert plan(["base.scaling.cpus_per_worker=2"], {"CPU": 5.0}).concurrent == 2
+    assert "one worker per trial on CPUs" in plan().line()
+    assert "Ray reports 2 CPUs, a trial needs 1" in plan().line()
+
+
+def test_the_study_fixes_what_it_names():
+    fixed = plan(["workers_per_trial=2", "max_concurrent_trials=1"])
+    assert (fixed.workers, fixed.concurrent) == (2, 1)
+    assert "workers_per_trial in the study" in fixed.line()
+    assert "max_concurrent_trials in the study" in fixed.line()
+    # --workers on a study is the study's worker count, not the base's
+    assert plan(["scaling.num_workers=3"]).workers == 3
+    assert plan(["scaling.num_workers=3"], {"CPU": 7.0}).concurrent == 2
+
+
+def test_gpu_trials_keep_the_base_workers_and_fill_the_gpus():
+    gpu = plan(["base.scaling.use_gpu=true", "base.scaling.num_workers=2"], {"CPU": 16.0, "GPU": 8.0}, trials=12)
+    assert (gpu.workers, gpu.concurrent) == (2, 4)
+    half = plan(["base.scaling.use_gpu=true", "base.scaling.num_workers=2", "base.scaling.gpus_per_worker=0.5"],
+                {"CPU": 16.0, "GPU": 3.0}, trials=12)
+    assert half.concurrent == 3
+    assert plan(["base.scaling.use_gpu=true"], {"CPU": 16.0, "GPU": 1.0}).concurrent == 1   # at least one
+
+
+def test_an_elastic_base_keeps_its_range():
+    spec = load_spec(SEED_STUDY, ["base.scaling.num_workers=[1, 3]"])
+    workers, _ = plan_workers(spec)
+    assert workers == 3 and with_workers(spec, workers).base.scaling.num_workers == (1, 3)
+
+
+def test_every_trial_gets_the_planned_workers():
+    spec = load_spec(SEED_STUDY)
+    assert spec.base.scaling.num_workers == 2            # what `plateau train` of the base uses
+    trials = grid_lib.expand(with_workers(spec, plan_workers(spec)[0]))
+    assert {t.spec.scaling.num_workers for t in trials} == {1}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_concurrent_trials=0", "max_concurrent_trials: use auto or a whole number >= 1"),
+    ("workers_per_trial=0", "workers_per_trial: use auto or a whole number >= 1"),
+    ("workers_per_trial=many", "workers_per_trial: use auto or a whole number >= 1"),
+])
+def test_a_bad_plan_setting_is_one_line(override, message):
+    with pytest.raises(SpecError) as err:
+        load_spec(SEED_STUDY, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
