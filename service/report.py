@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -294,14 +295,25 @@ def _metric_panel(ax, history: list[dict], keys: tuple[str, str], monitor: Optio
     ax.grid(alpha=0.3)
 
 
+def import_plotting_soon() -> None:
+    """Import matplotlib in a background thread, so that curves.png after the last epoch does not
+    wait for the import (about 0.4 s of the time between the last epoch and `done:`)."""
+    threading.Thread(target=_import_plotting, name="plateau-import-matplotlib", daemon=True).start()
+
+
+def _import_plotting() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,
                 title: str = "", monitor: Optional[str] = None) -> None:
     """Loss and val_loss | accuracy and val_accuracy per epoch, the monitored metric drawn thick with
     its best epoch starred; below the accuracy, the learning rate (log axis); LR reductions (dashed green, between
     the epoch that decided and the first at the new rate) and the early stop (red) on every panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    _import_plotting()
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

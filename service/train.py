@@ -227,6 +227,8 @@ class EpochCollector:
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
         if self.events is not None:
             self.events.epoch(row, head["decision"])
+        if announce and len(self.history) == 1:
+            report.import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
             pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head["decision"].get("stop")))
             self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs, pace,
