@@ -24,6 +24,7 @@ from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.utils import tf_utils
 
 from service.data import shard
 from service.spec import ModelSpec
@@ -117,14 +118,14 @@ class SeedModel(keras.Sequential):
     small collectives per step (loss and accuracy), each waiting on the other process, beside
     the gradients' one. Nothing reads a step's values (fit runs with verbose=0 and no callback
     looks at a batch's logs), so the step returns only this worker's optimizer step, which
-    needs no exchange ("first" reduction), and the epoch's values are read once, at its end
-    (`sync.GlobalMetrics` calls `get_metrics_result()`), from the same totals: the same
-    numbers, one exchange per epoch instead of six per step.
+    needs no exchange ("first" reduction), and the epoch's values are read once, at its end,
+    from the same totals: the same numbers in the epoch's logs, one exchange per epoch instead
+    of six per step.
 
     Example::
 
-        model.fit(dataset, epochs=2, steps_per_epoch=41, verbose=0)   # batch logs: {"step": ...}
-        model.get_metrics_result()    # {"loss": <0.23>, "accuracy": <0.93>}, the epoch so far
+        history = model.fit(dataset, epochs=2, steps_per_epoch=41, verbose=0)
+        history.history["loss"]       # each epoch's, as stock Keras logs it (batch logs: {"step": ...})
     """
 
     STEP = "step"  # the one value a step reports
@@ -145,6 +146,11 @@ class SeedModel(keras.Sequential):
         # Something must come back (fit's step loop carries it), and nothing that needs the
         # other workers: this worker's copy of the step counter.
         return {self.STEP: tf.identity(self.optimizer.iterations)}
+
+    def _validate_and_get_metrics_result(self, logs):
+        # fit asks this at every epoch's end for the epoch's logs (tf_keras's own path for steps
+        # whose returns are not the metrics): the metrics' totals, read once, on every rank.
+        return tf_utils.sync_to_numpy_or_python_type(self.get_metrics_result())
 
 
 def replica_scaled_loss(split: BatchSplit):

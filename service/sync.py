@@ -41,7 +41,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from service.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
-from service.model import SeedModel, scale_pixels
+from service.model import scale_pixels
 from service.spec import METRICS
 
 
@@ -149,10 +149,6 @@ class GlobalMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        # The training step reports no values (`model.SeedModel`): the epoch's are read here,
-        # from the metrics' totals over every replica (on every rank: a read is an all-reduce).
-        logs.pop(SeedModel.STEP, None)
-        logs.update({name: float(value) for name, value in self.model.get_metrics_result().items()})
         # One exchange per epoch: [val loss sum, val correct, val count, train loss, train acc].
         rows = self.collective.all_gather([*self.val.sums(), logs.get("loss", np.nan), logs.get("accuracy", np.nan)])
         loss_sum, correct, count = rows[:, :3].sum(axis=0)
