@@ -152,12 +152,11 @@ def test_the_job_files_expand_as_documented():
     assert seed.base.name == "seed-reduce-lr"
     assert seed.max_concurrent_trials == "auto" and seed.workers_per_trial == "auto"  # planned from Ray
     assert [(t.setting.label, t.seed) for t in trials] == [
-        ("reduce_lr=off", 7), ("reduce_lr=off", 8), ("reduce_lr=off", 9),
-        ("reduce_lr=on", 7), ("reduce_lr=on", 8), ("reduce_lr=on", 9)]
+        *(("reduce_lr=off", s) for s in range(7, 13)), *(("reduce_lr=on", s) for s in range(7, 13))]
     assert all(t.spec.data.validation == "test" and t.spec.early_stopping.patience == 2 for t in trials)
     assert trials[0].spec.reduce_lr is None
     assert trials[-1].spec.reduce_lr == seed.base.reduce_lr  # the seed's ReduceLROnPlateau
-    assert trials[-1].name == "seed-comparison-reduce_lr-on-s9"
+    assert trials[-1].name == "seed-comparison-reduce_lr-on-s12"
 
     wide = load_spec(PROJECT_ROOT / "jobs" / "compare-callbacks.yaml")
     trials = grid_lib.expand(wide)

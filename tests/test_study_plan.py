@@ -13,10 +13,11 @@ from service.spec import SpecError, load_spec
 SEED_STUDY = Path(__file__).resolve().parent.parent / "jobs" / "seed-comparison.yaml"
 
 
-def plan(overrides=(), resources=None, trials=4) -> StudyPlan:
+def plan(overrides=(), resources=None, trials=4, trial_cpus=0) -> StudyPlan:
     spec = load_spec(SEED_STUDY, list(overrides))
     workers, why = plan_workers(spec)
-    return StudyPlan(workers, why).concurrency(with_workers(spec, workers), resources or {"CPU": 2.0}, trials)
+    return StudyPlan(workers, why).concurrency(with_workers(spec, workers), resources or {"CPU": 2.0}, trials,
+                                               trial_cpus=trial_cpus)
 
 
 def test_on_cpus_one_worker_per_trial_and_a_trial_per_cpu():
@@ -26,6 +27,15 @@ def test_on_cpus_one_worker_per_trial_and_a_trial_per_cpu():
     assert plan(["base.scaling.cpus_per_worker=2"], {"CPU": 5.0}).concurrent == 2
     assert "one worker per trial on CPUs" in plan().line()
     assert "Ray reports 2 CPUs, a trial needs 1" in plan().line()
+
+
+def test_on_a_cluster_a_trial_also_reserves_its_own_cpu():
+    from service.compare.trials import trial_resources
+
+    assert trial_resources(embedded=True) == {"CPU": 0, "memory": 1}   # one machine: cores go to workers
+    assert trial_resources(embedded=False) == {"CPU": 1}                # never on a head with 0 CPUs
+    assert plan(resources={"CPU": 8.0}, trials=10, trial_cpus=1).concurrent == 4
+    assert "a trial needs 2" in plan(resources={"CPU": 8.0}, trial_cpus=1).line()
 
 
 def test_the_study_fixes_what_it_names():

@@ -42,9 +42,11 @@ class StudyPlan:
     concurrent: Optional[int] = None   # trials at once, once Ray's resources are known
     concurrent_why: str = ""
 
-    def concurrency(self, spec: CompareSpec, resources: dict[str, float], trials: int) -> "StudyPlan":
+    def concurrency(self, spec: CompareSpec, resources: dict[str, float], trials: int,
+                    trial_cpus: float = 0) -> "StudyPlan":
         """This plan with the trials at once: fixed by the spec, else as many as `resources`
-        (Ray's cluster resources) hold, between 1 and `trials`."""
+        (Ray's cluster resources) hold, between 1 and `trials`. `trial_cpus`: what a trial's own
+        process reserves besides its workers (`trials.trial_resources`)."""
         if spec.max_concurrent_trials != "auto":
             return dataclasses.replace(self, concurrent=spec.max_concurrent_trials,
                                        concurrent_why="max_concurrent_trials in the study")
@@ -52,7 +54,7 @@ class StudyPlan:
         if base.scaling.use_gpu:
             key, per_trial = "GPU", self.workers * base.scaling.gpus_per_worker
         else:
-            key, per_trial = "CPU", max(self.workers, 1) * base.scaling.cpus_per_worker
+            key, per_trial = "CPU", max(self.workers, 1) * base.scaling.cpus_per_worker + trial_cpus
         have = float(resources.get(key, 0.0))
         fits = int(have / per_trial + 1e-9) if per_trial > 0 else trials
         concurrent = max(1, min(fits, trials))

@@ -146,12 +146,13 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
             todo.append(t)
     if not todo:
         return outcomes
-    from service.compare.trials import run_tune, study_session  # imports Ray Tune: only when there is work
+    from service.compare.trials import run_tune, study_session, trial_resources  # Ray Tune: only when there is work
 
     if not session.ray_open:  # one Ray for every round; the plan's concurrency from what it reports
-        resources = session.stack.enter_context(study_session(spec, every, session.address, session.verbose,
-                                                              session.echo))
-        session.plan = session.plan.concurrency(spec, resources, len(every))
+        ray_here = session.stack.enter_context(study_session(spec, every, session.address, session.verbose,
+                                                             session.echo))
+        session.plan = session.plan.concurrency(spec, ray_here.resources, len(every),
+                                                trial_cpus=trial_resources(ray_here.embedded).get("CPU", 0))
         session.echo(f"{spec.name}: {session.plan.line()}")
         report.write_json(study_dir / PLAN_FILE, session.plan.to_json())
         session.ray_open = True

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -35,11 +36,19 @@ from service.spec import CompareSpec, TrainSpec
 
 # What Tune ranks trials by (ASHA needs it in every result).
 METRIC, MODE = "val_accuracy", "max"
-# What a trial's own process reserves: no CPU, since it only waits while its Ray Train workers
-# train (Ray Train's controller reserves none either), and the workers reserve theirs in the
-# placement group the trainer makes; so a study plans its trials by their workers alone. Tune
-# refuses a trial that asks for nothing at all: it asks for one byte of memory.
-TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+
+
+def trial_resources(embedded: bool) -> dict[str, float]:
+    """What a trial's own process reserves (its Ray Train workers reserve theirs in the placement
+    group the trainer makes).
+
+    On an embedded Ray (one machine) no CPU: the trial only waits while its workers train (Ray
+    Train's controller reserves none either), so the machine's cores go to workers; Tune refuses
+    a trial that asks for nothing at all, so it asks for one byte of memory. On a cluster one
+    CPU: a trial must not land on a head started with none (cluster.yaml's), which keeps work
+    off the head.
+    """
+    return {"CPU": 0, "memory": 1} if embedded else {"CPU": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +163,7 @@ def study_cpus(trials: list[Trial]) -> int:
 
 
 def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo, data_cache,
-           watch: StudyWatch, concurrent: int):
+           watch: StudyWatch, concurrent: int, embedded: bool):
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
@@ -163,7 +172,7 @@ def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: boo
     space = [{"spec": t.spec.model_dump(mode="json"), "verbose": verbose,
               "data_cache": str(data_cache) if data_cache else None} for t in trials]
     return tune.Tuner(
-        tune.with_resources(run_trial, TRIAL_RESOURCES),
+        tune.with_resources(run_trial, trial_resources(embedded)),
         param_space={"trial": tune.grid_search(space)},
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
                                     max_concurrent_trials=concurrent,
@@ -174,11 +183,19 @@ def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: boo
     )
 
 
+@dataclasses.dataclass
+class StudyRay:
+    """The Ray a study runs on: what it reports (`plan.StudyPlan.concurrency` plans from it), and
+    whether the study started it (embedded, one machine) or joined a cluster."""
+
+    resources: dict[str, float]
+    embedded: bool
+
+
 @contextlib.contextmanager
 def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str], verbose: bool,
-                  echo: Callable[[str], None]) -> Iterator[dict[str, float]]:
-    """Ray for the study (joined or embedded), once every trial's workers could be placed;
-    yields the resources Ray reports (what `plan.StudyPlan.concurrency` plans from)."""
+                  echo: Callable[[str], None]) -> Iterator[StudyRay]:
+    """Ray for the study (joined or embedded), once every trial's workers could be placed."""
     import ray
 
     with cluster.ray_session(address, study_cpus(trials), verbose) as started_here:
@@ -186,7 +203,7 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
             scaling = t.spec.scaling
             cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s, echo=echo)
-        yield dict(ray.cluster_resources())
+        yield StudyRay(dict(ray.cluster_resources()), embedded=started_here and not address)
 
 
 def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
@@ -199,8 +216,8 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
     if watch is None:
         watch = StudyWatch(trials, StudyPace(len(trials), concurrent))
     by_name = {t.name: t for t in trials}
-    with study_session(spec, trials, address, verbose, echo):
-        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent)
+    with study_session(spec, trials, address, verbose, echo) as ray_here:
+        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, ray_here.embedded)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)
         with cluster.tune_console(verbose):
