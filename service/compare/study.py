@@ -101,6 +101,7 @@ class Session:
     plan: StudyPlan      # how many trials at once, with how many workers (concurrency once Ray is up)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     ray_open: bool = False
+    embedded: bool = False   # the study started its Ray (one machine) rather than joining a cluster
     trained: int = 0   # trials trained (not reused) so far
 
 
@@ -153,13 +154,15 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
                                                              session.echo))
         session.plan = session.plan.concurrency(spec, ray_here.resources, len(every),
                                                 trial_cpus=trial_resources(ray_here.embedded).get("CPU", 0))
+        session.embedded = ray_here.embedded
         session.echo(f"{spec.name}: {session.plan.line()}")
         report.write_json(study_dir / PLAN_FILE, session.plan.to_json())
         session.ray_open = True
     watch.pace.concurrency = session.plan.concurrent
     session.trained += len(todo)
     outcomes.update(run_tune(spec, todo, study_dir, session.address, session.verbose, session.echo,
-                             session.data_cache, watch, concurrent=session.plan.concurrent))
+                             session.data_cache, watch, concurrent=session.plan.concurrent,
+                             embedded=session.embedded))
     for t in todo:  # a trial Tune returned nothing for is a failed row, not a hole in the study
         outcomes.setdefault(t.name, TrialOutcome("failed", error="no result from Tune"))
     return outcomes

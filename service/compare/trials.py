@@ -208,16 +208,19 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
 
 def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
              verbose: bool, echo: Callable[[str], None], data_cache: Optional[Path] = None,
-             watch: Optional[StudyWatch] = None, concurrent: int = 1) -> dict[str, TrialOutcome]:
+             watch: Optional[StudyWatch] = None, concurrent: int = 1,
+             embedded: Optional[bool] = None) -> dict[str, TrialOutcome]:
     """Run the trials on Ray Tune, `concurrent` at a time; trial name -> outcome. Raises whatever
     keeps the study itself from running (Ray, Tune). `watch` words the lines printed meanwhile
     (default: a line per trial epoch, over these trials). Inside `study_session` it uses that
-    session's Ray."""
+    session's Ray, and `embedded` says whether that session started it (a nested session cannot
+    tell: it only joins)."""
     if watch is None:
         watch = StudyWatch(trials, StudyPace(len(trials), concurrent))
     by_name = {t.name: t for t in trials}
     with study_session(spec, trials, address, verbose, echo) as ray_here:
-        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, ray_here.embedded)
+        embedded = ray_here.embedded if embedded is None else embedded
+        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, embedded)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)
         with cluster.tune_console(verbose):
