@@ -237,10 +237,11 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     """A collector holding the epochs an interrupted run already trained; the run's files begin."""
     spec = plan.spec
     collector = EpochCollector(spec, plan.out_dir, echo)
-    resume_epoch, resume_dir = checkpoint.latest(plan.run_dir)
-    if resume_epoch:
-        collector.resume(resume_epoch, resume_dir)
-        echo(f"{spec.name}: resuming after epoch {resume_epoch} from its last checkpoint (use --fresh to start over)")
+    # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
+    resume = checkpoint.resume_point(plan.run_dir, spec.model.hidden_units, echo)
+    if resume.epoch:
+        collector.resume(resume.epoch, resume.directory)
+        echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
     runs.mark_started(plan.out_dir, "train")
