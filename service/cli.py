@@ -239,7 +239,8 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> in
         from service import compare
 
         return compare.run(spec, address=address, verbose=args.verbose, fresh=args.fresh,
-                           data_cache=data_cache_dir(), echo=echo, quiet_trials=getattr(args, "quiet_trials", False))
+                           data_cache=data_cache_dir(), echo=echo, quiet_trials=getattr(args, "quiet_trials", False),
+                           command=command)
     from service import train
 
     result = train.run(spec, address=address, verbose=args.verbose, fresh=args.fresh, data_cache=data_cache_dir(),
@@ -256,6 +257,9 @@ def _check(args: argparse.Namespace) -> int:
         expand(spec)  # every trial's spec validated, as compare would before starting
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
+    from service.runlock import check_free
+
+    check_free(Path(spec.output) / spec.name, also=("trials/*",) if spec.kind == "compare" else ())
     if spec.kind == "train" and not args.fresh:
         from service.rundir import check_same_spec, state_line
 
