@@ -76,9 +76,9 @@ def process_started(pid: int) -> Optional[int]:
     """When process `pid` started, in clock ticks since boot (Linux /proc); None where unknown."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return int(text[text.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
-    return int(text[text.rindex(")") + 2:].split()[19])
 
 
 def pid_alive(pid: int) -> bool:
@@ -247,7 +247,10 @@ class Lock:
         self._thread.start()
 
     def ours(self) -> bool:
-        found = _read(self.path) if self.path.exists() else None
+        try:
+            found = _read(self.path)
+        except OSError:  # gone: removed by hand, or moved aside by a command that took it over
+            return False
         return found is not None and found.id == self.me.id
 
     def _beat(self, every_s: float) -> None:

@@ -283,8 +283,10 @@ def copy_of(interrupted: Path, tmp_path: Path) -> tuple[Path, Path, int]:
     here = tmp_path / "copy"
     shutil.copytree(interrupted, here)
     run = here / "results" / "ft" / "checkpoints" / "ft"
+    # The signal came after the epoch 3 line; epoch 3's checkpoint may not have been registered
+    # yet (and on a slow machine epoch 4's may have been).
     latest, _ = checkpoint.latest(run)
-    assert latest in (3, 4) and latest - 1 in checkpoint.by_epoch(run)  # keep: 2
+    assert latest in (2, 3, 4) and latest - 1 in checkpoint.by_epoch(run)  # keep: 2
     return here, run, latest
 
 

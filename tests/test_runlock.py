@@ -245,7 +245,7 @@ def test_two_trains_of_one_name_one_trains_the_other_is_refused_at_once(tmp_path
     assert lines == [f"plateau: {out / 'seed-reduce-lr'} is in use by pid {first.pid} on {HOST} since "
                      f"{lines[0].split(' since ')[1].split(' ')[0]} (plateau train jobs/seed-reduce-lr.yaml "
                      f"{' '.join(SAMPLE)} --output {out}); wait for it to end, or use --name to run under another name"]
-    assert refused_in < 20  # before any data, Ray or worker: the interpreter's start-up
+    assert refused_in < 30  # before any data, Ray or worker: the interpreter's start-up, on busy cores
     summary = json.loads((out / "seed-reduce-lr" / "summary.json").read_text())
     assert (summary["epochs_run"], summary["workers"]) == (2, 1)
     assert not (out / "seed-reduce-lr" / LOCK_FILE).exists()
@@ -312,8 +312,8 @@ def test_a_train_aimed_at_a_trial_folder_of_a_running_study_is_refused(tmp_path)
     assert study.returncode == 0, stdout + stderr
     assert aimed.returncode == 2 and "Traceback" not in aimed.stderr
     folder = (out / "seed-comparison").resolve()
-    assert f"plateau: {out / 'seed-comparison' / 'trials' / trial} is inside {folder}, which is in use by " \
-           f"pid {study.pid} on {HOST}" in aimed.stderr
+    assert f"plateau: {out / 'seed-comparison' / 'trials' / trial} is inside {out / 'seed-comparison'}, which is " \
+           f"in use by pid {study.pid} on {HOST}" in aimed.stderr
     assert again.returncode == 2 and f"plateau: {folder} is in use by pid {study.pid} on {HOST}" in again.stderr
     assert not (folder / LOCK_FILE).exists()
     assert (folder / "trials" / trial / "summary.json").exists()  # the study's trial, untouched
