@@ -260,8 +260,9 @@ def test_two_trains_of_one_name_one_trains_the_other_is_refused_at_once(tmp_path
 @pytest.mark.slow
 def test_a_killed_drivers_lock_is_taken_over_and_the_run_resumes(tmp_path):
     out = tmp_path / "results"
+    # A pause after each epoch: the kill lands before epoch 4's checkpoint, whatever the machine's pace.
     command = plateau_cmd("train", "jobs/seed-reduce-lr.yaml", "--data", "sample", "--epochs", "4", "--workers", "1",
-                          "--output", str(out))
+                          "--output", str(out), "--set", "debug.epoch_pause_s=3")
     driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:
