@@ -50,7 +50,8 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0
 # A lock file that does not parse yet is one being written; after this long it is damaged.
 UNREADABLE_GRACE_S = 10.0
-TAKEOVER_ATTEMPTS = 3
+# How often, and how far apart, a command looks again at a lock being written or taken over.
+ACQUIRE_TRIES, ACQUIRE_PAUSE_S = 40, 0.05
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 Echo = Callable[[str], None]
@@ -218,7 +219,7 @@ def _why_gone(path: Path, found: Optional[Holder], now: float) -> Optional[str]:
 
 def _acquire(folder: Path, me: Holder, echo: Echo) -> None:
     path = folder / LOCK_FILE
-    for _ in range(TAKEOVER_ATTEMPTS):
+    for _ in range(ACQUIRE_TRIES):
         if _create(path, me):
             return
         try:
@@ -226,14 +227,14 @@ def _acquire(folder: Path, me: Holder, echo: Echo) -> None:
             why = _why_gone(path, found, time.time())
         except FileNotFoundError:  # its holder just let go
             continue
-        if why is None and found is None:
-            raise RunLocked(f"{folder} is being taken by another command; wait for it to end, or use --name "
-                            f"to run under another name")
-        if why is None:
+        if why is None and found is None:  # created a moment ago, its holder still writing it
+            time.sleep(ACQUIRE_PAUSE_S)
+        elif why is None:
             raise _in_use(folder, found)
-        _take_over(path, found, why, echo)
-    raise RunLocked(f"{folder}: could not take its lock in {TAKEOVER_ATTEMPTS} tries, as other commands "
-                    f"start there; wait for them, or use --name to run under another name")
+        else:
+            _take_over(path, found, why, echo)
+    raise RunLocked(f"{folder} is being taken by another command; wait for it to end, or use --name to run under "
+                    f"another name")
 
 
 class Lock:
