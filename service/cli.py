@@ -74,6 +74,17 @@ def _output_flags(p: argparse.ArgumentParser, top: bool) -> None:
                    help="print only warnings, errors and the final summary")
 
 
+def _seconds(text: str) -> float:
+    """A flag's number of seconds: 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 or more seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from service import __version__
 
@@ -112,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--wait", action="store_true", help="wait for the job to end; exit non-zero if it failed")
     mode.add_argument("-f", "--follow", action="store_true", help="stream the job's logs until it ends")
+    p.add_argument("--wait-server", type=_seconds, default=None, metavar="SECONDS",
+                   help="wait this long for a job server that is starting (default 60)")
     _add_overrides(p)
 
     for name, helptext in (("status", "show a job's status"), ("logs", "print a job's logs"),
@@ -226,7 +239,8 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> in
         from service import compare
 
         return compare.run(spec, address=address, verbose=args.verbose, fresh=args.fresh,
-                           data_cache=data_cache_dir(), echo=echo, quiet_trials=getattr(args, "quiet_trials", False))
+                           data_cache=data_cache_dir(), echo=echo, quiet_trials=getattr(args, "quiet_trials", False),
+                           command=command)
     from service import train
 
     result = train.run(spec, address=address, verbose=args.verbose, fresh=args.fresh, data_cache=data_cache_dir(),
@@ -243,6 +257,9 @@ def _check(args: argparse.Namespace) -> int:
         expand(spec)  # every trial's spec validated, as compare would before starting
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
+    from service.runlock import check_free
+
+    check_free(Path(spec.output) / spec.name, also=("trials/*",) if spec.kind == "compare" else ())
     if spec.kind == "train" and not args.fresh:
         from service.rundir import check_same_spec, state_line
 
@@ -259,9 +276,10 @@ def _job_command(args: argparse.Namespace) -> int:
     with _without_ray_address_variables():
         if args.command == "submit":
             _warn(load_spec(args.spec, overrides_from(args)))
+            wait_server = jobs.WAIT_SERVER_S if args.wait_server is None else args.wait_server
             return jobs.submit(args.spec, address, overrides_from(args), wait=args.wait, follow=args.follow,
                                token=token, python=os.environ.get(JOB_PYTHON_VAR) or jobs.DEFAULT_PYTHON,
-                               fresh=args.fresh)
+                               fresh=args.fresh, wait_server=wait_server)
         if args.command == "status":
             return jobs.status(args.job_id, address, token, as_json=args.json)
         if args.command == "logs":

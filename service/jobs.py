@@ -30,6 +30,13 @@ Choices, and why:
   RAY_AUTH_TOKEN_PATH, else `~/.ray/auth_token`; none with RAY_AUTH_MODE=disabled) and it is
   sent whenever there is one; a cluster without token auth ignores it.
 - Every request has a short connection timeout, so an unreachable address fails in seconds.
+- `submit` waits for a job server that is starting (`ServerWait`): a head just started may
+  refuse connections for a few seconds (its dashboard has not opened its port), then answer
+  "No available agent to submit job, please try again later" (HTTP 500) until the job agent of
+  the head node registers. Both are retried with backoff, with a `waiting for the job server
+  at URL: ...` line on stderr every 10 s, up to `--wait-server` seconds in all (default 60);
+  refused connections only for the first `REFUSED_WINDOW_S` of it, as an address that still
+  refuses is a wrong one. Then one line, exit 2. Any other error is reported at once.
 
 Every function returns the process exit code: 0 ok, 1 the job failed (FAILED or STOPPED),
 2 bad input (spec, address, token, unknown job id). Errors are one `plateau: ...` line on
@@ -40,6 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import functools
 import getpass
 import json
@@ -68,6 +77,13 @@ READ_TIMEOUT_S = 60.0
 UPLOAD_READ_TIMEOUT_S = 600.0
 POLL_S = 1.0
 STOP_WAIT_S = 30.0
+# Waiting for a starting job server (`ServerWait`): the default bound (`--wait-server`), how
+# long refused connections count as a head still starting, a line this often, the backoff.
+WAIT_SERVER_S = 60.0
+REFUSED_WINDOW_S = 15.0
+SAY_EVERY_S = 10.0
+FIRST_RETRY_S, MAX_RETRY_S = 1.0, 5.0
+NO_AGENT = "No available agent to submit job"
 
 # Never uploaded with the working dir (gitignore syntax, relative to the project root).
 EXCLUDES = [
@@ -176,6 +192,81 @@ class _TimelyClient(JobSubmissionClient):
         return super()._do_request(method, endpoint, **kwargs)
 
 
+def starting_reason(exc: BaseException) -> Optional[str]:
+    """What says that the job server is still starting, in words ("refuses connections", "has
+    no job agent yet"); None for any other error."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:  # Ray re-raises requests' errors as its own
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(str(e) for e in seen)
+    if NO_AGENT in text:
+        return "has no job agent yet"
+    if any(isinstance(e, ConnectionRefusedError) for e in seen) or "Connection refused" in text:
+        return "refuses connections"
+    return None
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class ServerWait:
+    """How `submit` waits for a job server that is starting: `call(action)` retries what
+    `starting_reason` names, with backoff, up to `limit_s` from when the wait was made (refused
+    connections: up to `REFUSED_WINDOW_S` of it), saying so every `SAY_EVERY_S`; then one
+    JobError. The clock and sleep are parameters, for a test's fake clock.
+
+    Example::
+
+        wait = ServerWait(60)
+        wait.call(lambda: client.submit_job(...), "http://127.0.0.1:8265")
+    """
+
+    limit_s: float = WAIT_SERVER_S
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    say: Callable[[str], None] = _to_stderr
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+        self._said: Optional[float] = None
+        self._delay = FIRST_RETRY_S
+
+    def call(self, action: Callable[[], Any], address: str) -> Any:
+        while True:
+            try:
+                return action()
+            except Exception as exc:  # noqa: BLE001 - only a starting server is retried
+                reason = starting_reason(exc)
+                if reason is None:
+                    raise
+                self._pause(reason, address, exc)
+
+    def _pause(self, reason: str, address: str, exc: Exception) -> None:
+        """Sleep before the next try, with a line every SAY_EVERY_S; JobError once out of time."""
+        now = self.clock()
+        waited = now - self.started
+        bound = self.limit_s if reason == "has no job agent yet" else min(self.limit_s, REFUSED_WINDOW_S)
+        if waited >= bound:
+            raise self._gave_up(reason, address, waited, exc)
+        if self._said is None or now - self._said >= SAY_EVERY_S:
+            self.say(f"waiting for the job server at {address}: it {reason} ({waited:.0f}s of --wait-server "
+                     f"{self.limit_s:g}s)")
+            self._said = now
+        self.sleep(min(self._delay, bound - waited))
+        self._delay = min(self._delay * 2, MAX_RETRY_S)
+
+    def _gave_up(self, reason: str, address: str, waited: float, exc: Exception) -> JobError:
+        if reason == "refuses connections":
+            return JobError(f"cannot reach a job server at {address}: it refused connections for {waited:.0f}s; "
+                            f"is the cluster up? {ADDRESS_HINT}")
+        return JobError(f"the job server at {address} still had no job agent after {waited:.0f}s ({NO_AGENT}); the "
+                        f"head is starting or its agent is down: submit again later, or wait longer with "
+                        f"--wait-server SECONDS")
+
+
 class JobServer:
     """A cluster's job server: Ray's JobSubmissionClient with short timeouts, and the address it
     was reached at (for messages)."""
@@ -184,13 +275,20 @@ class JobServer:
         self.client, self.address = client, address
 
     @classmethod
-    def connect(cls, address: str | None, token: Optional[str] = None) -> "JobServer":
-        """Reach the job server at `address` (checked first), sending `token` if there is one."""
+    def connect(cls, address: str | None, token: Optional[str] = None,
+                wait: Optional[ServerWait] = None) -> "JobServer":
+        """Reach the job server at `address` (checked first), sending `token` if there is one;
+        through `wait`, a server that is starting is waited for."""
         address = check_job_server_address(address)
         _quiet_ray_logs()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            client = _TimelyClient(address, headers=headers)
+            if wait is None:
+                client = _TimelyClient(address, headers=headers)
+            else:
+                client = wait.call(lambda: _TimelyClient(address, headers=headers), address)
+        except JobError:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes one line
             raise _http_error(exc, address) from None
         return cls(client, address)
@@ -321,22 +419,27 @@ def submission_id(name: str, now: float | None = None) -> str:
 
 @_command
 def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: bool, follow: bool,
-           token: Optional[str] = None, python: str = DEFAULT_PYTHON, fresh: bool = False) -> int:
+           token: Optional[str] = None, python: str = DEFAULT_PYTHON, fresh: bool = False,
+           wait_server: float = WAIT_SERVER_S) -> int:
+    """Submit the spec; `wait_server`: seconds to wait for a job server that is starting."""
     job = build_submission(spec_path, overrides, python, fresh)  # local checks first: bad spec -> exit 2
-    server = JobServer.connect(address, token)
+    starting = ServerWait(wait_server)
+    server = JobServer.connect(address, token, wait=starting)
     warn_if_checkpoints_stay_on_one_node(job["spec"], server.alive_nodes())
     base = submission_id(job["spec"].name)
     job_id = base
     for attempt in range(2, 12):
         try:
-            job_id = server.client.submit_job(
+            job_id = starting.call(lambda: server.client.submit_job(
                 entrypoint=job["entrypoint"],
                 submission_id=job_id,
-                runtime_env=job["runtime_env"],
+                runtime_env=copy.deepcopy(job["runtime_env"]),  # Ray's client rewrites its working_dir
                 metadata=job["metadata"],
                 entrypoint_num_cpus=job["entrypoint_num_cpus"],
-            )
+            ), server.address)
             break
+        except JobError:
+            raise
         except Exception as exc:  # noqa: BLE001
             if "already exists" in str(exc) or "already been used" in str(exc):
                 job_id = f"{base}-{attempt}"

@@ -102,13 +102,18 @@ def check_same_spec(spec: TrainSpec) -> None:
 
 
 def state_line(spec: TrainSpec) -> str:
-    """What `plateau train` would do with the folder, in words."""
+    """What `plateau train` would do with the folder, in words (`checkpoint.CheckpointsDamaged`
+    when it would refuse to resume: no checkpoint can be read)."""
     out = out_dir_of(spec)
     if (out / "summary.json").exists():
         return f"{out}: finished; train says so and hands back its result (--fresh trains it again)"
-    epoch, _ = checkpoint.latest(run_dir_of(spec))
-    if epoch:
-        return f"{out}: interrupted after epoch {epoch}; train resumes it from its last checkpoint"
+    point = checkpoint.find_resume_point(run_dir_of(spec), spec.model.hidden_units)
+    if point.damaged:
+        epochs = ", ".join(str(epoch) for epoch, _, _ in point.damaged)
+        return (f"{out}: interrupted; its checkpoint of epoch {epochs} cannot be read, so train sets it aside "
+                f"and resumes after epoch {point.epoch}")
+    if point.epoch:
+        return f"{out}: interrupted after epoch {point.epoch}; train resumes it from its last checkpoint"
     return f"{out}: a new run"
 
 

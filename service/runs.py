@@ -2,8 +2,10 @@
 
 Every train run and study marks its folder with `status.json` ({kind, state, started, host,
 pid, ended, error, note}): `running` when it starts, `failed` with the error, `finished` at the
-end (a train run also counts as finished whenever its summary.json exists). A folder marked
-`running` whose process is gone (or that runs on another host) is `interrupted`.
+end (a train run also counts as finished whenever its summary.json exists). A folder is
+`running` while a live command holds its lock (`runlock`: its process is alive on this host, or
+on another host its heartbeat is recent); one that did not finish and that nobody holds is
+`interrupted` (or `failed`, as marked).
 
 `index(output)` lists OUTPUT/*/ (train runs: a spec.yaml of kind train; studies: status.json of
 kind compare, or a comparison.csv), newest first. `show(folder)` is the run's summary and each
@@ -18,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -27,7 +30,7 @@ from typing import Optional
 
 import yaml
 
-from service import report
+from service import report, runlock
 from service.errors import BadInput
 
 STATUS = "status.json"
@@ -75,23 +78,21 @@ def mark_finished(folder: Path, note: str = "") -> None:
     _update(folder, state="finished", note=note)
 
 
-def _alive(status: dict) -> bool:
-    """Whether the process that marked the folder still runs (only knowable on its own host)."""
-    if status.get("host") != socket.gethostname() or not status.get("pid"):
-        return False
-    try:
-        os.kill(int(status["pid"]), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _state(status: dict, finished: bool) -> str:
+def _state(status: dict, finished: bool, holder: Optional[runlock.Holder]) -> str:
+    """finished, running (a live command holds the folder's lock), failed or interrupted."""
     if finished:
         return "finished"
-    if status.get("state") == "failed":
-        return "failed"
-    return "running" if status.get("state") == "running" and _alive(status) else "interrupted"
+    if holder is not None:
+        return "running"
+    return "failed" if status.get("state") == "failed" else "interrupted"
+
+
+def _holder_fields(holder: Optional[runlock.Holder]) -> dict:
+    """`holder` (the lock's fields, null when no live command holds the folder) and, for a
+    running row, the STOP REASON column's `held by pid P on HOST`."""
+    if holder is None:
+        return {"holder": None}
+    return {"holder": dataclasses.asdict(holder), "stop_reason": f"held by pid {holder.pid} on {holder.host}"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,18 +134,21 @@ def train_row(folder: Path) -> dict:
         diverged = summary.get("stop_reason") == "non_finite"  # it has a summary, and exit 1
         return {**row, "status": "failed" if diverged else "finished", "epochs": summary.get("epochs_run"), "stop_reason": stop_reason(summary),
                 "test_accuracy": summary.get("test_accuracy"),
-                "data": (summary.get("data") or {}).get("source") or (spec.get("data") or {}).get("source")}
+                "data": (summary.get("data") or {}).get("source") or (spec.get("data") or {}).get("source"),
+                "holder": None}
     history = folder / "history.csv"
     epochs = len(report.read_history(history)) if history.exists() else 0
-    state = _state(status, finished=False)
+    holder = runlock.holder(folder)
+    state = _state(status, False, holder)
     return {**row, "status": state, "epochs": epochs, "stop_reason": status.get("error", "") if state == "failed" else "",
-            "test_accuracy": None, "data": (spec.get("data") or {}).get("source")}
+            "test_accuracy": None, "data": (spec.get("data") or {}).get("source"), **_holder_fields(holder)}
 
 
 def study_row(folder: Path) -> dict:
     status = read_status(folder)
     finished = status.get("state") == "finished" or (not status and (folder / "comparison.md").exists())
-    state = _state(status, finished)
+    holder = runlock.holder(folder)
+    state = _state(status, finished, holder)
     trials = list(csv.DictReader((folder / "comparison.csv").open())) if (folder / "comparison.csv").exists() else []
     ok = [t for t in trials if t["status"] == "ok"]
     best = max((float(t["test_accuracy"]) for t in ok), default=None)
@@ -155,7 +159,7 @@ def study_row(folder: Path) -> dict:
         reason = status.get("error", "")
     return {"name": folder.name, "kind": "compare", "path": str(folder), "started": _started(folder, status),
             "status": state, "epochs": None, "stop_reason": reason, "test_accuracy": best, "data": data,
-            "trials": len(trials), "trials_ok": len(ok)}
+            "trials": len(trials), "trials_ok": len(ok), **_holder_fields(holder if state == "running" else None)}
 
 
 def kind_of(folder: Path) -> Optional[str]:

@@ -183,10 +183,19 @@ class ReduceLRSpec(_Monitored):
 
 
 class CheckpointSpec(_Section):
-    # How many epoch checkpoints to keep (null = all). A resume starts from the latest.
-    keep: Optional[int] = Field(2, ge=1)
+    # How many epoch checkpoints to keep (null = all). A resume starts from the latest that can
+    # be read, so at least 2: a damaged last checkpoint falls back on the one before.
+    keep: Optional[int] = 2
     # Which to keep: the most recent, or the best by the monitored metric.
     score: Literal["recency", "monitor"] = "recency"
+
+    @field_validator("keep")
+    @classmethod
+    def _two_at_least(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < 2:
+            raise ValueError("keep at least 2, so that a run whose last checkpoint is damaged resumes from the "
+                             "one before (null keeps all)")
+        return value
 
 
 class DebugSpec(_Section):

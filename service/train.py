@@ -1,10 +1,11 @@
 """The train driver: spec -> Ray -> Ray Train's TensorFlow workers -> output files.
 
-`run(spec)` goes through four steps, each its own function below:
+`run(spec)` holds the run folder's lock (`runlock`) and goes through four steps, each its own
+function below:
 
 1. `prepare`: check the address and the data before anything starts; the run's folders.
 2. `finished_or_resume`: a finished run is not trained again; an interrupted one takes its
-   epochs back from its last checkpoint.
+   epochs back from its newest checkpoint that can be read (`checkpoint.resume_point`).
 3. `fit_and_collect`: Ray (embedded, or joined at an address) runs `worker.train_loop_per_worker`
    on N Ray Train workers; every rank's reports come back through a queue and become one line
    per epoch, history.csv and decisions.jsonl, rewritten after every epoch so that a failure
@@ -20,17 +21,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
-import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from service import checkpoint, cluster, events, progress, report, rundir, runs, signals
+from service import checkpoint, cluster, events, progress, report, rundir, runlock, runs, signals
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
@@ -56,7 +57,7 @@ class RunResult:
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
-        tensorboard: bool = True, command: Optional[str] = None) -> RunResult:
+        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -67,8 +68,17 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     `tensorboard`: write OUTPUT/NAME/tensorboard/ as the epochs arrive (a study's trials do not:
     the study's driver writes their events from what they return).
     A folder that holds a run of another spec is refused (`rundir.RunFolderError`). `command`
-    is the command line that asked for the run, for summary.json.
+    is the command line that asked for the run, for summary.json and the folder's lock.
+    `lock`: hold OUTPUT/NAME's lock for the whole run (`runlock`; `RunLocked` while another
+    command holds it); a study's trials do not, their study holds the study's folder.
     """
+    holding = runlock.hold(rundir.out_dir_of(spec), command, echo) if lock else contextlib.nullcontext()
+    with holding:
+        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
+
+
+def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, echo: Echo, callbacks: Sequence,
+         data_cache: Optional[Path], tensorboard: bool, command: Optional[str]) -> RunResult:
     started, started_at = time.perf_counter(), utc_now()
     plan = prepare(spec, address, fresh, echo, data_cache)
     rundir.check_same_spec(spec)
@@ -136,10 +146,7 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     out_dir = Path(spec.output) / spec.name
     storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
     if fresh and out_dir.exists():
-        try:
-            shutil.rmtree(out_dir)
-        except OSError as exc:
-            raise rundir.RunFolderError(f"--fresh: cannot remove {out_dir} ({exc.strerror or exc})") from None
+        runlock.clear(out_dir)
     return Plan(spec, splits, steps, out_dir, storage)
 
 
@@ -239,10 +246,11 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     """A collector holding the epochs an interrupted run already trained; the run's files begin."""
     spec = plan.spec
     collector = EpochCollector(spec, plan.out_dir, echo)
-    resume_epoch, resume_dir = checkpoint.latest(plan.run_dir)
-    if resume_epoch:
-        collector.resume(resume_epoch, resume_dir)
-        echo(f"{spec.name}: resuming after epoch {resume_epoch} from its last checkpoint (use --fresh to start over)")
+    # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
+    resume = checkpoint.resume_point(plan.run_dir, spec.model.hidden_units, echo)
+    if resume.epoch:
+        collector.resume(resume.epoch, resume.directory)
+        echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
     runs.mark_started(plan.out_dir, "train")

@@ -15,6 +15,25 @@ from service.model import build_model
 from service.spec import apply_overrides, validate_train
 
 
+# Both callbacks active with state worth losing: waits and a reduced learning rate.
+DECIDING = (
+    "training.epochs=5",
+    "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
+    "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}",
+)
+
+
+def reference_run(folder: Path, *overrides: str):
+    """The run named ft of DECIDING (and `overrides`) that never fails, trained in this process."""
+    from service import train
+
+    spec = make_spec(folder, *DECIDING, *overrides, name="ft")
+    result = train.run(spec, echo=lambda line: None)
+    assert result.ok, result.error
+    assert any(d["reduced"] for d in result.decisions), "no LR reduction: retune DECIDING"
+    return result
+
+
 def make_spec(tmp_path: Path, *overrides: str, **base):
     """A small train spec on the bundled sample, written under tmp_path, with overrides."""
     raw = {

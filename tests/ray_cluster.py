@@ -15,8 +15,9 @@ Fixtures (import them into a test module, e.g.
 - `ray_head` lives in tests/ray_head.py: the same `LocalCluster` with 4 head CPUs and no
   worker nodes.
 
-API: `LocalCluster(head_cpus).start()`; `.address` (job server), `.gcs_address` (for
-`ray.init`), `.env` / `.driver_env` (client environments), `.plateau(*args)`, `.run_driver(code)`;
+API: `LocalCluster(head_cpus).start()` (`.start(wait=False)`: a head still starting); `.address`
+(job server), `.gcs_address` (for `ray.init`), `.env` / `.driver_env` (client environments),
+`.plateau(*args)`, `.run_driver(code)`;
 `.add_node(name, num_cpus=1, resources=None) -> Node` (returns once ALIVE), `.remove_node(node)`
 (a node loss), `.node_ids()` (name -> id of live nodes), `.node_name(id)`, `.node_states()`,
 `.state(kind)` (Ray's state API), `.job(submission_id)`, `.shutdown()`. A `Node` has `.name`,
@@ -314,11 +315,12 @@ class LocalCluster:
 
     # --- life cycle ---
 
-    def start(self) -> "LocalCluster":
-        """Start the head; return once its job server answers and it is ALIVE in the GCS."""
+    def start(self, wait: bool = True) -> "LocalCluster":
+        """Start the head; return once its job server answers and it is ALIVE in the GCS (with
+        `wait=False`, as soon as its `ray start` is launched: a head still starting)."""
         started = time.monotonic()
         try:
-            for attempt in range(START_ATTEMPTS):
+            for attempt in range(START_ATTEMPTS if wait else 1):
                 gcs, dash = free_port(), free_port()
                 self.gcs_address = f"127.0.0.1:{gcs}"
                 self.address = f"http://127.0.0.1:{dash}"
@@ -335,6 +337,8 @@ class LocalCluster:
                     PLATEAU_JOB_PYTHON=sys.executable,    # the interpreter that has the project
                     PYTHONUNBUFFERED="1",
                 )
+                if not wait:
+                    return self
                 try:
                     self._wait_job_server()
                     self._wait_alive(self.head)

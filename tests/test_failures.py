@@ -16,26 +16,15 @@ import pytest
 from service import report, train
 from service.signals import EXIT_SIGINT, EXIT_SIGTERM
 from service.spec import dump_spec
-from tests.helpers import make_spec, without_seconds
+from tests.helpers import DECIDING, make_spec, reference_run, without_seconds
 
 pytestmark = pytest.mark.slow
-
-# Both callbacks active with state worth losing: waits and a reduced learning rate.
-DECIDING = (
-    "training.epochs=5",
-    "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
-    "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}",
-)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The run that never fails."""
-    spec = make_spec(tmp_path_factory.mktemp("reference"), *DECIDING, name="ft")
-    result = train.run(spec, echo=lambda line: None)
-    assert result.ok, result.error
-    assert any(d["reduced"] for d in result.decisions), "no LR reduction: retune DECIDING"
-    return result
+    return reference_run(tmp_path_factory.mktemp("reference"))
 
 
 @pytest.mark.heavy  # a worker group restart with max_failures: also the multi-node node-loss test's path

@@ -15,9 +15,9 @@ import time
 import pytest
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.ray_head import PROJECT_ROOT, free_port, ray_head  # noqa: F401 - the fixture
+    from tests.ray_head import HEAD_CPUS, PROJECT_ROOT, RayHead, free_port, ray_head  # noqa: F401 - the fixture
 except ImportError:
-    from ray_head import PROJECT_ROOT, free_port, ray_head  # noqa: F401
+    from ray_head import HEAD_CPUS, PROJECT_ROOT, RayHead, free_port, ray_head  # noqa: F401
 
 SPEC = "jobs/seed-reduce-lr.yaml"
 JOB_ID = re.compile(r"^plateau-seed-reduce-lr-\d{8}-\d{6}(-\d+)?$")
@@ -67,11 +67,122 @@ def _plateau(*args: str) -> subprocess.CompletedProcess:
 
 def test_unreachable_address_is_one_line_exit_2():
     start = time.monotonic()
-    proc = _plateau("submit", SPEC, "--address", f"http://127.0.0.1:{free_port()}", "--wait")
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = _plateau("submit", SPEC, "--address", url, "--wait", "--wait-server", "3")
     assert proc.returncode == 2
-    assert "cannot reach" in _one_error_line(proc)
+    waited = [ln for ln in proc.stderr.splitlines() if ln.startswith("waiting for the job server at ")]
+    assert waited == [f"waiting for the job server at {url}: it refuses connections (0s of --wait-server 3s)"]
+    rest = proc.stderr.replace(waited[0] + "\n", "")
+    line = _one_error_line(subprocess.CompletedProcess(proc.args, 2, proc.stdout, rest))
+    assert line.startswith(f"plateau: cannot reach a job server at {url}: it refused connections for 3s; is the "
+                           f"cluster up? pass the dashboard address")
     assert proc.stdout == ""
     assert time.monotonic() - start < 30
+    status = _plateau("status", "plateau-x", "--address", url)  # only submit waits
+    assert status.returncode == 2 and "cannot reach a job server at" in _one_error_line(status)
+
+
+# --- waiting for a starting job server: the policy on a fake clock ------------------------------
+
+
+class FakeClock:
+    """time.monotonic and time.sleep of a test: sleeping moves the time on, nothing waits."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+URL = "http://10.0.0.1:8265"
+# What Ray's client raises for the job server's HTTP 500 answer.
+NO_AGENT = RuntimeError("Request failed with status code 500: No available agent to submit job, please try again "
+                        "later..")
+
+
+def _waiting(limit_s: float = 60):
+    from service import jobs
+
+    clock, said = FakeClock(), []
+    return jobs.ServerWait(limit_s, clock=clock, sleep=clock.sleep, say=said.append), clock, said
+
+
+def test_a_server_without_a_job_agent_is_retried_with_backoff_and_a_line_every_10s():
+    wait, clock, said = _waiting()
+    tries = []
+
+    def submit_job():
+        tries.append(clock.now)
+        if len(tries) <= 6:
+            clock.now += 3  # the job server looks for an agent before it answers
+            raise NO_AGENT
+        return "plateau-seed-1"
+
+    assert wait.call(submit_job, URL) == "plateau-seed-1"
+    assert clock.slept == [1, 2, 4, 5, 5, 5]
+    assert tries == [0, 4, 9, 16, 24, 32, 40]
+    assert said == [f"waiting for the job server at {URL}: it has no job agent yet ({s}s of --wait-server 60s)"
+                    for s in (3, 19, 35)]
+
+
+def test_a_server_that_never_gets_an_agent_is_one_line_after_the_bound():
+    from service import jobs
+
+    wait, clock, said = _waiting(limit_s=20)
+
+    def submit_job():
+        clock.now += 3
+        raise NO_AGENT
+
+    with pytest.raises(jobs.JobError) as refused:
+        wait.call(submit_job, URL)
+    assert str(refused.value) == (
+        f"the job server at {URL} still had no job agent after 23s (No available agent to submit job); the head "
+        f"is starting or its agent is down: submit again later, or wait longer with --wait-server SECONDS")
+    # tries at 0, 4, 9, 16 and 20 (the last sleep only up to the bound), each answered 3 s later
+    assert clock.slept == [1, 2, 4, 1] and clock.now == 23
+    assert [line.split("(")[1] for line in said] == ["3s of --wait-server 20s)", "19s of --wait-server 20s)"]
+
+
+def test_refused_connections_are_retried_for_the_first_15s_only():
+    """A real refused connection (nothing listens on the port), through Ray's client."""
+    from service import jobs
+
+    wait, clock, said = _waiting(limit_s=60)
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(jobs.JobError) as refused:
+        jobs.JobServer.connect(url, wait=wait)
+    assert str(refused.value).startswith(f"cannot reach a job server at {url}: it refused connections for 15s; is "
+                                         f"the cluster up?")
+    assert clock.slept == [1, 2, 4, 5, 3] and said[0] == \
+        f"waiting for the job server at {url}: it refuses connections (0s of --wait-server 60s)"
+    assert len(said) == 2  # at 0s and 12s
+    none, clock, said = _waiting(limit_s=0)
+    with pytest.raises(jobs.JobError, match=r"refused connections for 0s"):
+        jobs.JobServer.connect(url, wait=none)
+    assert clock.slept == [] and said == []
+
+
+def test_other_errors_are_not_waited_for():
+    from service import jobs
+
+    wait, clock, said = _waiting()
+    for error in (RuntimeError("Request failed with status code 400: bad runtime_env."),
+                  TimeoutError("timed out"), ConnectionError("Failed to connect to Ray at address: x.")):
+        def fails(error=error):
+            raise error
+
+        with pytest.raises(type(error)):
+            wait.call(fails, URL)
+    assert clock.slept == [] and said == []
+    assert jobs.starting_reason(NO_AGENT) == "has no job agent yet"
+    assert jobs.starting_reason(ConnectionRefusedError(111, "Connection refused")) == "refuses connections"
 
 
 def test_ray_client_address_is_refused_with_the_dashboard_hint():
@@ -117,6 +228,30 @@ def test_bad_spec_is_refused_before_submission(ray_head):
     assert missing.returncode == 2
     assert "not found" in _one_error_line(missing)
     assert _job_ids(ray_head) == before
+
+
+@pytest.mark.slow
+def test_submit_right_after_the_head_starts_waits_for_its_job_server(tmp_path):
+    """`ray start --head` launched, and at once `plateau submit`: it waits through the head's
+    start (refused connections, then a job server without an agent) and submits."""
+    head = RayHead(head_cpus=HEAD_CPUS)
+    try:
+        head.start(wait=False)
+        proc = head.plateau("submit", SPEC, "--data", "sample", "--workers", "1", "--epochs", "1",
+                            "--set", f"output={tmp_path}", "--wait-server", "120", timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        job_id = _job_id(proc)
+        waited = [ln for ln in proc.stderr.splitlines() if ln.startswith("waiting for the job server at ")]
+        assert waited, proc.stderr  # the head was still starting when submit first asked
+        for line in waited:
+            assert re.fullmatch(rf"waiting for the job server at {re.escape(head.address)}: it (refuses connections|"
+                                rf"has no job agent yet) \(\d+s of --wait-server 120s\)", line), line
+        assert "Traceback" not in proc.stderr
+        assert _wait_status(head, job_id, {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=300) == "SUCCEEDED"
+        summary = json.loads((tmp_path / "seed-reduce-lr" / "summary.json").read_text())
+        assert (summary["epochs_run"], summary["workers"]) == (1, 1)
+    finally:
+        head.shutdown()
 
 
 @pytest.mark.slow

@@ -211,12 +211,26 @@ def test_the_index_lists_runs_and_studies_newest_first(tmp_path):
     assert runs.stop_reason({"stopped_early": False}) == "max_epochs"
 
 
-def test_a_running_run_on_this_host_is_running(tmp_path):
+def test_a_run_whose_folder_a_live_command_holds_is_running_with_its_holder(tmp_path):
     import socket
 
-    fake_run(tmp_path, "live", status={"kind": "train", "state": "running", "pid": os.getpid(),
-                                       "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"})
-    assert runs.index(tmp_path)[0]["status"] == "running"
+    from service import runlock
+
+    status = {"kind": "train", "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+              "started": "2026-01-01T00:00:00+00:00"}
+    fake_run(tmp_path, "live", history=HISTORY[:2], status=status)
+    # status.json alone says nothing about now: the process that wrote it may be long gone
+    assert runs.index(tmp_path)[0]["status"] == "interrupted"
+    with runlock.hold(tmp_path / "live", "plateau train live.yaml", echo=print):
+        (row,) = runs.index(tmp_path)
+        assert (row["status"], row["epochs"], row["stop_reason"]) == \
+            ("running", 2, f"held by pid {os.getpid()} on {socket.gethostname()}")
+        assert (row["holder"]["pid"], row["holder"]["host"], row["holder"]["command"]) == \
+            (os.getpid(), socket.gethostname(), "plateau train live.yaml")
+        assert runs.show(tmp_path / "live").splitlines()[0] == \
+            f"live: train run, running (held by pid {os.getpid()} on {socket.gethostname()})"
+    (row,) = runs.index(tmp_path)
+    assert (row["status"], row["holder"]) == ("interrupted", None)
 
 
 def test_cli_runs_show_version_and_flags(tmp_path, capsys, monkeypatch):

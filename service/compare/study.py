@@ -1,8 +1,9 @@
 """The study's driver: a CompareSpec -> checked trials -> Ray Tune -> comparison files.
 
-`run(spec)` expands the grid into trials and validates every trial's spec, checks each data
-source once, reuses trials an interrupted study already finished, runs the rest as Tune trials
-(in rounds, one more seed each, with sequential seeding: `seeding`), and writes OUTPUT/STUDY/:
+`run(spec)` expands the grid into trials and validates every trial's spec, holds the study
+folder's lock (`runlock`), checks each data source once, reuses trials an interrupted study
+already finished, runs the rest as Tune trials (in rounds, one more seed each, with sequential
+seeding: `seeding`), and writes OUTPUT/STUDY/:
 comparison.csv, settings.csv, comparison.md, comparison.png (and trials/NAME/, each trial's own
 train-run folder with its TensorBoard events, tune/, Tune's bookkeeping).
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, events, progress, report, runs
+from service import cluster, events, progress, report, runlock, runs
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
@@ -41,11 +41,13 @@ Echo = Callable[[str], None]
 
 
 def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
-        echo: Echo = print, data_cache: Optional[Path] = None, quiet_trials: bool = False) -> int:
+        echo: Echo = print, data_cache: Optional[Path] = None, quiet_trials: bool = False,
+        command: Optional[str] = None) -> int:
     """Run the study; 0 when it completed (some trials may have failed), 1 when it failed or no
-    trial finished. Raises a `BadInput` (a bad grid, bad data, an address nothing answers at)
-    before anything starts. `quiet_trials`: a status line at most every 10 s instead of a line
-    per trial epoch.
+    trial finished. Raises a `BadInput` (a bad grid, bad data, an address nothing answers at,
+    a folder another command holds) before anything starts. `quiet_trials`: a status line at
+    most every 10 s instead of a line per trial epoch. The study holds OUTPUT/STUDY's lock
+    (`runlock`, which covers its trial folders) for its whole life; `command` is recorded there.
     """
     started = time.perf_counter()
     if address:
@@ -57,33 +59,34 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     every = expand(spec, study_dir / "trials", seeds=list(plan.seeds))  # all validated up front
     settings = _settings(every)
     check_plan(plan, len(settings))
-    _pin_data(every, echo, data_cache)
-    if fresh and study_dir.exists():
-        shutil.rmtree(study_dir)
-    reused = _count_finished(every)
-    echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, {workers} worker(s) per trial"
-         f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
-    runs.mark_started(study_dir, "compare")
-    session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why))
-    try:
-        outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
-    except BadInput:
-        raise
-    except Exception as exc:
-        progress.error(echo, f"plateau: the study failed: {cause_line(exc)}")
-        runs.mark_failed(study_dir, cause_line(exc))
-        return EXIT_FAILED
-    trials = [t for t in every if t.name in outcomes]
-    n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo, step.line, session.plan)
-    progress.final(echo, f"{n_ok}/{len(trials)} trials finished in {time.perf_counter() - started:.0f}s"
-                         f"{'; ' + step.line if step.line else ''}; baseline: {settings[0].label} -> "
-                         f"{study_dir / 'comparison.md'}")
-    if n_ok == 0:
-        progress.error(echo, "plateau: no trial finished; see the errors above")
-        runs.mark_failed(study_dir, "no trial finished")
-        return EXIT_FAILED
-    runs.mark_finished(study_dir, step.line)
-    return EXIT_OK
+    with runlock.hold(study_dir, command, echo, also=("trials/*",)):
+        _pin_data(every, echo, data_cache)
+        if fresh and study_dir.exists():
+            runlock.clear(study_dir)
+        reused = _count_finished(every)
+        echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, {workers} worker(s) per trial"
+             f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
+        runs.mark_started(study_dir, "compare")
+        session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why))
+        try:
+            outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
+        except BadInput:
+            raise
+        except Exception as exc:
+            progress.error(echo, f"plateau: the study failed: {cause_line(exc)}")
+            runs.mark_failed(study_dir, cause_line(exc))
+            return EXIT_FAILED
+        trials = [t for t in every if t.name in outcomes]
+        n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo, step.line, session.plan)
+        progress.final(echo, f"{n_ok}/{len(trials)} trials finished in {time.perf_counter() - started:.0f}s"
+                             f"{'; ' + step.line if step.line else ''}; baseline: {settings[0].label} -> "
+                             f"{study_dir / 'comparison.md'}")
+        if n_ok == 0:
+            progress.error(echo, "plateau: no trial finished; see the errors above")
+            runs.mark_failed(study_dir, "no trial finished")
+            return EXIT_FAILED
+        runs.mark_finished(study_dir, step.line)
+        return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ def run_trial(config: dict) -> dict:
 
     The run's own folder is scratch on the trial's node (Tune's working directory for the
     trial): on a cluster that is another node's disk, so the driver writes the study's copy.
+    It takes no lock: the study's driver holds the study's folder, trial folders included.
     """
     from service import train
 
@@ -90,7 +91,7 @@ def run_trial(config: dict) -> dict:
     echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
     try:
         result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
-                           data_cache=trial.get("data_cache"), tensorboard=False)
+                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False)
     except Exception as exc:  # a trial's failure is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
     outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
