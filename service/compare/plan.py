@@ -11,10 +11,11 @@ therefore choose it, as long as every trial of the study uses the same count.
 Either is fixed by the compare spec (`workers_per_trial`, or `--workers`; `max_concurrent_trials`).
 Otherwise:
 
-* CPUs: one worker per trial, as many trials at once as the CPUs hold. Measured with
-  `benchmarks/study.py` (the seed's experiment, 2 arms x 2 seeds, full MNIST, 2 cores): trials
-  on one worker each, two at once, beat trials on 2 workers one at a time, whose gradients
-  cross a socket every step on the cores that compute.
+* CPUs: one worker per trial, as many trials at once as the CPUs hold: no trial's gradients
+  cross a socket on the cores that compute. With `benchmarks/study.py` (the seed's experiment,
+  2 arms x 2 seeds, full MNIST, 2 cores) this plan took 1.00-1.17x the by-hand time; studies
+  of 2-worker trials one at a time took 4.44x, measured before a step ran one collective
+  (2-worker trials with today's step were not timed as a study).
 * GPUs (the base sets `use_gpu`) and elastic bases: the base's workers, and as many trials at
   once as the GPUs (or CPUs) hold.
 
@@ -80,7 +81,7 @@ def plan_workers(spec: CompareSpec) -> tuple[int, str]:
         return base.workers, "the base's workers: trials on GPUs"
     if base.scaling.elastic:
         return base.workers, "the base's workers: an elastic base"
-    return 1, "one worker per trial on CPUs: the fastest plan measured there"
+    return 1, "one worker per trial on CPUs: no gradient exchange between processes"
 
 
 def with_workers(spec: CompareSpec, workers: int) -> CompareSpec:
