@@ -24,6 +24,8 @@ from typing import Any, Optional
 import numpy as np
 import tf_keras as keras
 
+from service.stopreason import StopReason
+
 
 # ---------------------------------------------------------------------------------------------
 # The stock deciders, resumable
@@ -81,7 +83,7 @@ class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
         super().on_epoch_end(epoch, logs)
         if self.stopped_epoch != before:  # it decided to stop at this epoch
             recent = epoch - self.best_epoch < self.patience
-            self.stop_reason = "baseline" if self.baseline is not None and recent else "patience"
+            self.stop_reason = StopReason.BASELINE if self.baseline is not None and recent else StopReason.PATIENCE
 
 
 def _plain(value):

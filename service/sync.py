@@ -43,6 +43,7 @@ import tf_keras as keras
 from service.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
 from service.model import scale_pixels
 from service.spec import METRICS
+from service.stopreason import StopReason
 
 
 class Collective:
@@ -185,10 +186,16 @@ class Decision:
     proposed_lr: float = 0.0
     # Why the run ends at this epoch (None while it goes on): max_epochs, patience, baseline,
     # non_finite, or consensus (another rank decided it).
-    stop_reason: Optional[str] = None
+    stop_reason: Optional[StopReason] = None
     # The replica check (`replicas.ReplicaCheck`): True when every rank's weights, optimizer
     # state and learning rate were bit-identical after this epoch; None when it did not run.
     replicas_identical: Optional[bool] = None
+    # The stock deciders' own state after this epoch, so that `plateau show` (service/explain.py)
+    # reads what they decided instead of redoing their arithmetic: ReduceLROnPlateau's best and
+    # cooldown_counter, EarlyStopping's best (inf, null in a file, before a first value).
+    plateau_best: Optional[float] = None
+    plateau_cooldown: Optional[int] = None
+    stopping_best: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,19 +258,22 @@ class Consensus(keras.callbacks.Callback):
             would_stop=wants_stop,
             proposed_lr=proposed,
             stop_reason=self._stop_reason(epoch, wants_stop, stop),
+            plateau_best=None if self.reduce_lr is None else float(self.reduce_lr.best),
+            plateau_cooldown=None if self.reduce_lr is None else int(self.reduce_lr.cooldown_counter),
+            stopping_best=None if self.early_stopping is None else float(self.early_stopping.best),
         )
 
-    def _stop_reason(self, epoch: int, wants_stop: bool, stop: bool) -> Optional[str]:
+    def _stop_reason(self, epoch: int, wants_stop: bool, stop: bool) -> Optional[StopReason]:
         """Whose decision ends the run here: this rank's own deciders', another rank's
         (consensus), or none but the last epoch (max_epochs)."""
         if not stop:
             epochs = (getattr(self, "params", None) or {}).get("epochs", math.inf)
-            return "max_epochs" if epoch + 1 >= epochs else None
+            return StopReason.MAX_EPOCHS if epoch + 1 >= epochs else None
         if not wants_stop:
-            return "consensus"
+            return StopReason.CONSENSUS
         if self.metrics is not None and self.metrics.non_finite is not None:
-            return "non_finite"
-        return getattr(self.early_stopping, "stop_reason", None) or "consensus"
+            return StopReason.NON_FINITE
+        return getattr(self.early_stopping, "stop_reason", None) or StopReason.CONSENSUS
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from service.console import say
 from service.errors import cause_line
 from service.provenance import provenance, utc_now
 from service.spec import TrainSpec, dump_spec
+from service.stopreason import StopReason
 
 Echo = Callable[[str], None]
 # How a worker's DeviceError reads inside the error Ray Train hands back.
@@ -130,7 +131,7 @@ class Plan:
         summary = json.loads((self.out_dir / "summary.json").read_text())
         decisions = report.read_decisions(self.out_dir / "decisions.jsonl")
         history = report.read_history(self.out_dir / "history.csv")  # keeps nan and inf, JSON cannot
-        diverged = summary.get("stop_reason") == "non_finite"
+        diverged = summary.get("stop_reason") == StopReason.NON_FINITE
         return RunResult(not diverged, self.out_dir, summary=summary,
                          error=_diverged_line(history, self.out_dir) if diverged else None,
                          history=history, decisions=decisions)
@@ -354,10 +355,9 @@ def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
     """Keep the last `keep` checkpoints, or the best `keep` by the monitored metric."""
     if spec.checkpoint.score == "recency" or spec.monitor is None:
         return CheckpointConfig(num_to_keep=spec.checkpoint.keep)
-    section = spec.reduce_lr or spec.early_stopping
-    higher = section.mode == "max" or (section.mode == "auto" and "acc" in section.monitor)
+    section = spec.monitored
     return CheckpointConfig(num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=section.monitor,
-                            checkpoint_score_order="max" if higher else "min")
+                            checkpoint_score_order="max" if section.higher_is_better else "min")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,9 +385,9 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     if collector.model_file is not None:
         report.write_atomic(out_dir / report.MODEL_FILE, collector.model_file)
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
-                       summary["stop_epoch"], title=spec.name, monitor=spec.monitor)
+                       summary["stop_epoch"], title=spec.name, monitored=spec.monitored)
     report.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
-    if summary["stop_reason"] == "non_finite":
+    if summary["stop_reason"] == StopReason.NON_FINITE:
         message = _diverged_line(collector.history, out_dir)
         runs.mark_failed(out_dir, message)
         progress.error(echo, f"plateau: {message}")
@@ -401,7 +401,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
 def _diverged_line(history: list[dict], out_dir: Path) -> str:
     """One line for a run that stopped on a NaN or infinite metric (its last epoch)."""
     last = history[-1]
-    words = report.non_finite_words(last) or report.STOP_REASONS["non_finite"]
+    words = report.non_finite_words(last) or StopReason.NON_FINITE.words
     return (f"training diverged at epoch {last['epoch']} ({words}): every rank stopped "
             f"there; lower model.learning_rate and train again with --fresh (the run is in {out_dir})")
 
