@@ -49,6 +49,8 @@ WORKERS = 2
 def run_mode(mode: str, args, workdir: Path, spec: Path, index: int) -> dict:
     """One `plateau train` subprocess; its epoch seconds, cycle gaps and (on) check seconds."""
     from service import checkpoint
+    from service.rundir import RunPaths
+    from service.spec import load_spec
 
     name = f"{mode}-{index}"
     cmd = [sys.executable, "-m", "service.cli", "train", str(spec), "--data", args.data, "--workers", str(WORKERS),
@@ -62,7 +64,7 @@ def run_mode(mode: str, args, workdir: Path, spec: Path, index: int) -> dict:
         raise SystemExit(f"{mode} failed (exit {proc.returncode})")
     with open(workdir / name / "history.csv") as f:
         seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
-    _, last = checkpoint.latest(workdir / name / "checkpoints" / name)
+    _, last = checkpoint.latest(RunPaths.of(load_spec(spec, [f"output={workdir}", f"name={name}"])).checkpoints_dir)
     traces = [checkpoint.read_trace(last, rank) for rank in range(WORKERS)]
     checks = [max(t[e].get("replica_check_seconds") or 0.0 for t in traces) for e in range(args.epochs)]
     return {"epoch_seconds": seconds[1:], "cycle_seconds": [b - a for a, b in zip(arrivals, arrivals[1:])],

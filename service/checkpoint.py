@@ -24,7 +24,7 @@ Example::
     save(directory, model, epoch=3, callbacks={"reduce_lr": rlr.state_dict()})
     restored = restore(directory, model)        # inside the strategy's scope
     restored.epoch, restored.callbacks["reduce_lr"]["wait"]
-    resume_point(run_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
+    resume_point(checkpoints_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
 """
 
 from __future__ import annotations
@@ -197,23 +197,23 @@ def read_trace(directory, rank: int) -> list[dict]:
 # Finding checkpoints of a run
 
 
-def latest(run_dir: Path) -> tuple[Optional[int], Optional[Path]]:
-    """(epoch, directory) of the checkpoint Ray Train will resume the run in `run_dir` from.
+def latest(checkpoints_dir: Path) -> tuple[Optional[int], Optional[Path]]:
+    """(epoch, directory) of the checkpoint Ray Train will resume the run in `checkpoints_dir` from.
 
     Read from Ray Train's own record of the run; (None, None) when there is none (or the storage
     is not a local path).
     """
     try:
-        snapshot = json.loads(Path(run_dir, RAY_SNAPSHOT_FILE).read_text())
+        snapshot = json.loads(Path(checkpoints_dir, RAY_SNAPSHOT_FILE).read_text())
         found = snapshot.get("latest_checkpoint_result") or {}
-        return int(found["metrics"]["epoch"]), Path(run_dir, found["checkpoint_dir_name"])
+        return int(found["metrics"]["epoch"]), Path(checkpoints_dir, found["checkpoint_dir_name"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
 
 
-def by_epoch(run_dir: Path) -> dict[int, Path]:
-    """Every epoch checkpoint kept in `run_dir`, by epoch."""
-    return {epoch_of(state.parent): state.parent for state in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}")}
+def by_epoch(checkpoints_dir: Path) -> dict[int, Path]:
+    """Every epoch checkpoint kept in `checkpoints_dir`, by epoch."""
+    return {epoch_of(state.parent): state.parent for state in Path(checkpoints_dir).glob(f"checkpoint_*/{STATE_FILE}")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,10 +307,10 @@ class ResumePoint:
     damaged: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # (epoch, dir name, why)
 
 
-def _read_snapshot(run_dir: Path) -> Optional[dict]:
+def _read_snapshot(checkpoints_dir: Path) -> Optional[dict]:
     """Ray Train's record of the run; None when there is none. CheckpointsDamaged when it
     cannot be read: Ray Train could not resume the run either."""
-    path = Path(run_dir, RAY_SNAPSHOT_FILE)
+    path = Path(checkpoints_dir, RAY_SNAPSHOT_FILE)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -334,23 +334,23 @@ def _newest_first(snapshot: dict) -> list[tuple[int, str]]:
     return sorted(((e, n) for n, e in kept.items()), key=lambda item: (item[1] != latest, -item[0]))
 
 
-def find_resume_point(run_dir: Path, hidden_units: int) -> ResumePoint:
-    """The newest checkpoint of the run in `run_dir` that can be read (changes nothing).
+def find_resume_point(checkpoints_dir: Path, hidden_units: int) -> ResumePoint:
+    """The newest checkpoint of the run in `checkpoints_dir` that can be read (changes nothing).
 
     CheckpointsDamaged when the run has checkpoints and none of them can be read."""
-    snapshot = _read_snapshot(run_dir)
+    snapshot = _read_snapshot(checkpoints_dir)
     if snapshot is None:
         return ResumePoint()
     point = ResumePoint()
     for epoch, name in _newest_first(snapshot):
-        why = damage(Path(run_dir, name), epoch, hidden_units)
+        why = damage(Path(checkpoints_dir, name), epoch, hidden_units)
         if why is None:
-            point.epoch, point.directory = epoch, Path(run_dir, name)
+            point.epoch, point.directory = epoch, Path(checkpoints_dir, name)
             return point
         point.damaged.append((epoch, name, why))
     if point.damaged:
         found = "; ".join(f"epoch {e}: {why}" for e, _, why in point.damaged)
-        raise CheckpointsDamaged(f"no checkpoint in {run_dir} can be read ({found}); use --fresh to train the "
+        raise CheckpointsDamaged(f"no checkpoint in {checkpoints_dir} can be read ({found}); use --fresh to train the "
                                  f"run again from the start")
     return point
 
@@ -374,26 +374,26 @@ def _without(snapshot: dict, names: set[str], latest: str) -> dict:
     return out
 
 
-def resume_point(run_dir: Path, hidden_units: int, echo: Callable[[str], None]) -> ResumePoint:
+def resume_point(checkpoints_dir: Path, hidden_units: int, echo: Callable[[str], None]) -> ResumePoint:
     """`find_resume_point`, and the damaged newer checkpoints set aside, with a line each: each
     renamed `damaged-<name>` and dropped from Ray Train's record, whose latest becomes the
     checkpoint found, so that the workers restore that one."""
-    point = find_resume_point(run_dir, hidden_units)
+    point = find_resume_point(checkpoints_dir, hidden_units)
     if not point.damaged:
         return point
     for epoch, name, why in point.damaged:
-        aside = Path(run_dir, DAMAGED_PREFIX + name)
+        aside = Path(checkpoints_dir, DAMAGED_PREFIX + name)
         try:
-            if Path(run_dir, name).exists():
-                Path(run_dir, name).rename(aside)
+            if Path(checkpoints_dir, name).exists():
+                Path(checkpoints_dir, name).rename(aside)
         except OSError as exc:
-            raise CheckpointsDamaged(f"the checkpoint of epoch {epoch} in {run_dir} cannot be read ({why}) nor set "
+            raise CheckpointsDamaged(f"the checkpoint of epoch {epoch} in {checkpoints_dir} cannot be read ({why}) nor set "
                                      f"aside ({exc.strerror or exc}); move it away, or use --fresh to train the run "
                                      f"again from the start") from None
         where = f"set aside as {aside}" if aside.exists() else "dropped from Ray Train's record"
         echo(f"warning: the checkpoint of epoch {epoch} cannot be read ({why}); {where}; the run resumes "
              f"from the checkpoint of epoch {point.epoch}")
-    snapshot = _read_snapshot(run_dir)
-    write_atomic(Path(run_dir, RAY_SNAPSHOT_FILE),
+    snapshot = _read_snapshot(checkpoints_dir)
+    write_atomic(Path(checkpoints_dir, RAY_SNAPSHOT_FILE),
                  json.dumps(_without(snapshot, {n for _, n, _ in point.damaged}, point.directory.name)))
     return point

@@ -73,7 +73,7 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     `lock`: hold OUTPUT/NAME's lock for the whole run (`runlock`; `RunLocked` while another
     command holds it); a study's trials do not, their study holds the study's folder.
     """
-    holding = runlock.hold(rundir.out_dir_of(spec), command, echo) if lock else contextlib.nullcontext()
+    holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
     with holding:
         return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
 
@@ -90,7 +90,7 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
         if not done.ok:
             progress.error(echo, f"plateau: {done.error}")
         return done
-    rundir.check_writable(plan.out_dir, plan.storage)
+    rundir.check_writable(plan.out_dir, plan.paths.storage)
     collector = finished_or_resume(plan, echo)
     if tensorboard:
         collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
@@ -102,7 +102,7 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
             return finish(plan, collector, outcome, time.perf_counter() - started, echo,
                           provenance(started_at, command))
     except signals.Interrupted as exc:
-        exc.message = _interrupted_line(exc, collector, plan.run_dir)
+        exc.message = _interrupted_line(exc, collector, plan.paths.checkpoints_dir)
         raise
 
 
@@ -117,12 +117,12 @@ class Plan:
     spec: TrainSpec
     splits: data_lib.MnistSplits
     steps: int          # optimizer steps per epoch, the same on every rank
-    out_dir: Path       # OUTPUT/NAME
-    storage: str        # where Ray Train keeps this run's checkpoints (STORAGE/NAME/...)
+    paths: rundir.RunPaths
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.storage, self.spec.name)
+    def out_dir(self) -> Path:
+        """OUTPUT/NAME: the run's files."""
+        return self.paths.out_dir
 
     def finished_result(self) -> Optional[RunResult]:
         """The stored result of a run that already finished, else None (a diverged run's is not ok)."""
@@ -144,11 +144,10 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
                            cache_dir=data_cache)
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
-    out_dir = Path(spec.output) / spec.name
-    storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
-    if fresh and out_dir.exists():
-        runlock.clear(out_dir)
-    return Plan(spec, splits, steps, out_dir, storage)
+    paths = rundir.RunPaths.of(spec)
+    if fresh and paths.out_dir.exists():
+        runlock.clear(paths.out_dir)
+    return Plan(spec, splits, steps, paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,14 +172,14 @@ class EpochCollector:
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
 
-    def resume(self, epoch: int, checkpoint_dir: Optional[Path]) -> None:
+    def resume(self, epoch: int, saved: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
 
         The checkpoint holds every rank's reports up to its epoch (the driver may have died
         before it saw the last of them); without it (remote storage) the files written so far
         are what there is.
         """
-        traces = checkpoint.read_traces(checkpoint_dir) if checkpoint_dir and checkpoint_dir.is_dir() else {}
+        traces = checkpoint.read_traces(saved) if saved and saved.is_dir() else {}
         if traces:
             # In epoch order: an epoch's rows may come from ranks a later, smaller group lost.
             reports = sorted(((m["epoch"], rank, m) for rank, trace in traces.items() for m in trace),
@@ -248,7 +247,7 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     spec = plan.spec
     collector = EpochCollector(spec, plan.out_dir, echo)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
-    resume = checkpoint.resume_point(plan.run_dir, spec.model.hidden_units, echo)
+    resume = checkpoint.resume_point(plan.paths.checkpoints_dir, spec.model.hidden_units, echo)
     if resume.epoch:
         collector.resume(resume.epoch, resume.directory)
         echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
@@ -333,7 +332,7 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
     scaling = plan.spec.scaling
     run_config = RunConfig(
         name=plan.spec.name,
-        storage_path=plan.storage,
+        storage_path=plan.paths.storage,
         failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
         checkpoint_config=_checkpoint_config(plan.spec, CheckpointConfig),
         callbacks=list(callbacks),
@@ -371,7 +370,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     if error is None and getattr(outcome.get("result"), "error", None) is not None:
         error = outcome["result"].error
     if error is not None:
-        message = _failure_line(error, collector, plan.run_dir)
+        message = _failure_line(error, collector, plan.paths.checkpoints_dir)
         progress.error(echo, f"plateau: {message}")
         runs.mark_failed(out_dir, message)
         return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
@@ -406,16 +405,16 @@ def _diverged_line(history: list[dict], out_dir: Path) -> str:
             f"there; lower model.learning_rate and train again with --fresh (the run is in {out_dir})")
 
 
-def _interrupted_line(exc: signals.Interrupted, collector: EpochCollector, run_dir: Path) -> str:
+def _interrupted_line(exc: signals.Interrupted, collector: EpochCollector, checkpoints_dir: Path) -> str:
     """One line for a run stopped by Ctrl-C or SIGTERM: what is kept, and how to go on."""
     trained = collector.history[-1]["epoch"] if collector.history else 0
-    saved, _ = checkpoint.latest(run_dir)
-    kept = (f"the checkpoint of epoch {saved} is in {run_dir}: run the same command again to resume"
+    saved, _ = checkpoint.latest(checkpoints_dir)
+    kept = (f"the checkpoint of epoch {saved} is in {checkpoints_dir}: run the same command again to resume"
             if saved else "no epoch was checkpointed, so the same command starts it over")
     return f"interrupted by {exc.name} after epoch {trained}; {kept}"
 
 
-def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: Path) -> str:
+def _failure_line(error: BaseException, collector: EpochCollector, checkpoints_dir: Path) -> str:
     """One line: which rank failed with what, after which epoch, and how to resume."""
     if isinstance(error, cluster.ResourcesTimeout):
         return str(error)
@@ -430,7 +429,7 @@ def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: 
         where, text = f" on rank {rank}", f"{text}\n{type(error).__name__}: {error}"
     replicas = REPLICA_MISMATCH.search(text)
     cause = cause_line(error).partition(": ")[2] or type(error).__name__
-    resume = (f"the checkpoint of epoch {last} is in {checkpoints}: run the same command again to resume"
+    resume = (f"the checkpoint of epoch {last} is in {checkpoints_dir}: run the same command again to resume"
               if last else "no epoch finished, so there is no checkpoint to resume from")
     if replicas:  # every rank raised the same verdict: it is the whole story
         return f"{replicas.group(1)}; {resume}"

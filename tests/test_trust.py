@@ -179,7 +179,7 @@ def test_spec_changes_list_every_changed_field():
 
 def test_a_folder_without_a_trained_epoch_is_not_a_run_to_protect(tmp_path):
     spec = make_spec(tmp_path)
-    out = rundir.out_dir_of(spec)
+    out = rundir.RunPaths.of(spec).out_dir
     out.mkdir(parents=True)
     (out / "spec.yaml").write_text(dump_spec(make_spec(tmp_path, "training.epochs=9")))
     rundir.check_same_spec(spec)  # a run that died before its first epoch: nothing to lose
