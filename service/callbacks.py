@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import tf_keras as keras
 
+from service.messages import CHECK_SECONDS, EpochReport, Message
 from service.stopreason import StopReason
 
 
@@ -104,7 +105,7 @@ class DriverQueue:
     def __init__(self, queue=None):
         self.queue = queue
 
-    def post(self, rank: int, message: dict) -> None:
+    def post(self, rank: int, message: Message) -> None:
         if self.queue is not None:
             self.queue.put((rank, message))
 
@@ -130,20 +131,19 @@ class ReportEachEpoch(keras.callbacks.Callback):
         import ray.train
 
         from service import checkpoint
-        from service.replicas import CHECK_SECONDS
 
         decision = self.deciders.consensus.last
-        report = {"epoch": epoch + 1, "seconds": self.deciders.metrics.seconds, "lr": decision.lr_before,
-                  **decision.values, "workers": decision.world_size, "decision": decision.to_json()}
-        if logs and CHECK_SECONDS in logs:  # what the replica check cost this epoch
-            report[CHECK_SECONDS] = logs[CHECK_SECONDS]
-        self.trace.append(report)
+        report = EpochReport(epoch=epoch + 1, seconds=self.deciders.metrics.seconds, lr=decision.lr_before,
+                             values=decision.values, workers=decision.world_size, decision=decision.to_json(),
+                             check_seconds=(logs or {}).get(CHECK_SECONDS))  # what the replica check cost
+        metrics = report.metrics()
+        self.trace.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             for rank, trace in [*self.former.items(), (self.rank, self.trace)]:
                 checkpoint.write_trace(tmp, rank, trace)
             if self.rank == 0:
                 checkpoint.save(tmp, self.model, epoch + 1, self.deciders.state_dicts())
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         self.driver.post(self.rank, report)
 
 

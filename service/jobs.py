@@ -63,6 +63,7 @@ from urllib.parse import urlparse
 
 from ray.job_submission import JobSubmissionClient
 
+from service.console import text_table
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
 from service.spec import CompareSpec, TrainSpec, load_spec
 from service.storage import is_node_local, placeholder_bucket
@@ -660,10 +661,7 @@ def list_jobs(address: str | None, token: Optional[str] = None, as_json: bool = 
         print(f"no plateau jobs on {server.address}")
         return EXIT_OK
     jobs.sort(key=lambda j: j.start_time or 0)
-    rows = [("ID", "SPEC", "STATUS", "START", "DURATION")]
-    rows += [(j.submission_id or "-", (j.metadata or {}).get("spec", "-"), str(j.status),
-              _when(j.start_time), _duration(j)) for j in jobs]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    rows = [(j.submission_id or "-", (j.metadata or {}).get("spec", "-"), str(j.status),
+             _when(j.start_time), _duration(j)) for j in jobs]
+    print(text_table(("ID", "SPEC", "STATUS", "START", "DURATION"), rows))
     return EXIT_OK

@@ -26,9 +26,7 @@ import numpy as np
 import tf_keras as keras
 
 from service import checkpoint
-
-
-CHECK_SECONDS = "replica_check_seconds"  # the key in `logs` and in the epoch's report
+from service.messages import CHECK_SECONDS  # the key in `logs` and in the epoch's metrics
 
 
 class ReplicaMismatch(RuntimeError):

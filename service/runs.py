@@ -31,6 +31,7 @@ from typing import Optional
 import yaml
 
 from service import report, runlock
+from service.console import text_table
 from service.errors import BadInput
 from service.stopreason import StopReason
 
@@ -201,9 +202,7 @@ def table(rows: list[dict]) -> str:
         return "-" if value in (None, "") else str(value)
 
     header = [c.upper().replace("_", " ") for c in COLUMNS]
-    body = [[cell(r, c) for c in COLUMNS] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])
+    return text_table(header, [[cell(r, c) for c in COLUMNS] for r in rows])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from service import checkpoint, cluster, events, progress, report, rundir, runlo
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
+from service.messages import EpochReport, FinalReport, Message, Placement
 from service.provenance import provenance, utc_now
 from service.spec import TrainSpec, dump_spec
 from service.stopreason import StopReason
@@ -184,8 +185,8 @@ class EpochCollector:
             # In epoch order: an epoch's rows may come from ranks a later, smaller group lost.
             reports = sorted(((m["epoch"], rank, m) for rank, trace in traces.items() for m in trace),
                              key=lambda item: item[:2])
-            for _, rank, message in reports:
-                self.on_message(rank, message, announce=False)
+            for _, rank, metrics in reports:
+                self.on_message(rank, EpochReport.from_metrics(metrics), announce=False)
             return
         if (self.out_dir / "history.csv").exists():
             self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
@@ -193,52 +194,55 @@ class EpochCollector:
             self.decisions = [d for d in report.read_decisions(self.out_dir / "decisions.jsonl")
                               if d["epoch"] <= epoch]
 
-    def on_message(self, rank: int, message: dict, announce: bool = True) -> None:
-        """One rank's report; an epoch is complete when every rank has sent it."""
-        world = message.get("world_size") or message.get("workers") or self.spec.workers
-        if "placement" in message:
-            self.on_placement(rank, message["placement"], world)
-            return
-        key = ("final" if message.get("final") else message["epoch"], world)
+    def on_message(self, rank: int, message: Message, announce: bool = True) -> None:
+        """One rank's message; an epoch (or the placement, or the test) is complete when every
+        rank of the group has sent it."""
+        if isinstance(message, EpochReport):
+            key: tuple = (message.epoch, message.workers)
+        else:
+            key = (type(message).__name__, message.workers)
         arrived = self._pending.setdefault(key, {})
         arrived[rank] = message
-        if len(arrived) == world:
-            del self._pending[key]
-            self.on_epoch([arrived[r] for r in sorted(arrived)], announce)
-
-    def on_placement(self, rank: int, where: dict, world: int) -> None:
-        """A worker says where it runs; once every rank of a (re)started group has, print it."""
-        group = self._pending.setdefault(("placement", world), {})
-        group[rank] = where
-        if len(group) == world:
-            del self._pending[("placement", world)]
-            self.placement = dict(group)
-            self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
-
-    def on_epoch(self, per_rank: list[dict], announce: bool = True) -> None:
-        head = per_rank[0]
-        if head.get("final"):
-            self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
-            self.model_file = head.get("model_keras")
-            if self.events is not None:
-                self.events.test(self.test, self.history[-1]["epoch"] if self.history else 0)
+        if len(arrived) < message.workers:
             return
-        row = {k: head[k] for k in report.HISTORY_COLUMNS}
+        del self._pending[key]
+        per_rank = [arrived[r] for r in sorted(arrived)]
+        if isinstance(message, Placement):
+            self.on_placement(per_rank)
+        elif isinstance(message, FinalReport):
+            self.on_final(per_rank[0])
+        else:
+            self.on_epoch(per_rank, announce)
+
+    def on_placement(self, group: list[Placement]) -> None:
+        """Every rank of a (re)started group said where it runs: print it."""
+        self.placement = {p.rank: p.where() for p in group}
+        self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
+
+    def on_final(self, rank0: FinalReport) -> None:
+        self.test = {"test_loss": rank0.test_loss, "test_accuracy": rank0.test_accuracy}
+        self.model_file = rank0.model_keras
+        if self.events is not None:
+            self.events.test(self.test, self.history[-1]["epoch"] if self.history else 0)
+
+    def on_epoch(self, per_rank: list[EpochReport], announce: bool = True) -> None:
+        head = per_rank[0]
+        row = head.history_row()
         previous = next((r for r in self.history if r["epoch"] == row["epoch"] - 1), row)
         # After a restart the workers report again from the checkpoint's next epoch.
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         self.decisions = [d for d in self.decisions if d["epoch"] < row["epoch"]]
-        self.decisions += [m["decision"] for m in per_rank]
+        self.decisions += [m.decision for m in per_rank]
         # Files first: whatever the user saw printed is already on disk.
         report.write_history(self.out_dir / "history.csv", self.history)
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
         if self.events is not None:
-            self.events.epoch(row, head["decision"])
+            self.events.epoch(row, head.decision)
         if announce and len(self.history) == 1:
             report.import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
-            pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head["decision"].get("stop")))
-            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs, pace,
+            pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head.decision.get("stop")))
+            self.echo(report.epoch_line(row, head.decision, self.spec.training.epochs, pace,
                                         workers_before=previous["workers"]))
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from service import checkpoint, export, sync
 from service import data as data_lib
 from service.callbacks import DriverQueue, FailOnce, PauseAfterEpoch, ReportEachEpoch
+from service.messages import FinalReport, Placement
 from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
 from service.replicas import replica_callbacks
 from service.spec import TrainSpec
@@ -82,10 +83,10 @@ def make_strategy(world_size: int, collective: str = "auto", use_gpu: bool = Fal
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(collective, use_gpu))
 
 
-def whereabouts(rank: int, device: str) -> dict:
+def whereabouts(rank: int, device: str, workers: int) -> Placement:
     """Where this worker runs, as it tells the driver (summary.json's `placement`)."""
-    return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
-            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device}
+    return Placement(rank=rank, node_id=ray.get_runtime_context().get_node_id(),
+                     node_ip=ray.util.get_node_ip_address(), pid=os.getpid(), device=device, workers=workers)
 
 
 def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
@@ -141,7 +142,7 @@ def train_loop_per_worker(config: dict) -> None:
     configure_threads(spec.scaling.cpus_per_worker)
     device = prepare_devices(spec.scaling.use_gpu, rank)
     driver = DriverQueue(config.get("progress"))
-    driver.post(rank, {"placement": whereabouts(rank, device), "world_size": world})
+    driver.post(rank, whereabouts(rank, device, world))
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
     # Every rank holds all training images and takes its rows of each global batch; validation
     # and test are evaluated in disjoint shards and summed (sync.GlobalMetrics).
@@ -193,6 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
         collective, sync.ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]])
     )
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
-    final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"], "workers": world}
-    ray.train.report(final)
-    driver.post(rank, {**final, "model_keras": export.keras_file(model, spec.model)} if rank == 0 else final)
+    final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=world)
+    ray.train.report(final.metrics())
+    if rank == 0:
+        final.model_keras = export.keras_file(model, spec.model)
+    driver.post(rank, final)

@@ -31,7 +31,8 @@ from service.compare.grid import Setting, Trial, expand
 from service.compare.plan import PLAN_FILE, StudyPlan, plan_workers, with_workers
 from service.compare.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
-                                    table_rows, text_table, trial_row)
+                                    table_rows, trial_row)
+from service.console import text_table
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
 from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line

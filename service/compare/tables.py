@@ -5,7 +5,7 @@ comparison.png, and the line printed per finished trial.
 Example::
 
     write(study_dir / "comparison.csv", csv_text(rows, grid_fields))
-    print(text_table(TABLE_HEADER, table_rows(records)))
+    print(console.text_table(TABLE_HEADER, table_rows(records)))
 """
 
 from __future__ import annotations
@@ -100,13 +100,6 @@ def table_rows(records: list[dict]) -> list[list[str]]:
             *paired_cells(r.get("paired")),
         ])
     return rows
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings: list[Setting],
