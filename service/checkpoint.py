@@ -34,12 +34,15 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 from service.errors import BadInput
 from service.report import write_atomic
+
+if TYPE_CHECKING:  # the driver reads checkpoints without TensorFlow
+    import tf_keras as keras
 
 WEIGHTS_FILE = "weights.npz"
 STATE_FILE = "state.json"
@@ -67,7 +70,7 @@ class Restored:
 # Names of the arrays
 
 
-def _weight_names(model) -> list[str]:
+def _weight_names(model: keras.Model) -> list[str]:
     """A stable name per model weight, in `model.weights` order: `<layer index>.<layer kind>/<weight>`.
 
     Keras's own names (dense_3/kernel:0) depend on how many layers the process built before.
@@ -81,7 +84,7 @@ def _weight_names(model) -> list[str]:
     return names
 
 
-def _optimizer_names(model) -> list[str]:
+def _optimizer_names(model: keras.Model) -> list[str]:
     """A stable name per optimizer variable: its step counter, and each slot by the weight it
     belongs to (tf_keras names a slot `[scope/]<slot>/<the weight's name>`)."""
     by_keras_name = dict(zip((w.name for w in model.weights), _weight_names(model)))
@@ -101,7 +104,7 @@ def _optimizer_names(model) -> list[str]:
 # Save and restore
 
 
-def state_arrays(model) -> dict[str, np.ndarray]:
+def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
     """Everything training carries from step to step, by stable name, in a fixed order: the
     model's weights, the optimizer's step counter and slots, and the learning rate."""
     import tf_keras as keras
@@ -113,7 +116,7 @@ def state_arrays(model) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save(directory, model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
+def save(directory: str | Path, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
     """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
     callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
     arrays = state_arrays(model)
@@ -130,7 +133,7 @@ def save(directory, model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> 
     Path(directory, STATE_FILE).write_text(json.dumps({"epoch": epoch, "callbacks": plain}))
 
 
-def restore(directory, model) -> Restored:
+def restore(directory: str | Path, model: keras.Model) -> Restored:
     """Put a checkpoint's weights and optimizer state into `model`; return the epoch and the
     callbacks' state (with `best_weights` back in it).
 
@@ -154,13 +157,13 @@ def restore(directory, model) -> Restored:
     return Restored(epoch=int(state["epoch"]), callbacks=callbacks)
 
 
-def load_weights(directory, model) -> None:
+def load_weights(directory: str | Path, model: keras.Model) -> None:
     """Only the model's weights of a checkpoint (for evaluating an epoch after the run)."""
     with np.load(Path(directory, WEIGHTS_FILE)) as saved:
         model.set_weights([saved[f"model/{n}"] for n in _weight_names(model)])
 
 
-def epoch_of(directory) -> int:
+def epoch_of(directory: str | Path) -> int:
     return int(json.loads(Path(directory, STATE_FILE).read_text())["epoch"])
 
 
@@ -168,7 +171,7 @@ def epoch_of(directory) -> int:
 # Traces: every rank's reports, carried by the checkpoint
 
 
-def write_trace(directory, rank: int, trace: list[dict]) -> None:
+def write_trace(directory: str | Path, rank: int, trace: list[dict]) -> None:
     """A rank's reports so far (metrics and decision record per epoch)."""
     Path(directory, TRACE_FILE.format(rank=rank)).write_text("".join(json.dumps(m) + "\n" for m in trace))
 
@@ -180,12 +183,12 @@ def trace_ranks(directory: Path | str) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def read_traces(directory) -> dict[int, list[dict]]:
+def read_traces(directory: str | Path) -> dict[int, list[dict]]:
     """Every rank's trace in a checkpoint, by rank."""
     return {rank: read_trace(directory, rank) for rank in trace_ranks(directory)}
 
 
-def read_trace(directory, rank: int) -> list[dict]:
+def read_trace(directory: str | Path, rank: int) -> list[dict]:
     """What `write_trace` wrote; empty when the checkpoint has none for that rank."""
     path = Path(directory, TRACE_FILE.format(rank=rank))
     if not path.exists():

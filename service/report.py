@@ -66,7 +66,7 @@ def finite_or_null(data: Any) -> Any:
     return data
 
 
-def _jsonable(value):
+def _jsonable(value: Any):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
@@ -157,7 +157,7 @@ def resizes(history: list[dict]) -> list[dict]:
             for before, row in zip(history, history[1:]) if row["workers"] != before["workers"]]
 
 
-def workers_phrase(spec) -> str:
+def workers_phrase(spec: TrainSpec) -> str:
     """How a run splits its global batch: `2 worker(s) x batch 100`, `3 workers sharing batch 200`,
     `1-2 workers sharing batch 200`."""
     scaling, batch = spec.scaling, spec.training.batch_size
@@ -168,7 +168,7 @@ def workers_phrase(spec) -> str:
     return f"{spec.workers} worker(s) x batch {batch // spec.workers}"
 
 
-def _finite(value) -> bool:
+def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 

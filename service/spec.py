@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from service.errors import BadInput
 
@@ -108,7 +109,7 @@ class ScalingSpec(_Section):
 
     @field_validator("num_workers")
     @classmethod
-    def _worker_counts(cls, value):
+    def _worker_counts(cls, value: Any):
         if isinstance(value, int):
             if value < 0:
                 raise ValueError("give a number of workers >= 0 (0 = in-process local mode), or [MIN, MAX]")
@@ -321,7 +322,7 @@ class CompareSpec(_Section):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _seed_plan(cls, value):
+    def _seed_plan(cls, value: Any):
         """A mapping is a SequentialSeeds (its errors in one line); a list needs a seed."""
         if isinstance(value, list) and not value:
             raise ValueError("give at least one seed, e.g. [7, 8, 9], or {start: 3, max: 10}")
@@ -342,7 +343,7 @@ class CompareSpec(_Section):
 
     @field_validator("max_concurrent_trials", "workers_per_trial", mode="before")
     @classmethod
-    def _auto_or_count(cls, value, info):
+    def _auto_or_count(cls, value: Any, info: ValidationInfo):
         least = 1  # a trial cannot train in local mode (0 workers): it runs inside a Tune trial
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             return value

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from service import checkpoint, cluster, events, progress, report, rundir, runlock, runs, signals
 from service import data as data_lib
@@ -39,6 +39,9 @@ from service.messages import EpochReport, FinalReport, Message, Placement
 from service.provenance import provenance, utc_now
 from service.spec import TrainSpec, dump_spec
 from service.stopreason import StopReason
+
+if TYPE_CHECKING:  # Ray is imported when a run starts
+    from ray.train import CheckpointConfig
 
 Echo = Callable[[str], None]
 # How a worker's DeviceError reads inside the error Ray Train hands back.
@@ -311,7 +314,8 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     def fit() -> None:
         try:
             outcome["result"] = trainer.fit()
-        except BaseException as exc:  # reported by `finish`, after the last epochs are saved
+        except BaseException as exc:  # noqa: BLE001 - whatever ends fit here (an error, an interrupt) goes to `finish`
+            # which reports it after the last epochs are saved
             outcome["error"] = exc
 
     thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
@@ -327,7 +331,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     return outcome
 
 
-def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool):
+def _trainer(plan: Plan, loop: Callable[[dict], None], config: dict, callbacks: Sequence, verbose: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -354,7 +358,7 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
     )
 
 
-def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
+def _checkpoint_config(spec: TrainSpec, CheckpointConfig: type[CheckpointConfig]):
     """Keep the last `keep` checkpoints, or the best `keep` by the monitored metric."""
     if spec.checkpoint.score == "recency" or spec.monitor is None:
         return CheckpointConfig(num_to_keep=spec.checkpoint.keep)

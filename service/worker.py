@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import ray
 import ray.train
 import tensorflow as tf
@@ -89,7 +90,7 @@ def whereabouts(rank: int, device: str, workers: int) -> Placement:
                      node_ip=ray.util.get_node_ip_address(), pid=os.getpid(), device=device, workers=workers)
 
 
-def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
+def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
     """This rank's part of every global batch for epochs [start_epoch, epochs).
 
     Epoch e's order of all training images is a pure function of (seed, e), whatever the number
@@ -100,12 +101,12 @@ def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int
     y = tf.constant(y)
     n = int(x.shape[0])
 
-    def one_epoch(epoch):
+    def one_epoch(epoch: tf.Tensor):
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=random_key(seed, DATA_ORDER, epoch))
         batches = tf.reshape(order[: steps * global_batch], [steps, global_batch])
         return tf.data.Dataset.from_tensor_slices(batches[:, rows.start:rows.stop])
 
-    def to_batch(idx):
+    def to_batch(idx: tf.Tensor):
         return scale_pixels(tf.gather(x, idx)), tf.one_hot(tf.cast(tf.gather(y, idx), tf.int32), 10)
 
     # Repeated, so its cardinality is infinite: fit draws exactly steps x epochs batches anyway,
@@ -115,7 +116,7 @@ def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int
     return ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def per_replica(strategy, dataset, world_size: int):
+def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, world_size: int):
     """Hand each rank's own batches to its replica as they are.
 
     `experimental_distribute_dataset` (what fit does with a plain dataset) treats a batch as

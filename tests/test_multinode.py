@@ -25,10 +25,7 @@ from service.spec import load_spec
 from tests.helpers import by_epoch, make_spec, stock_replay, stock_trace, without_seconds
 from tests.test_jobs import assert_job_views
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401 - the fixture
-except ImportError:
-    from ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401
+from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline
 
 pytestmark = pytest.mark.slow
 

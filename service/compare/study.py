@@ -73,7 +73,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
             outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
         except BadInput:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever Ray or Tune raises ends the study in one line, marked failed
             progress.error(echo, f"plateau: the study failed: {cause_line(exc)}")
             runs.mark_failed(study_dir, cause_line(exc))
             return EXIT_FAILED

@@ -1,8 +1,9 @@
-"""Trustworthy runs, the parts that need no Ray: every spec error at once, the spec lint and
-`plateau check`, run identity, stop reasons, output files (umask, strict JSON), where lines go,
-unusable output locations and addresses from RAY_ADDRESS, `submit --fresh`.
+"""The rules a run keeps, the parts that need no Ray: every spec error at once, the spec lint and
+`plateau check`, which direction is better for a monitor (and the curves' star), run identity,
+stop reasons, output files (umask, strict JSON), where lines go, unusable output locations and
+addresses from RAY_ADDRESS, `submit --fresh`.
 
-The Ray runs behind the same points are in test_trust_runs.py.
+The Ray runs behind the same points (`plateau train` as a user types it) are in test_train_cli.py.
 """
 
 from __future__ import annotations
