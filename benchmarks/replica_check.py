@@ -46,9 +46,11 @@ MODES = {"on": [], "off": ["--set", "debug.replica_check=false"]}
 WORKERS = 2
 
 
-def run_mode(mode: str, args, workdir: Path, spec: Path, index: int) -> dict:
+def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec: Path, index: int) -> dict:
     """One `plateau train` subprocess; its epoch seconds, cycle gaps and (on) check seconds."""
     from service import checkpoint
+    from service.rundir import RunPaths
+    from service.spec import load_spec
 
     name = f"{mode}-{index}"
     cmd = [sys.executable, "-m", "service.cli", "train", str(spec), "--data", args.data, "--workers", str(WORKERS),
@@ -62,7 +64,7 @@ def run_mode(mode: str, args, workdir: Path, spec: Path, index: int) -> dict:
         raise SystemExit(f"{mode} failed (exit {proc.returncode})")
     with open(workdir / name / "history.csv") as f:
         seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
-    _, last = checkpoint.latest(workdir / name / "checkpoints" / name)
+    _, last = checkpoint.latest(RunPaths.of(load_spec(spec, [f"output={workdir}", f"name={name}"])).checkpoints_dir)
     traces = [checkpoint.read_trace(last, rank) for rank in range(WORKERS)]
     checks = [max(t[e].get("replica_check_seconds") or 0.0 for t in traces) for e in range(args.epochs)]
     return {"epoch_seconds": seconds[1:], "cycle_seconds": [b - a for a, b in zip(arrivals, arrivals[1:])],
@@ -80,7 +82,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def print_table(summary: dict, args) -> None:
+def print_table(summary: dict, args: argparse.Namespace) -> None:
     print(f"\n{WORKERS} workers, {args.data}, {args.epochs} epochs x {args.repeats} repeat(s); medians of epochs 2..E")
     print(f"{'mode':<5} {'s/epoch':>8} {'cycle s':>8} {'check s':>8} {'% epoch':>8}")
     for mode in MODES:
@@ -91,7 +93,7 @@ def print_table(summary: dict, args) -> None:
           f"{summary['on']['check_seconds_max']:.4f} s")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="sample", help="any plateau --data source (default: the bundled sample)")
     parser.add_argument("--epochs", type=int, default=10)

@@ -99,7 +99,7 @@ def study(data: str, seeds: list[int], overrides: list[str], workdir: Path) -> d
     return {"seconds": seconds, "plan": plan, "trials": len(rows) - 1}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="MNIST .npz in Keras layout (or any plateau --data source)")
     parser.add_argument("--seeds", default="7,8", help="comma-separated seeds (default 7,8)")

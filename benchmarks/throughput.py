@@ -50,6 +50,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a benchmark runs, not to parse the arguments
+    import numpy as np
 
 try:
     import psutil
@@ -88,7 +92,7 @@ def plain_child(data: str, epochs: int) -> None:
     splits = data_lib.load(data, "holdout", warn=lambda m: None)
     n = len(splits.x_train) // GLOBAL_BATCH * GLOBAL_BATCH  # whole batches, like plateau's steps
 
-    def prepare(x, y):
+    def prepare(x: np.ndarray, y: np.ndarray):
         return scale_pixels(x.reshape(len(x), -1)), keras.utils.to_categorical(y, 10)
 
     x, y = prepare(splits.x_train[:n], splits.y_train[:n])
@@ -98,10 +102,10 @@ def plain_child(data: str, epochs: int) -> None:
     class EpochTimer(keras.callbacks.Callback):
         # on_epoch_end runs after Keras validated, so the span is fit + validation, the same
         # span plateau's history `seconds` covers.
-        def on_epoch_begin(self, epoch, logs=None):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None):
             self.start = time.perf_counter()
 
-        def on_epoch_end(self, epoch, logs=None):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None):
             seconds = time.perf_counter() - self.start
             print(f"epoch {epoch + 1}/{epochs} val_accuracy {logs['val_accuracy']:.4f} {seconds:.3f}s",
                   flush=True)
@@ -149,7 +153,7 @@ class MemoryWatcher(threading.Thread):
             self.done.wait(self.interval)
 
 
-def run_mode(mode: str, args, workdir: Path, spec_path: Path, run_index: int) -> dict:
+def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec_path: Path, run_index: int) -> dict:
     """One subprocess for `mode`; returns its epoch times, start-up and memory."""
     name = f"{mode}-{run_index}"
     if mode == "plain":
@@ -293,7 +297,7 @@ def print_table(summary: dict, epochs: int, repeats: int) -> None:
             print(f"  {mode}: epoch seconds per run: {[r['epoch_seconds'] for r in summary[mode]['runs']]}")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="MNIST .npz in Keras layout (or any plateau --data source)")
     parser.add_argument("--epochs", type=int, default=5)

@@ -22,6 +22,7 @@ import ray
 from ray._common.network_utils import build_address
 from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
+from ray.train.backend import BaseWorkerGroup
 
 
 def train_loop_per_worker(config: dict):
@@ -38,7 +39,7 @@ def _set_tf_config(addresses: list[str], index: int) -> None:
 
 
 class _TensorflowBackend(Backend):
-    def on_start(self, worker_group, backend_config: "TensorflowWorkers") -> None:
+    def on_start(self, worker_group: BaseWorkerGroup, backend_config: "TensorflowWorkers") -> None:
         def free_address() -> str:
             return build_address(*get_address_and_port())
 

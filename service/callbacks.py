@@ -19,10 +19,18 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import tf_keras as keras
+
+from service.messages import CHECK_SECONDS, EpochReport, Message
+from service.stopreason import StopReason
+
+if TYPE_CHECKING:  # sync imports this module
+    from ray.util.queue import Queue
+
+    from service.sync import DecisionCallbacks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +55,7 @@ class _Resumable:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = {name: state[name] for name in self.state_fields if name in state}
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None):
         super().on_train_begin(logs)  # Keras's fresh-start reset
         for name, value in (self._resume or {}).items():
             setattr(self, name, value)
@@ -72,19 +80,19 @@ class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     state_fields = ("best", "wait", "best_epoch", "stopped_epoch", "best_weights", "stop_reason")
     stop_reason = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None):
         self.stop_reason = None
         super().on_train_begin(logs)  # Keras's reset, then the saved state (its reason included)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         before = self.stopped_epoch
         super().on_epoch_end(epoch, logs)
         if self.stopped_epoch != before:  # it decided to stop at this epoch
             recent = epoch - self.best_epoch < self.patience
-            self.stop_reason = "baseline" if self.baseline is not None and recent else "patience"
+            self.stop_reason = StopReason.BASELINE if self.baseline is not None and recent else StopReason.PATIENCE
 
 
-def _plain(value):
+def _plain(value: Any):
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -99,10 +107,10 @@ class DriverQueue:
     callbacks, so the driver learns every rank's view from here.
     """
 
-    def __init__(self, queue=None):
+    def __init__(self, queue: Queue | None = None):
         self.queue = queue
 
-    def post(self, rank: int, message: dict) -> None:
+    def post(self, rank: int, message: Message) -> None:
         if self.queue is not None:
             self.queue.put((rank, message))
 
@@ -118,30 +126,29 @@ class ReportEachEpoch(keras.callbacks.Callback):
     lost when an elastic run shrinks. Then the rank posts the same report to the driver.
     """
 
-    def __init__(self, rank: int, deciders, driver: DriverQueue, trace=None, former=None):
+    def __init__(self, rank: int, deciders: DecisionCallbacks, driver: DriverQueue, trace: list[dict] | None = None, former: dict[int, list[dict]] | None = None):
         super().__init__()
         self.rank, self.deciders, self.driver = rank, deciders, driver
         self.trace = list(trace or [])
         self.former = dict(former or {})
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         import ray.train
 
         from service import checkpoint
-        from service.replicas import CHECK_SECONDS
 
         decision = self.deciders.consensus.last
-        report = {"epoch": epoch + 1, "seconds": self.deciders.metrics.seconds, "lr": decision.lr_before,
-                  **decision.values, "workers": decision.world_size, "decision": decision.to_json()}
-        if logs and CHECK_SECONDS in logs:  # what the replica check cost this epoch
-            report[CHECK_SECONDS] = logs[CHECK_SECONDS]
-        self.trace.append(report)
+        report = EpochReport(epoch=epoch + 1, seconds=self.deciders.metrics.seconds, lr=decision.lr_before,
+                             values=decision.values, workers=decision.world_size, decision=decision.to_json(),
+                             check_seconds=(logs or {}).get(CHECK_SECONDS))  # what the replica check cost
+        metrics = report.metrics()
+        self.trace.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             for rank, trace in [*self.former.items(), (self.rank, self.trace)]:
                 checkpoint.write_trace(tmp, rank, trace)
             if self.rank == 0:
                 checkpoint.save(tmp, self.model, epoch + 1, self.deciders.state_dicts())
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         self.driver.post(self.rank, report)
 
 
@@ -157,7 +164,7 @@ class PauseAfterEpoch(keras.callbacks.Callback):
         super().__init__()
         self.seconds = seconds
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         time.sleep(self.seconds)
 
 
@@ -171,7 +178,7 @@ class FailOnce(keras.callbacks.Callback):
         super().__init__()
         self.epoch, self.attempt, self.rank = epoch, attempt, rank
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if epoch + 1 != self.epoch:
             return
         marker = Path(tempfile.gettempdir(), f"plateau-fail-{self.attempt}-{self.epoch}-{self.rank}")

@@ -24,7 +24,7 @@ Example::
     save(directory, model, epoch=3, callbacks={"reduce_lr": rlr.state_dict()})
     restored = restore(directory, model)        # inside the strategy's scope
     restored.epoch, restored.callbacks["reduce_lr"]["wait"]
-    resume_point(run_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
+    resume_point(checkpoints_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 from service.errors import BadInput
 from service.report import write_atomic
+
+if TYPE_CHECKING:  # the driver reads checkpoints without TensorFlow
+    import tf_keras as keras
 
 WEIGHTS_FILE = "weights.npz"
 STATE_FILE = "state.json"
@@ -67,7 +70,7 @@ class Restored:
 # Names of the arrays
 
 
-def _weight_names(model) -> list[str]:
+def _weight_names(model: keras.Model) -> list[str]:
     """A stable name per model weight, in `model.weights` order: `<layer index>.<layer kind>/<weight>`.
 
     Keras's own names (dense_3/kernel:0) depend on how many layers the process built before.
@@ -81,7 +84,7 @@ def _weight_names(model) -> list[str]:
     return names
 
 
-def _optimizer_names(model) -> list[str]:
+def _optimizer_names(model: keras.Model) -> list[str]:
     """A stable name per optimizer variable: its step counter, and each slot by the weight it
     belongs to (tf_keras names a slot `[scope/]<slot>/<the weight's name>`)."""
     by_keras_name = dict(zip((w.name for w in model.weights), _weight_names(model)))
@@ -101,7 +104,7 @@ def _optimizer_names(model) -> list[str]:
 # Save and restore
 
 
-def state_arrays(model) -> dict[str, np.ndarray]:
+def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
     """Everything training carries from step to step, by stable name, in a fixed order: the
     model's weights, the optimizer's step counter and slots, and the learning rate."""
     import tf_keras as keras
@@ -113,7 +116,7 @@ def state_arrays(model) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save(directory, model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
+def save(directory: str | Path, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
     """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
     callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
     arrays = state_arrays(model)
@@ -130,7 +133,7 @@ def save(directory, model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> 
     Path(directory, STATE_FILE).write_text(json.dumps({"epoch": epoch, "callbacks": plain}))
 
 
-def restore(directory, model) -> Restored:
+def restore(directory: str | Path, model: keras.Model) -> Restored:
     """Put a checkpoint's weights and optimizer state into `model`; return the epoch and the
     callbacks' state (with `best_weights` back in it).
 
@@ -154,13 +157,13 @@ def restore(directory, model) -> Restored:
     return Restored(epoch=int(state["epoch"]), callbacks=callbacks)
 
 
-def load_weights(directory, model) -> None:
+def load_weights(directory: str | Path, model: keras.Model) -> None:
     """Only the model's weights of a checkpoint (for evaluating an epoch after the run)."""
     with np.load(Path(directory, WEIGHTS_FILE)) as saved:
         model.set_weights([saved[f"model/{n}"] for n in _weight_names(model)])
 
 
-def epoch_of(directory) -> int:
+def epoch_of(directory: str | Path) -> int:
     return int(json.loads(Path(directory, STATE_FILE).read_text())["epoch"])
 
 
@@ -168,7 +171,7 @@ def epoch_of(directory) -> int:
 # Traces: every rank's reports, carried by the checkpoint
 
 
-def write_trace(directory, rank: int, trace: list[dict]) -> None:
+def write_trace(directory: str | Path, rank: int, trace: list[dict]) -> None:
     """A rank's reports so far (metrics and decision record per epoch)."""
     Path(directory, TRACE_FILE.format(rank=rank)).write_text("".join(json.dumps(m) + "\n" for m in trace))
 
@@ -180,12 +183,12 @@ def trace_ranks(directory: Path | str) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def read_traces(directory) -> dict[int, list[dict]]:
+def read_traces(directory: str | Path) -> dict[int, list[dict]]:
     """Every rank's trace in a checkpoint, by rank."""
     return {rank: read_trace(directory, rank) for rank in trace_ranks(directory)}
 
 
-def read_trace(directory, rank: int) -> list[dict]:
+def read_trace(directory: str | Path, rank: int) -> list[dict]:
     """What `write_trace` wrote; empty when the checkpoint has none for that rank."""
     path = Path(directory, TRACE_FILE.format(rank=rank))
     if not path.exists():
@@ -197,23 +200,23 @@ def read_trace(directory, rank: int) -> list[dict]:
 # Finding checkpoints of a run
 
 
-def latest(run_dir: Path) -> tuple[Optional[int], Optional[Path]]:
-    """(epoch, directory) of the checkpoint Ray Train will resume the run in `run_dir` from.
+def latest(checkpoints_dir: Path) -> tuple[Optional[int], Optional[Path]]:
+    """(epoch, directory) of the checkpoint Ray Train will resume the run in `checkpoints_dir` from.
 
     Read from Ray Train's own record of the run; (None, None) when there is none (or the storage
     is not a local path).
     """
     try:
-        snapshot = json.loads(Path(run_dir, RAY_SNAPSHOT_FILE).read_text())
+        snapshot = json.loads(Path(checkpoints_dir, RAY_SNAPSHOT_FILE).read_text())
         found = snapshot.get("latest_checkpoint_result") or {}
-        return int(found["metrics"]["epoch"]), Path(run_dir, found["checkpoint_dir_name"])
+        return int(found["metrics"]["epoch"]), Path(checkpoints_dir, found["checkpoint_dir_name"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
 
 
-def by_epoch(run_dir: Path) -> dict[int, Path]:
-    """Every epoch checkpoint kept in `run_dir`, by epoch."""
-    return {epoch_of(state.parent): state.parent for state in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}")}
+def by_epoch(checkpoints_dir: Path) -> dict[int, Path]:
+    """Every epoch checkpoint kept in `checkpoints_dir`, by epoch."""
+    return {epoch_of(state.parent): state.parent for state in Path(checkpoints_dir).glob(f"checkpoint_*/{STATE_FILE}")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,10 +310,10 @@ class ResumePoint:
     damaged: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # (epoch, dir name, why)
 
 
-def _read_snapshot(run_dir: Path) -> Optional[dict]:
+def _read_snapshot(checkpoints_dir: Path) -> Optional[dict]:
     """Ray Train's record of the run; None when there is none. CheckpointsDamaged when it
     cannot be read: Ray Train could not resume the run either."""
-    path = Path(run_dir, RAY_SNAPSHOT_FILE)
+    path = Path(checkpoints_dir, RAY_SNAPSHOT_FILE)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -334,23 +337,23 @@ def _newest_first(snapshot: dict) -> list[tuple[int, str]]:
     return sorted(((e, n) for n, e in kept.items()), key=lambda item: (item[1] != latest, -item[0]))
 
 
-def find_resume_point(run_dir: Path, hidden_units: int) -> ResumePoint:
-    """The newest checkpoint of the run in `run_dir` that can be read (changes nothing).
+def find_resume_point(checkpoints_dir: Path, hidden_units: int) -> ResumePoint:
+    """The newest checkpoint of the run in `checkpoints_dir` that can be read (changes nothing).
 
     CheckpointsDamaged when the run has checkpoints and none of them can be read."""
-    snapshot = _read_snapshot(run_dir)
+    snapshot = _read_snapshot(checkpoints_dir)
     if snapshot is None:
         return ResumePoint()
     point = ResumePoint()
     for epoch, name in _newest_first(snapshot):
-        why = damage(Path(run_dir, name), epoch, hidden_units)
+        why = damage(Path(checkpoints_dir, name), epoch, hidden_units)
         if why is None:
-            point.epoch, point.directory = epoch, Path(run_dir, name)
+            point.epoch, point.directory = epoch, Path(checkpoints_dir, name)
             return point
         point.damaged.append((epoch, name, why))
     if point.damaged:
         found = "; ".join(f"epoch {e}: {why}" for e, _, why in point.damaged)
-        raise CheckpointsDamaged(f"no checkpoint in {run_dir} can be read ({found}); use --fresh to train the "
+        raise CheckpointsDamaged(f"no checkpoint in {checkpoints_dir} can be read ({found}); use --fresh to train the "
                                  f"run again from the start")
     return point
 
@@ -374,26 +377,26 @@ def _without(snapshot: dict, names: set[str], latest: str) -> dict:
     return out
 
 
-def resume_point(run_dir: Path, hidden_units: int, echo: Callable[[str], None]) -> ResumePoint:
+def resume_point(checkpoints_dir: Path, hidden_units: int, echo: Callable[[str], None]) -> ResumePoint:
     """`find_resume_point`, and the damaged newer checkpoints set aside, with a line each: each
     renamed `damaged-<name>` and dropped from Ray Train's record, whose latest becomes the
     checkpoint found, so that the workers restore that one."""
-    point = find_resume_point(run_dir, hidden_units)
+    point = find_resume_point(checkpoints_dir, hidden_units)
     if not point.damaged:
         return point
     for epoch, name, why in point.damaged:
-        aside = Path(run_dir, DAMAGED_PREFIX + name)
+        aside = Path(checkpoints_dir, DAMAGED_PREFIX + name)
         try:
-            if Path(run_dir, name).exists():
-                Path(run_dir, name).rename(aside)
+            if Path(checkpoints_dir, name).exists():
+                Path(checkpoints_dir, name).rename(aside)
         except OSError as exc:
-            raise CheckpointsDamaged(f"the checkpoint of epoch {epoch} in {run_dir} cannot be read ({why}) nor set "
+            raise CheckpointsDamaged(f"the checkpoint of epoch {epoch} in {checkpoints_dir} cannot be read ({why}) nor set "
                                      f"aside ({exc.strerror or exc}); move it away, or use --fresh to train the run "
                                      f"again from the start") from None
         where = f"set aside as {aside}" if aside.exists() else "dropped from Ray Train's record"
         echo(f"warning: the checkpoint of epoch {epoch} cannot be read ({why}); {where}; the run resumes "
              f"from the checkpoint of epoch {point.epoch}")
-    snapshot = _read_snapshot(run_dir)
-    write_atomic(Path(run_dir, RAY_SNAPSHOT_FILE),
+    snapshot = _read_snapshot(checkpoints_dir)
+    write_atomic(Path(checkpoints_dir, RAY_SNAPSHOT_FILE),
                  json.dumps(_without(snapshot, {n for _, n, _ in point.damaged}, point.directory.name)))
     return point

@@ -203,7 +203,7 @@ def _quiet_warnings() -> None:
     """Spec warnings (legacy names) in one line; other libraries' deprecations stay hidden."""
     plain = warnings.formatwarning
 
-    def short(message, category, *args, **kwargs):
+    def short(message: Warning | str, category: type[Warning], *args, **kwargs):
         if issubclass(category, SpecWarning):
             return f"warning: {message}\n"
         return plain(message, category, *args, **kwargs)

@@ -19,7 +19,8 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Iterator, Optional
+from types import ModuleType
+from typing import Callable, Iterator, Optional
 
 from service.errors import BadInput, first_line
 
@@ -120,7 +121,7 @@ def ray_session(address: Optional[str], cpus: float, verbose: bool) -> Iterator[
                 ray.shutdown()
 
 
-def _join_or_start(ray, address: Optional[str], cpus: float, verbose: bool) -> bool:
+def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
@@ -189,7 +190,7 @@ def alive_nodes() -> list[dict[str, float]]:
 
 
 def wait_for_resources(bundle: dict[str, float], count: int, strategy: str, *, can_grow: bool,
-                       timeout_s: float, echo, interval_s: float = 30.0, poll_s: float = 1.0) -> None:
+                       timeout_s: float, echo: Callable[[str], None], interval_s: float = 30.0, poll_s: float = 1.0) -> None:
     """Return once Ray's nodes could hold the workers; otherwise say so.
 
     A Ray that cannot grow (the embedded one) fails at once with ResourcesError. A cluster may

@@ -28,6 +28,7 @@ would be a local one even when the run then joins a cluster.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -36,11 +37,15 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 import numpy as np
 
 from service.errors import BadInput, first_line
+
+if TYPE_CHECKING:  # pyarrow is imported only to read Parquet
+    import pyarrow
+    import pyarrow.fs
 
 # Keras's own download location and checksum for mnist.npz, so a file fetched here is the same
 # file `keras.datasets.mnist.load_data()` would have fetched, and each can use the other's cache.
@@ -244,7 +249,9 @@ def _find_mnist(cache_dir: Path) -> tuple[Path | None, str]:
         return path, ""
     try:
         _download_mnist(path)
-    except Exception as exc:  # any failure on the network boundary means "not available"
+    # Any failure on the network boundary means "not available": the network or the server (OSError:
+    # URLError, a timeout, a reset), a broken HTTP exchange, a malformed URL, a wrong checksum.
+    except (OSError, http.client.HTTPException, ValueError, DataError) as exc:
         # URLError's str() wraps the reason in "<urlopen error ...>"; the reason alone reads better.
         return None, str(getattr(exc, "reason", "") or first_line(exc))
     return path, ""
@@ -331,7 +338,7 @@ def _check(arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray
     return out
 
 
-def _pixels(x, name: str) -> np.ndarray:
+def _pixels(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x)
     _numeric(x, name, "pixels 0..255")
     if x.ndim == 0 or x.shape[0] == 0:
@@ -343,7 +350,7 @@ def _pixels(x, name: str) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(x), PIXELS), dtype=np.uint8)
 
 
-def _labels(y, name: str) -> np.ndarray:
+def _labels(y: np.ndarray, name: str) -> np.ndarray:
     y = np.asarray(y)
     _numeric(y, name, "labels 0..9")
     if y.ndim == 0 or y.shape[0] == 0:
@@ -422,7 +429,7 @@ def _parquet_parts(root: str):
     return fs, parts
 
 
-def _read_parquet_part(fs, location: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_parquet_part(fs: pyarrow.fs.FileSystem, location: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.dataset as pads
 
     try:
@@ -446,7 +453,7 @@ def _read_parquet_part(fs, location: str, where: str) -> tuple[np.ndarray, np.nd
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _image_column(column, where: str) -> np.ndarray:
+def _image_column(column: pyarrow.ChunkedArray | pyarrow.Array, where: str) -> np.ndarray:
     """An `image` column as (n, 784): a list of 784 ints per row, or 784 bytes per row."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -485,7 +492,7 @@ def _check_row_lengths(lengths: np.ndarray, where: str, unit: str) -> None:
         )
 
 
-def _label_column(column, where: str) -> np.ndarray:
+def _label_column(column: pyarrow.ChunkedArray | pyarrow.Array, where: str) -> np.ndarray:
     if column.null_count:
         raise DataError(f"{where}: label column has {column.null_count} missing values")
     return column.to_numpy()

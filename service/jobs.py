@@ -58,14 +58,18 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import urlparse
 
 from ray.job_submission import JobSubmissionClient
 
+from service.console import text_table
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
-from service.spec import CompareSpec, TrainSpec, load_spec
+from service.spec import CompareSpec, Spec, TrainSpec, load_spec
 from service.storage import is_node_local, placeholder_bucket
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobDetails
 
 JOB_PREFIX = "plateau-"
 PRODUCT = "plateau"
@@ -271,7 +275,7 @@ class JobServer:
     """A cluster's job server: Ray's JobSubmissionClient with short timeouts, and the address it
     was reached at (for messages)."""
 
-    def __init__(self, client, address: str):
+    def __init__(self, client: JobSubmissionClient, address: str):
         self.client, self.address = client, address
 
     @classmethod
@@ -384,12 +388,12 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     }
 
 
-def _storage_of(spec) -> tuple[str, TrainSpec]:
+def _storage_of(spec: Spec) -> tuple[str, TrainSpec]:
     """(what `output` the spec names, the train spec whose workers write checkpoints)."""
     return spec.output, (spec.base if isinstance(spec, CompareSpec) else spec)
 
 
-def _refuse_placeholder_buckets(spec) -> None:
+def _refuse_placeholder_buckets(spec: Spec) -> None:
     """The cluster specs ship `s3://YOUR-BUCKET/...`: refuse it here, not after the GPU nodes booted."""
     output, train_spec = _storage_of(spec)
     fields = {"output": output, "scaling.storage_path": train_spec.scaling.storage_path or ""}
@@ -399,7 +403,7 @@ def _refuse_placeholder_buckets(spec) -> None:
                            f"(e.g. --set {field}=s3://my-team-ml/plateau/...) and submit again")
 
 
-def warn_if_checkpoints_stay_on_one_node(spec, nodes: int) -> None:
+def warn_if_checkpoints_stay_on_one_node(spec: Spec, nodes: int) -> None:
     """One line when a multi-worker run on a multi-node cluster keeps checkpoints on a node's own
     disk: a worker restarted on another node could not resume from them."""
     output, train_spec = _storage_of(spec)
@@ -475,7 +479,7 @@ def _poll_until_done(server: JobServer, job_id: str, timeout: float | None = Non
         time.sleep(POLL_S)
 
 
-def _error_line(server: JobServer, info) -> str | None:
+def _error_line(server: JobServer, info: JobDetails) -> str | None:
     """The most telling line of a failed job: its `plateau: ...` line, else the last error."""
     text = ""
     with contextlib.suppress(Exception):
@@ -492,7 +496,7 @@ def _error_line(server: JobServer, info) -> str | None:
     return one_line(info.message) if info.message else None
 
 
-def _finish(server: JobServer, info) -> int:
+def _finish(server: JobServer, info: JobDetails) -> int:
     """Final line of --wait/--follow, and the exit code for the job's terminal status."""
     status = str(info.status)
     if status == "SUCCEEDED":
@@ -555,7 +559,7 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
 
 
-def _duration(info) -> str:
+def _duration(info: JobDetails) -> str:
     if not info.start_time:
         return "-"
     end = info.end_time or time.time() * 1000
@@ -569,7 +573,7 @@ def _exit_for(status: str) -> int:
     return EXIT_FAILED if status in ("FAILED", "STOPPED") else EXIT_OK
 
 
-def job_json(info) -> dict[str, Any]:
+def job_json(info: JobDetails) -> dict[str, Any]:
     """A job as `--json` prints it: Ray's fields, times as ISO text, the duration in seconds."""
     def when(ms: int | None) -> Optional[str]:
         return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ms / 1000)) if ms else None
@@ -644,7 +648,7 @@ def stop(job_id: str, address: str | None, token: Optional[str] = None) -> int:
     return EXIT_OK
 
 
-def is_plateau_job(info) -> bool:
+def is_plateau_job(info: JobDetails) -> bool:
     return bool((info.submission_id or "").startswith(JOB_PREFIX)
                 or (info.metadata or {}).get("product") == PRODUCT)
 
@@ -660,10 +664,7 @@ def list_jobs(address: str | None, token: Optional[str] = None, as_json: bool = 
         print(f"no plateau jobs on {server.address}")
         return EXIT_OK
     jobs.sort(key=lambda j: j.start_time or 0)
-    rows = [("ID", "SPEC", "STATUS", "START", "DURATION")]
-    rows += [(j.submission_id or "-", (j.metadata or {}).get("spec", "-"), str(j.status),
-              _when(j.start_time), _duration(j)) for j in jobs]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    rows = [(j.submission_id or "-", (j.metadata or {}).get("spec", "-"), str(j.status),
+             _when(j.start_time), _duration(j)) for j in jobs]
+    print(text_table(("ID", "SPEC", "STATUS", "START", "DURATION"), rows))
     return EXIT_OK

@@ -15,24 +15,25 @@ from __future__ import annotations
 
 from typing import Optional
 
-from service.spec import CompareSpec, Spec, TrainSpec
+from service.spec import CompareSpec, MonitoredSpec, Spec, TrainSpec, higher_is_better
 
 # The seed's own advice, quoted where it applies.
 SEED_ADVICE = "EarlyStopping's patience must be larger than ReduceLROnPlateau's, or the callback has no effect"
 
 
-def inferred_mode(monitor: str) -> Optional[str]:
-    """The direction `mode: auto` should mean for a metric: max for an accuracy, min for a loss,
-    None when the name does not say. (tf_keras's own rule: "acc" in the name -> max, else min.)"""
-    if "acc" in monitor:
+def inferred_mode(monitor: str, auto_rule: str = "ReduceLROnPlateau") -> Optional[str]:
+    """The direction `mode: auto` should mean for a metric: max where the callback's own rule
+    (`spec.higher_is_better`) maximises it, min for a loss, None when the name does not say."""
+    if higher_is_better(monitor, "auto", auto_rule):
         return "max"
     if "loss" in monitor:
         return "min"
     return None
 
 
-def _mode_findings(section: str, monitor: str, mode: str) -> list[str]:
-    direction = inferred_mode(monitor)
+def _mode_findings(section: str, monitored: MonitoredSpec) -> list[str]:
+    monitor, mode = monitored.monitor, monitored.mode
+    direction = inferred_mode(monitor, monitored.auto_rule)
     if direction is None and mode == "auto":
         return [f"{section}.monitor {monitor}: mode auto cannot tell whether higher is better "
                 f"(tf_keras would take it as lower); set {section}.mode to min or max"]
@@ -60,7 +61,7 @@ def lint_train(spec: TrainSpec) -> list[str]:
                      f"{spec.training.epochs}: EarlyStopping never looks at an epoch")
     for name, section in (("reduce_lr", reduce), ("early_stopping", stop)):
         if section is not None:
-            found += _mode_findings(name, section.monitor, section.mode)
+            found += _mode_findings(name, section)
     return found
 
 

@@ -33,12 +33,12 @@ from service.spec import ModelSpec
 DATA_ORDER, DROPOUT = 1, 2
 
 
-def random_key(seed: int, stream: int, counter):
+def random_key(seed: int, stream: int, counter: int | tf.Tensor):
     """The key of stateless random op number `counter` (an epoch, a step) of one stream of a run."""
     return tf.stack([tf.constant(seed * 1009 + stream, tf.int64), tf.cast(counter, tf.int64)])
 
 
-def scale_pixels(x):
+def scale_pixels(x: tf.Tensor):
     """uint8 pixels 0..255 -> float32 in [0, 1]: the model's input, for training and evaluation."""
     return tf.cast(x, tf.float32) / 255.0
 
@@ -89,11 +89,11 @@ class StepSeededDropout(keras.layers.Dropout):
         # counter would make Keras count it among this layer's weights.
         self._step = None
 
-    def follow(self, optimizer) -> None:
+    def follow(self, optimizer: keras.optimizers.Optimizer) -> None:
         """Key the masks on `optimizer`'s step counter (call after compile)."""
         self._step = lambda: optimizer.iterations
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None):
         if not training or self.rate == 0 or self._step is None:
             return inputs
         key = random_key(self.seed, DROPOUT, self._step())
@@ -134,7 +134,7 @@ class SeedModel(keras.Sequential):
         super().__init__(*args, **kwargs)
         self.distribute_reduction_method = "first"
 
-    def train_step(self, data):
+    def train_step(self, data: tuple[tf.Tensor, tf.Tensor]):
         # tf_keras's train_step, less its last line's `get_metrics_result()`.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
@@ -147,7 +147,7 @@ class SeedModel(keras.Sequential):
         # other workers: this worker's copy of the step counter.
         return {self.STEP: tf.identity(self.optimizer.iterations)}
 
-    def _validate_and_get_metrics_result(self, logs):
+    def _validate_and_get_metrics_result(self, logs: dict):
         # fit asks this at every epoch's end for the epoch's logs (tf_keras's own path for steps
         # whose returns are not the metrics): the metrics' totals, read once, on every rank.
         return tf_utils.sync_to_numpy_or_python_type(self.get_metrics_result())
@@ -157,7 +157,7 @@ def replica_scaled_loss(split: BatchSplit):
     """Keras's categorical cross-entropy times this replica's `BatchSplit.loss_factors`."""
     factors = tf.constant(split.loss_factors(), tf.float32)
 
-    def categorical_crossentropy(y_true, y_pred):
+    def categorical_crossentropy(y_true: tf.Tensor, y_pred: tf.Tensor):
         return keras.losses.categorical_crossentropy(y_true, y_pred) * tf.gather(factors, _replica_id())
 
     return categorical_crossentropy

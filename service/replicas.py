@@ -26,9 +26,9 @@ import numpy as np
 import tf_keras as keras
 
 from service import checkpoint
-
-
-CHECK_SECONDS = "replica_check_seconds"  # the key in `logs` and in the epoch's report
+from service.messages import CHECK_SECONDS  # the key in `logs` and in the epoch's metrics
+from service.spec import TrainSpec
+from service.sync import Collective, Consensus
 
 
 class ReplicaMismatch(RuntimeError):
@@ -54,11 +54,11 @@ class ReplicaCheck(keras.callbacks.Callback):
     """Fails the run as soon as the ranks' models differ. Place it after `Consensus` (the
     learning rate is final for the epoch) and before the epoch's report and checkpoint."""
 
-    def __init__(self, collective, consensus):
+    def __init__(self, collective: Collective, consensus: Consensus):
         super().__init__()
         self.collective, self.consensus = collective, consensus
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         started = time.perf_counter()
         arrays = checkpoint.state_arrays(self.model)
         rows = self.collective.all_gather(checksums(arrays))
@@ -78,7 +78,7 @@ class PerturbOnce(keras.callbacks.Callback):
         super().__init__()
         self.epoch = epoch
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if epoch + 1 != self.epoch:
             return
         variable = self.model.weights[-1]
@@ -87,7 +87,7 @@ class PerturbOnce(keras.callbacks.Callback):
         variable.assign(value)
 
 
-def replica_callbacks(spec, collective, rank: int, consensus) -> list:
+def replica_callbacks(spec: TrainSpec, collective: Collective, rank: int, consensus: Consensus) -> list:
     """The check (and its drill, when the spec asks for one); none with a single replica."""
     if collective.world_size <= 1 or not spec.debug.replica_check:
         return []

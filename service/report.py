@@ -22,9 +22,14 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from service.spec import METRICS, TrainSpec, dump_spec
+from service.spec import METRICS, MonitoredSpec, TrainSpec, dump_spec
+from service.stopreason import StopReason, words_of
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
 INTEGER_COLUMNS = ("epoch", "workers")
@@ -61,7 +66,7 @@ def finite_or_null(data: Any) -> Any:
     return data
 
 
-def _jsonable(value):
+def _jsonable(value: Any):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
@@ -105,7 +110,7 @@ def write_run(out_dir: Path, spec: TrainSpec, history: list[dict], decisions: li
     if summary is not None:
         write_json(Path(out_dir) / "summary.json", summary)
         plot_curves(Path(out_dir) / "curves.png", history, summary["lr_reductions"], summary["stop_epoch"],
-                    title=summary["name"], monitor=spec.monitor)
+                    title=summary["name"], monitored=spec.monitored)
 
 
 def lr_reductions(decisions: list[dict]) -> list[dict]:
@@ -129,7 +134,7 @@ def summarize(*, name: str, data: dict, workers: int, max_epochs: int, history: 
         "epochs_run": len(history),
         "stopped_early": stopped,
         "stop_epoch": rank0[-1]["epoch"] if stopped else None,
-        "stop_reason": stop_reason(decisions, max_epochs),
+        "stop_reason": run_stop_reason(decisions, max_epochs),
         "best_epoch": best["epoch"] if best else None,
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_val_loss": min(r["val_loss"] for r in finite) if finite else None,
@@ -152,7 +157,7 @@ def resizes(history: list[dict]) -> list[dict]:
             for before, row in zip(history, history[1:]) if row["workers"] != before["workers"]]
 
 
-def workers_phrase(spec) -> str:
+def workers_phrase(spec: TrainSpec) -> str:
     """How a run splits its global batch: `2 worker(s) x batch 100`, `3 workers sharing batch 200`,
     `1-2 workers sharing batch 200`."""
     scaling, batch = spec.scaling, spec.training.batch_size
@@ -163,28 +168,18 @@ def workers_phrase(spec) -> str:
     return f"{spec.workers} worker(s) x batch {batch // spec.workers}"
 
 
-def _finite(value) -> bool:
+def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-# Why a run ended (summary.json's `stop_reason`, the decision record of the last epoch), in words.
-STOP_REASONS = {
-    "max_epochs": "reached training.epochs",
-    "patience": "early stop: no improvement for early_stopping.patience epochs",
-    "baseline": "early stop: did not beat early_stopping.baseline within its patience",
-    "non_finite": "stopped: a metric is not finite",
-    "consensus": "stopped: another rank decided to stop",
-}
-
-
-def stop_reason(decisions: list[dict], max_epochs: int) -> str | None:
+def run_stop_reason(decisions: list[dict], max_epochs: int) -> str | None:
     """Rank 0's reason on the last epoch; `max_epochs` when the run simply trained them all."""
     rank0 = [d for d in decisions if d["rank"] == 0]
     if not rank0:
         return None
     reason = rank0[-1].get("stop_reason")
     if reason is None and not rank0[-1]["stop"] and rank0[-1]["epoch"] >= max_epochs:
-        return "max_epochs"
+        return StopReason.MAX_EPOCHS
     return reason
 
 
@@ -203,9 +198,9 @@ def non_finite_words(values: dict) -> str | None:
 def stop_words(decision: dict) -> str:
     """A decision's stop reason in words, naming the metric when one was not finite."""
     reason = decision.get("stop_reason")
-    if reason == "non_finite":
-        return non_finite_words(decision["values"]) or STOP_REASONS[reason]
-    return STOP_REASONS.get(reason, "early stop")
+    if reason == StopReason.NON_FINITE:
+        return non_finite_words(decision["values"]) or StopReason.NON_FINITE.words
+    return words_of(reason, "early stop")
 
 
 def replicas_identical(decisions: list[dict]) -> bool | None:
@@ -263,32 +258,34 @@ def done_line(summary: dict, out_dir: Path) -> str:
     """The last line of a finished run."""
     reductions = [r["epoch"] for r in summary["lr_reductions"]] or "none"
     stopped = f" at epoch {summary['stop_epoch']}" if summary["stopped_early"] else ""
-    why = STOP_REASONS.get(summary.get("stop_reason"), "stopped") + stopped
+    why = words_of(summary.get("stop_reason"), "stopped") + stopped
     accuracy = summary["test_accuracy"]
     accuracy = f"{accuracy:.4f}" if _finite(accuracy) else "n/a"
     return (f"done: {summary['epochs_run']} epochs ({why}), test accuracy {accuracy}, "
             f"lr reductions at {reductions} -> {out_dir}")
 
 
-def best_epoch_of(history: list[dict], monitor: str) -> Optional[dict]:
-    """The row where `monitor` is best (highest for accuracies, lowest for losses; first of ties)."""
+def best_epoch_of(history: list[dict], monitor: str, higher: bool) -> Optional[dict]:
+    """The row where `monitor` is best (the highest if `higher`, else the lowest; first of ties)."""
     rows = [r for r in history if r.get(monitor) is not None]
     if not rows:
         return None
-    higher = "acc" in monitor
     return max(rows, key=lambda r: r[monitor]) if higher else min(rows, key=lambda r: r[monitor])
 
 
-def _metric_panel(ax, history: list[dict], keys: tuple[str, str], monitor: Optional[str], ylabel: str) -> None:
-    """Two curves on one axis; the monitored one drawn thick, with its best epoch starred."""
+def _metric_panel(ax: Axes, history: list[dict], keys: tuple[str, str], monitored: Optional[MonitoredSpec],
+                  ylabel: str) -> None:
+    """Two curves on one axis; the monitored one drawn thick, with its best epoch (by the
+    callback's own direction, `MonitoredSpec.higher_is_better`) starred."""
     epochs = [r["epoch"] for r in history]
+    monitor = monitored.monitor if monitored is not None else None
     for key, color in zip(keys, ("tab:blue", "tab:orange")):
         watched = key == monitor
         ax.plot(epochs, [r[key] for r in history], marker="o", ms=4 if watched else 3, color=color,
                 lw=2.6 if watched else 1.2, alpha=1.0 if watched else 0.75,
                 label=f"{key} (monitored)" if watched else key)
-        if watched:
-            best = best_epoch_of(history, key)
+        best = best_epoch_of(history, key, monitored.higher_is_better) if watched else None
+        if best is not None:
             ax.plot([best["epoch"]], [best[key]], marker="*", ms=16, color="gold", mec="black", zorder=5,
                     label=f"best {key} {best[key]:.4f} (epoch {best['epoch']})")
     ax.set_ylabel(ylabel)
@@ -309,7 +306,7 @@ def _import_plotting() -> None:
 
 
 def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,
-                title: str = "", monitor: Optional[str] = None) -> None:
+                title: str = "", monitored: Optional[MonitoredSpec] = None) -> None:
     """Loss and val_loss | accuracy and val_accuracy per epoch, the monitored metric drawn thick with
     its best epoch starred; below the accuracy, the learning rate (log axis); LR reductions (dashed green, between
     the epoch that decided and the first at the new rate) and the early stop (red) on every panel."""
@@ -323,8 +320,8 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
     ax_acc = fig.add_subplot(grid[0, 1], sharex=ax_loss)
     ax_lr = fig.add_subplot(grid[1, 1], sharex=ax_loss)
     if history:
-        _metric_panel(ax_loss, history, ("loss", "val_loss"), monitor, "loss")
-        _metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitor, "accuracy")
+        _metric_panel(ax_loss, history, ("loss", "val_loss"), monitored, "loss")
+        _metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitored, "accuracy")
         epochs, lrs = [r["epoch"] for r in history], [r["lr"] for r in history]
         ax_lr.step(epochs, lrs, where="mid", color="tab:green", label="learning rate")
         if all(lr > 0 for lr in lrs):
@@ -348,7 +345,7 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
     save_figure(path, fig)
 
 
-def save_figure(path: Path, fig) -> None:
+def save_figure(path: Path, fig: Figure) -> None:
     """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
     import matplotlib.pyplot as plt
 

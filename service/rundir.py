@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,24 @@ class RunFolderError(BadInput):
     """The run's folder cannot be used as asked (exit 2, before anything starts)."""
 
 
-def out_dir_of(spec: TrainSpec) -> Path:
-    return Path(spec.output) / spec.name
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Where one run's things are: computed once from its spec (`RunPaths.of`), used by everyone."""
 
+    out_dir: Path  # OUTPUT/NAME: the run's files (spec.yaml, history.csv, summary.json, ...)
+    storage: str   # Ray Train's storage_path: scaling.storage_path (a URI, maybe), else OUTPUT/NAME/checkpoints
+    name: str
 
-def run_dir_of(spec: TrainSpec) -> Path:
-    """Where Ray Train keeps this run's checkpoints (STORAGE/NAME)."""
-    return Path(spec.scaling.storage_path or out_dir_of(spec) / "checkpoints", spec.name)
+    @classmethod
+    def of(cls, spec: TrainSpec) -> "RunPaths":
+        out_dir = Path(spec.output) / spec.name
+        # Absolute: Ray Train takes a relative storage_path as relative to its own folder.
+        return cls(out_dir, spec.scaling.storage_path or str((out_dir / "checkpoints").resolve()), spec.name)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """STORAGE/NAME: the folder Ray Train keeps this run's epoch checkpoints in."""
+        return Path(self.storage, self.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,14 +97,15 @@ def stored_spec(out_dir: Path) -> dict:
 
 def holds_a_run(spec: TrainSpec) -> bool:
     """Whether the folder holds a run worth keeping: finished, or with a trained epoch."""
-    out = out_dir_of(spec)
+    paths = RunPaths.of(spec)
+    out = paths.out_dir
     return ((out / "summary.json").exists() or (out / "history.csv").exists()
-            or checkpoint.latest(run_dir_of(spec))[0] is not None)
+            or checkpoint.latest(paths.checkpoints_dir)[0] is not None)
 
 
 def check_same_spec(spec: TrainSpec) -> None:
     """Raise RunFolderError if OUTPUT/NAME holds a run (finished or interrupted) of another spec."""
-    out = out_dir_of(spec)
+    out = RunPaths.of(spec).out_dir
     if not (out / SPEC_FILE).exists() or not holds_a_run(spec):
         return
     changes = spec_changes(stored_spec(out), spec.model_dump(mode="json"))
@@ -104,10 +117,11 @@ def check_same_spec(spec: TrainSpec) -> None:
 def state_line(spec: TrainSpec) -> str:
     """What `plateau train` would do with the folder, in words (`checkpoint.CheckpointsDamaged`
     when it would refuse to resume: no checkpoint can be read)."""
-    out = out_dir_of(spec)
+    paths = RunPaths.of(spec)
+    out = paths.out_dir
     if (out / "summary.json").exists():
         return f"{out}: finished; train says so and hands back its result (--fresh trains it again)"
-    point = checkpoint.find_resume_point(run_dir_of(spec), spec.model.hidden_units)
+    point = checkpoint.find_resume_point(paths.checkpoints_dir, spec.model.hidden_units)
     if point.damaged:
         epochs = ", ".join(str(epoch) for epoch, _, _ in point.damaged)
         return (f"{out}: interrupted; its checkpoint of epoch {epochs} cannot be read, so train sets it aside "

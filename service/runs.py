@@ -31,7 +31,9 @@ from typing import Optional
 import yaml
 
 from service import report, runlock
+from service.console import text_table
 from service.errors import BadInput
+from service.stopreason import StopReason
 
 STATUS = "status.json"
 COLUMNS = ("name", "kind", "status", "epochs", "stop_reason", "test_accuracy", "data", "started")
@@ -115,7 +117,7 @@ def _started(folder: Path, status: dict) -> str:
     return dt.datetime.fromtimestamp(first).astimezone().isoformat(timespec="seconds")
 
 
-def stop_reason(summary: dict) -> str:
+def why_it_ended(summary: dict) -> str:
     """The summary's own stop_reason (`patience at epoch 5`, `max_epochs`); a summary from before
     stop reasons says early stopping or the epoch limit."""
     reason = summary.get("stop_reason")
@@ -123,7 +125,7 @@ def stop_reason(summary: dict) -> str:
         return f"{reason} at epoch {summary.get('stop_epoch')}" if summary.get("stopped_early") else str(reason)
     if summary.get("stopped_early"):
         return f"early stopping at epoch {summary.get('stop_epoch')}"
-    return "max_epochs"
+    return StopReason.MAX_EPOCHS.value
 
 
 def train_row(folder: Path) -> dict:
@@ -131,8 +133,8 @@ def train_row(folder: Path) -> dict:
     spec = _load(folder / "spec.yaml") or {}
     row = {"name": folder.name, "kind": "train", "path": str(folder), "started": _started(folder, status)}
     if isinstance(summary, dict):
-        diverged = summary.get("stop_reason") == "non_finite"  # it has a summary, and exit 1
-        return {**row, "status": "failed" if diverged else "finished", "epochs": summary.get("epochs_run"), "stop_reason": stop_reason(summary),
+        diverged = summary.get("stop_reason") == StopReason.NON_FINITE  # it has a summary, and exit 1
+        return {**row, "status": "failed" if diverged else "finished", "epochs": summary.get("epochs_run"), "stop_reason": why_it_ended(summary),
                 "test_accuracy": summary.get("test_accuracy"),
                 "data": (summary.get("data") or {}).get("source") or (spec.get("data") or {}).get("source"),
                 "holder": None}
@@ -200,9 +202,7 @@ def table(rows: list[dict]) -> str:
         return "-" if value in (None, "") else str(value)
 
     header = [c.upper().replace("_", " ") for c in COLUMNS]
-    body = [[cell(r, c) for c in COLUMNS] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])
+    return text_table(header, [[cell(r, c) for c in COLUMNS] for r in rows])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import threading
+from types import FrameType
 from typing import Iterator
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -49,7 +50,7 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
-def _handler(signum, frame) -> None:
+def _handler(signum: int, frame: FrameType | None) -> None:
     if _received:  # asked again while cleaning up: go now
         os._exit(128 + signum)
     _received.append(signum)

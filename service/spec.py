@@ -16,10 +16,11 @@ import copy
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from service.errors import BadInput
 
@@ -108,7 +109,7 @@ class ScalingSpec(_Section):
 
     @field_validator("num_workers")
     @classmethod
-    def _worker_counts(cls, value):
+    def _worker_counts(cls, value: Any):
         if isinstance(value, int):
             if value < 0:
                 raise ValueError("give a number of workers >= 0 (0 = in-process local mode), or [MIN, MAX]")
@@ -145,11 +146,34 @@ class ScalingSpec(_Section):
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
-class _Monitored(_Section):
+def higher_is_better(monitor: str, mode: str = "auto", auto_rule: str = "ReduceLROnPlateau") -> bool:
+    """Whether a larger `monitor` is an improvement, as the tf_keras 2.21 callback `auto_rule` decides it.
+
+    `mode` max or min says so. For `mode: auto` the two stock callbacks read the name differently,
+    and each decision must be the one its callback takes: ReduceLROnPlateau maximises a monitor whose
+    name contains "acc"; EarlyStopping one whose name ends in "acc", "accuracy" or "auc".
+    (On the metrics the model produces, `METRICS`, the two rules agree.)
+    """
+    if mode in ("max", "min"):
+        return mode == "max"
+    if auto_rule == "EarlyStopping":
+        return monitor.endswith(("acc", "accuracy", "auc"))
+    return "acc" in monitor
+
+
+class MonitoredSpec(_Section):
     monitor: str = "val_loss"
     mode: Literal["auto", "min", "max"] = "auto"
     min_delta: float = Field(0.0, ge=0.0)
     patience: int = Field(0, ge=0)
+
+    # Which tf_keras callback's `mode: auto` rule this section follows (`higher_is_better`).
+    auto_rule: ClassVar[str] = "ReduceLROnPlateau"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether this section's callback counts a larger monitor value as an improvement."""
+        return higher_is_better(self.monitor, self.mode, self.auto_rule)
 
     @field_validator("monitor")
     @classmethod
@@ -161,13 +185,14 @@ class _Monitored(_Section):
         return value
 
 
-class EarlyStoppingSpec(_Monitored):
+class EarlyStoppingSpec(MonitoredSpec):
+    auto_rule: ClassVar[str] = "EarlyStopping"
     baseline: Optional[float] = None
     restore_best_weights: bool = False
     start_from_epoch: int = Field(0, ge=0)
 
 
-class ReduceLRSpec(_Monitored):
+class ReduceLRSpec(MonitoredSpec):
     factor: float = Field(0.1, gt=0.0, lt=1.0)
     patience: int = Field(10, ge=0)
     min_delta: float = Field(1e-4, ge=0.0)
@@ -246,10 +271,14 @@ class TrainSpec(_Section):
         return self
 
     @property
+    def monitored(self) -> Optional[MonitoredSpec]:
+        """The section whose metric the run watches (ReduceLROnPlateau's, else EarlyStopping's)."""
+        return self.reduce_lr or self.early_stopping
+
+    @property
     def monitor(self) -> Optional[str]:
         """The metric the callbacks watch (ReduceLROnPlateau's, else EarlyStopping's)."""
-        section = self.reduce_lr or self.early_stopping
-        return section.monitor if section is not None else None
+        return self.monitored.monitor if self.monitored is not None else None
 
     @property
     def workers(self) -> int:
@@ -293,7 +322,7 @@ class CompareSpec(_Section):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _seed_plan(cls, value):
+    def _seed_plan(cls, value: Any):
         """A mapping is a SequentialSeeds (its errors in one line); a list needs a seed."""
         if isinstance(value, list) and not value:
             raise ValueError("give at least one seed, e.g. [7, 8, 9], or {start: 3, max: 10}")
@@ -314,7 +343,7 @@ class CompareSpec(_Section):
 
     @field_validator("max_concurrent_trials", "workers_per_trial", mode="before")
     @classmethod
-    def _auto_or_count(cls, value, info):
+    def _auto_or_count(cls, value: Any, info: ValidationInfo):
         least = 1  # a trial cannot train in local mode (0 workers): it runs inside a Tune trial
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             return value

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -42,7 +42,8 @@ import tf_keras as keras
 
 from service.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
 from service.model import scale_pixels
-from service.spec import METRICS
+from service.spec import METRICS, TrainSpec
+from service.stopreason import StopReason
 
 
 class Collective:
@@ -59,7 +60,7 @@ class Collective:
         self.world_size = world_size
         self._gather = None
 
-    def all_gather(self, values) -> np.ndarray:
+    def all_gather(self, values: Sequence[float]) -> np.ndarray:
         """Each rank's vector, stacked in rank order: shape (world_size, len(values))."""
         row = np.asarray(values, dtype=np.float64).reshape(1, -1)
         if self.strategy is None:
@@ -68,7 +69,7 @@ class Collective:
             strategy = self.strategy
 
             @tf.function
-            def gather(x):
+            def gather(x: tf.Tensor):
                 # Each process holds one replica; gather its row from every replica in order.
                 per_replica = strategy.experimental_distribute_values_from_function(lambda _: x)
                 return strategy.gather(per_replica, axis=0)
@@ -76,7 +77,7 @@ class Collective:
             self._gather = gather
         return self._gather(tf.constant(row)).numpy()
 
-    def sum(self, values) -> np.ndarray:
+    def sum(self, values: Sequence[float]) -> np.ndarray:
         return self.all_gather(values).sum(axis=0)
 
 
@@ -98,7 +99,7 @@ class ShardEvaluator:
         self.batch = batch
         self._step = tf.function(self._sums, reduce_retracing=True)
 
-    def _sums(self, x, y):
+    def _sums(self, x: tf.Tensor, y: tf.Tensor):
         probs = self.model(scale_pixels(x), training=False)
         onehot = tf.one_hot(tf.cast(y, tf.int32), 10)
         loss = keras.losses.categorical_crossentropy(onehot, probs)
@@ -144,10 +145,10 @@ class GlobalMetrics(keras.callbacks.Callback):
         self._start = 0.0
         self.non_finite: Optional[str] = None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
         self._start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         logs = logs if logs is not None else {}
         # One exchange per epoch: [val loss sum, val correct, val count, train loss, train acc].
         rows = self.collective.all_gather([*self.val.sums(), logs.get("loss", np.nan), logs.get("accuracy", np.nan)])
@@ -185,10 +186,16 @@ class Decision:
     proposed_lr: float = 0.0
     # Why the run ends at this epoch (None while it goes on): max_epochs, patience, baseline,
     # non_finite, or consensus (another rank decided it).
-    stop_reason: Optional[str] = None
+    stop_reason: Optional[StopReason] = None
     # The replica check (`replicas.ReplicaCheck`): True when every rank's weights, optimizer
     # state and learning rate were bit-identical after this epoch; None when it did not run.
     replicas_identical: Optional[bool] = None
+    # The stock deciders' own state after this epoch, so that `plateau show` (service/explain.py)
+    # reads what they decided instead of redoing their arithmetic: ReduceLROnPlateau's best and
+    # cooldown_counter, EarlyStopping's best (inf, null in a file, before a first value).
+    plateau_best: Optional[float] = None
+    plateau_cooldown: Optional[int] = None
+    stopping_best: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,7 +216,7 @@ class Consensus(keras.callbacks.Callback):
     instead of a hang or silently diverging weights.
     """
 
-    def __init__(self, collective: Collective, rank: int, reduce_lr=None, early_stopping=None, metrics=None):
+    def __init__(self, collective: Collective, rank: int, reduce_lr: ResumableReduceLROnPlateau | None = None, early_stopping: ResumableEarlyStopping | None = None, metrics: GlobalMetrics | None = None):
         super().__init__()
         self.collective = collective
         self.rank = rank
@@ -219,10 +226,10 @@ class Consensus(keras.callbacks.Callback):
         self.last: Optional[Decision] = None
         self._lr_before = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
         self._lr_before = get_lr(self.model)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         logs = logs if logs is not None else {}
         wants_stop = bool(self.model.stop_training)
         proposed = get_lr(self.model)
@@ -251,19 +258,22 @@ class Consensus(keras.callbacks.Callback):
             would_stop=wants_stop,
             proposed_lr=proposed,
             stop_reason=self._stop_reason(epoch, wants_stop, stop),
+            plateau_best=None if self.reduce_lr is None else float(self.reduce_lr.best),
+            plateau_cooldown=None if self.reduce_lr is None else int(self.reduce_lr.cooldown_counter),
+            stopping_best=None if self.early_stopping is None else float(self.early_stopping.best),
         )
 
-    def _stop_reason(self, epoch: int, wants_stop: bool, stop: bool) -> Optional[str]:
+    def _stop_reason(self, epoch: int, wants_stop: bool, stop: bool) -> Optional[StopReason]:
         """Whose decision ends the run here: this rank's own deciders', another rank's
         (consensus), or none but the last epoch (max_epochs)."""
         if not stop:
             epochs = (getattr(self, "params", None) or {}).get("epochs", math.inf)
-            return "max_epochs" if epoch + 1 >= epochs else None
+            return StopReason.MAX_EPOCHS if epoch + 1 >= epochs else None
         if not wants_stop:
-            return "consensus"
+            return StopReason.CONSENSUS
         if self.metrics is not None and self.metrics.non_finite is not None:
-            return "non_finite"
-        return getattr(self.early_stopping, "stop_reason", None) or "consensus"
+            return StopReason.NON_FINITE
+        return getattr(self.early_stopping, "stop_reason", None) or StopReason.CONSENSUS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +299,7 @@ class DecisionCallbacks:
         return {name: cb.state_dict() for name, cb in deciders.items() if cb is not None}
 
 
-def decision_callbacks(spec, collective: Collective, rank: int, val: ShardEvaluator,
+def decision_callbacks(spec: TrainSpec, collective: Collective, rank: int, val: ShardEvaluator,
                        state: Optional[dict[str, dict[str, Any]]] = None) -> DecisionCallbacks:
     """Global metrics -> stock ReduceLROnPlateau / EarlyStopping -> consensus, for `spec`.
 

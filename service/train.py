@@ -29,14 +29,19 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from service import checkpoint, cluster, events, progress, report, rundir, runlock, runs, signals
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
+from service.messages import EpochReport, FinalReport, Message, Placement
 from service.provenance import provenance, utc_now
 from service.spec import TrainSpec, dump_spec
+from service.stopreason import StopReason
+
+if TYPE_CHECKING:  # Ray is imported when a run starts
+    from ray.train import CheckpointConfig
 
 Echo = Callable[[str], None]
 # How a worker's DeviceError reads inside the error Ray Train hands back.
@@ -72,7 +77,7 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     `lock`: hold OUTPUT/NAME's lock for the whole run (`runlock`; `RunLocked` while another
     command holds it); a study's trials do not, their study holds the study's folder.
     """
-    holding = runlock.hold(rundir.out_dir_of(spec), command, echo) if lock else contextlib.nullcontext()
+    holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
     with holding:
         return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
 
@@ -89,7 +94,7 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
         if not done.ok:
             progress.error(echo, f"plateau: {done.error}")
         return done
-    rundir.check_writable(plan.out_dir, plan.storage)
+    rundir.check_writable(plan.out_dir, plan.paths.storage)
     collector = finished_or_resume(plan, echo)
     if tensorboard:
         collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
@@ -101,7 +106,7 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
             return finish(plan, collector, outcome, time.perf_counter() - started, echo,
                           provenance(started_at, command))
     except signals.Interrupted as exc:
-        exc.message = _interrupted_line(exc, collector, plan.run_dir)
+        exc.message = _interrupted_line(exc, collector, plan.paths.checkpoints_dir)
         raise
 
 
@@ -116,12 +121,12 @@ class Plan:
     spec: TrainSpec
     splits: data_lib.MnistSplits
     steps: int          # optimizer steps per epoch, the same on every rank
-    out_dir: Path       # OUTPUT/NAME
-    storage: str        # where Ray Train keeps this run's checkpoints (STORAGE/NAME/...)
+    paths: rundir.RunPaths
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.storage, self.spec.name)
+    def out_dir(self) -> Path:
+        """OUTPUT/NAME: the run's files."""
+        return self.paths.out_dir
 
     def finished_result(self) -> Optional[RunResult]:
         """The stored result of a run that already finished, else None (a diverged run's is not ok)."""
@@ -130,7 +135,7 @@ class Plan:
         summary = json.loads((self.out_dir / "summary.json").read_text())
         decisions = report.read_decisions(self.out_dir / "decisions.jsonl")
         history = report.read_history(self.out_dir / "history.csv")  # keeps nan and inf, JSON cannot
-        diverged = summary.get("stop_reason") == "non_finite"
+        diverged = summary.get("stop_reason") == StopReason.NON_FINITE
         return RunResult(not diverged, self.out_dir, summary=summary,
                          error=_diverged_line(history, self.out_dir) if diverged else None,
                          history=history, decisions=decisions)
@@ -143,11 +148,10 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
                            cache_dir=data_cache)
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
-    out_dir = Path(spec.output) / spec.name
-    storage = spec.scaling.storage_path or str((out_dir / "checkpoints").resolve())
-    if fresh and out_dir.exists():
-        runlock.clear(out_dir)
-    return Plan(spec, splits, steps, out_dir, storage)
+    paths = rundir.RunPaths.of(spec)
+    if fresh and paths.out_dir.exists():
+        runlock.clear(paths.out_dir)
+    return Plan(spec, splits, steps, paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,20 +176,20 @@ class EpochCollector:
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
 
-    def resume(self, epoch: int, checkpoint_dir: Optional[Path]) -> None:
+    def resume(self, epoch: int, saved: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
 
         The checkpoint holds every rank's reports up to its epoch (the driver may have died
         before it saw the last of them); without it (remote storage) the files written so far
         are what there is.
         """
-        traces = checkpoint.read_traces(checkpoint_dir) if checkpoint_dir and checkpoint_dir.is_dir() else {}
+        traces = checkpoint.read_traces(saved) if saved and saved.is_dir() else {}
         if traces:
             # In epoch order: an epoch's rows may come from ranks a later, smaller group lost.
             reports = sorted(((m["epoch"], rank, m) for rank, trace in traces.items() for m in trace),
                              key=lambda item: item[:2])
-            for _, rank, message in reports:
-                self.on_message(rank, message, announce=False)
+            for _, rank, metrics in reports:
+                self.on_message(rank, EpochReport.from_metrics(metrics), announce=False)
             return
         if (self.out_dir / "history.csv").exists():
             self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
@@ -193,52 +197,55 @@ class EpochCollector:
             self.decisions = [d for d in report.read_decisions(self.out_dir / "decisions.jsonl")
                               if d["epoch"] <= epoch]
 
-    def on_message(self, rank: int, message: dict, announce: bool = True) -> None:
-        """One rank's report; an epoch is complete when every rank has sent it."""
-        world = message.get("world_size") or message.get("workers") or self.spec.workers
-        if "placement" in message:
-            self.on_placement(rank, message["placement"], world)
-            return
-        key = ("final" if message.get("final") else message["epoch"], world)
+    def on_message(self, rank: int, message: Message, announce: bool = True) -> None:
+        """One rank's message; an epoch (or the placement, or the test) is complete when every
+        rank of the group has sent it."""
+        if isinstance(message, EpochReport):
+            key: tuple = (message.epoch, message.workers)
+        else:
+            key = (type(message).__name__, message.workers)
         arrived = self._pending.setdefault(key, {})
         arrived[rank] = message
-        if len(arrived) == world:
-            del self._pending[key]
-            self.on_epoch([arrived[r] for r in sorted(arrived)], announce)
-
-    def on_placement(self, rank: int, where: dict, world: int) -> None:
-        """A worker says where it runs; once every rank of a (re)started group has, print it."""
-        group = self._pending.setdefault(("placement", world), {})
-        group[rank] = where
-        if len(group) == world:
-            del self._pending[("placement", world)]
-            self.placement = dict(group)
-            self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
-
-    def on_epoch(self, per_rank: list[dict], announce: bool = True) -> None:
-        head = per_rank[0]
-        if head.get("final"):
-            self.test = {"test_loss": head["test_loss"], "test_accuracy": head["test_accuracy"]}
-            self.model_file = head.get("model_keras")
-            if self.events is not None:
-                self.events.test(self.test, self.history[-1]["epoch"] if self.history else 0)
+        if len(arrived) < message.workers:
             return
-        row = {k: head[k] for k in report.HISTORY_COLUMNS}
+        del self._pending[key]
+        per_rank = [arrived[r] for r in sorted(arrived)]
+        if isinstance(message, Placement):
+            self.on_placement(per_rank)
+        elif isinstance(message, FinalReport):
+            self.on_final(per_rank[0])
+        else:
+            self.on_epoch(per_rank, announce)
+
+    def on_placement(self, group: list[Placement]) -> None:
+        """Every rank of a (re)started group said where it runs: print it."""
+        self.placement = {p.rank: p.where() for p in group}
+        self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
+
+    def on_final(self, rank0: FinalReport) -> None:
+        self.test = {"test_loss": rank0.test_loss, "test_accuracy": rank0.test_accuracy}
+        self.model_file = rank0.model_keras
+        if self.events is not None:
+            self.events.test(self.test, self.history[-1]["epoch"] if self.history else 0)
+
+    def on_epoch(self, per_rank: list[EpochReport], announce: bool = True) -> None:
+        head = per_rank[0]
+        row = head.history_row()
         previous = next((r for r in self.history if r["epoch"] == row["epoch"] - 1), row)
         # After a restart the workers report again from the checkpoint's next epoch.
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         self.decisions = [d for d in self.decisions if d["epoch"] < row["epoch"]]
-        self.decisions += [m["decision"] for m in per_rank]
+        self.decisions += [m.decision for m in per_rank]
         # Files first: whatever the user saw printed is already on disk.
         report.write_history(self.out_dir / "history.csv", self.history)
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
         if self.events is not None:
-            self.events.epoch(row, head["decision"])
+            self.events.epoch(row, head.decision)
         if announce and len(self.history) == 1:
             report.import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
-            pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head["decision"].get("stop")))
-            self.echo(report.epoch_line(row, head["decision"], self.spec.training.epochs, pace,
+            pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head.decision.get("stop")))
+            self.echo(report.epoch_line(row, head.decision, self.spec.training.epochs, pace,
                                         workers_before=previous["workers"]))
 
 
@@ -247,7 +254,7 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     spec = plan.spec
     collector = EpochCollector(spec, plan.out_dir, echo)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
-    resume = checkpoint.resume_point(plan.run_dir, spec.model.hidden_units, echo)
+    resume = checkpoint.resume_point(plan.paths.checkpoints_dir, spec.model.hidden_units, echo)
     if resume.epoch:
         collector.resume(resume.epoch, resume.directory)
         echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
@@ -307,7 +314,8 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     def fit() -> None:
         try:
             outcome["result"] = trainer.fit()
-        except BaseException as exc:  # reported by `finish`, after the last epochs are saved
+        except BaseException as exc:  # noqa: BLE001 - whatever ends fit here (an error, an interrupt) goes to `finish`
+            # which reports it after the last epochs are saved
             outcome["error"] = exc
 
     thread = threading.Thread(target=fit, name="plateau-fit", daemon=True)
@@ -323,7 +331,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     return outcome
 
 
-def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool):
+def _trainer(plan: Plan, loop: Callable[[dict], None], config: dict, callbacks: Sequence, verbose: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -332,7 +340,7 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
     scaling = plan.spec.scaling
     run_config = RunConfig(
         name=plan.spec.name,
-        storage_path=plan.storage,
+        storage_path=plan.paths.storage,
         failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
         checkpoint_config=_checkpoint_config(plan.spec, CheckpointConfig),
         callbacks=list(callbacks),
@@ -350,14 +358,13 @@ def _trainer(plan: Plan, loop, config: dict, callbacks: Sequence, verbose: bool)
     )
 
 
-def _checkpoint_config(spec: TrainSpec, CheckpointConfig):
+def _checkpoint_config(spec: TrainSpec, CheckpointConfig: type[CheckpointConfig]):
     """Keep the last `keep` checkpoints, or the best `keep` by the monitored metric."""
     if spec.checkpoint.score == "recency" or spec.monitor is None:
         return CheckpointConfig(num_to_keep=spec.checkpoint.keep)
-    section = spec.reduce_lr or spec.early_stopping
-    higher = section.mode == "max" or (section.mode == "auto" and "acc" in section.monitor)
+    section = spec.monitored
     return CheckpointConfig(num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=section.monitor,
-                            checkpoint_score_order="max" if higher else "min")
+                            checkpoint_score_order="max" if section.higher_is_better else "min")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +378,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     if error is None and getattr(outcome.get("result"), "error", None) is not None:
         error = outcome["result"].error
     if error is not None:
-        message = _failure_line(error, collector, plan.run_dir)
+        message = _failure_line(error, collector, plan.paths.checkpoints_dir)
         progress.error(echo, f"plateau: {message}")
         runs.mark_failed(out_dir, message)
         return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
@@ -385,9 +392,9 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     if collector.model_file is not None:
         report.write_atomic(out_dir / report.MODEL_FILE, collector.model_file)
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
-                       summary["stop_epoch"], title=spec.name, monitor=spec.monitor)
+                       summary["stop_epoch"], title=spec.name, monitored=spec.monitored)
     report.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
-    if summary["stop_reason"] == "non_finite":
+    if summary["stop_reason"] == StopReason.NON_FINITE:
         message = _diverged_line(collector.history, out_dir)
         runs.mark_failed(out_dir, message)
         progress.error(echo, f"plateau: {message}")
@@ -401,21 +408,21 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
 def _diverged_line(history: list[dict], out_dir: Path) -> str:
     """One line for a run that stopped on a NaN or infinite metric (its last epoch)."""
     last = history[-1]
-    words = report.non_finite_words(last) or report.STOP_REASONS["non_finite"]
+    words = report.non_finite_words(last) or StopReason.NON_FINITE.words
     return (f"training diverged at epoch {last['epoch']} ({words}): every rank stopped "
             f"there; lower model.learning_rate and train again with --fresh (the run is in {out_dir})")
 
 
-def _interrupted_line(exc: signals.Interrupted, collector: EpochCollector, run_dir: Path) -> str:
+def _interrupted_line(exc: signals.Interrupted, collector: EpochCollector, checkpoints_dir: Path) -> str:
     """One line for a run stopped by Ctrl-C or SIGTERM: what is kept, and how to go on."""
     trained = collector.history[-1]["epoch"] if collector.history else 0
-    saved, _ = checkpoint.latest(run_dir)
-    kept = (f"the checkpoint of epoch {saved} is in {run_dir}: run the same command again to resume"
+    saved, _ = checkpoint.latest(checkpoints_dir)
+    kept = (f"the checkpoint of epoch {saved} is in {checkpoints_dir}: run the same command again to resume"
             if saved else "no epoch was checkpointed, so the same command starts it over")
     return f"interrupted by {exc.name} after epoch {trained}; {kept}"
 
 
-def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: Path) -> str:
+def _failure_line(error: BaseException, collector: EpochCollector, checkpoints_dir: Path) -> str:
     """One line: which rank failed with what, after which epoch, and how to resume."""
     if isinstance(error, cluster.ResourcesTimeout):
         return str(error)
@@ -430,7 +437,7 @@ def _failure_line(error: BaseException, collector: EpochCollector, checkpoints: 
         where, text = f" on rank {rank}", f"{text}\n{type(error).__name__}: {error}"
     replicas = REPLICA_MISMATCH.search(text)
     cause = cause_line(error).partition(": ")[2] or type(error).__name__
-    resume = (f"the checkpoint of epoch {last} is in {checkpoints}: run the same command again to resume"
+    resume = (f"the checkpoint of epoch {last} is in {checkpoints_dir}: run the same command again to resume"
               if last else "no epoch finished, so there is no checkpoint to resume from")
     if replicas:  # every rank raised the same verdict: it is the whole story
         return f"{replicas.group(1)}; {resume}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import ray
 import ray.train
 import tensorflow as tf
@@ -18,6 +19,7 @@ import tensorflow as tf
 from service import checkpoint, export, sync
 from service import data as data_lib
 from service.callbacks import DriverQueue, FailOnce, PauseAfterEpoch, ReportEachEpoch
+from service.messages import FinalReport, Placement
 from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
 from service.replicas import replica_callbacks
 from service.spec import TrainSpec
@@ -82,13 +84,13 @@ def make_strategy(world_size: int, collective: str = "auto", use_gpu: bool = Fal
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(collective, use_gpu))
 
 
-def whereabouts(rank: int, device: str) -> dict:
+def whereabouts(rank: int, device: str, workers: int) -> Placement:
     """Where this worker runs, as it tells the driver (summary.json's `placement`)."""
-    return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
-            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device}
+    return Placement(rank=rank, node_id=ray.get_runtime_context().get_node_id(),
+                     node_ip=ray.util.get_node_ip_address(), pid=os.getpid(), device=device, workers=workers)
 
 
-def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
+def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
     """This rank's part of every global batch for epochs [start_epoch, epochs).
 
     Epoch e's order of all training images is a pure function of (seed, e), whatever the number
@@ -99,12 +101,12 @@ def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int
     y = tf.constant(y)
     n = int(x.shape[0])
 
-    def one_epoch(epoch):
+    def one_epoch(epoch: tf.Tensor):
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=random_key(seed, DATA_ORDER, epoch))
         batches = tf.reshape(order[: steps * global_batch], [steps, global_batch])
         return tf.data.Dataset.from_tensor_slices(batches[:, rows.start:rows.stop])
 
-    def to_batch(idx):
+    def to_batch(idx: tf.Tensor):
         return scale_pixels(tf.gather(x, idx)), tf.one_hot(tf.cast(tf.gather(y, idx), tf.int32), 10)
 
     # Repeated, so its cardinality is infinite: fit draws exactly steps x epochs batches anyway,
@@ -121,7 +123,7 @@ def train_dataset(x, y, *, steps: int, rows: slice, global_batch: int, seed: int
     return ds.with_options(options)
 
 
-def per_replica(strategy, dataset, world_size: int):
+def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, world_size: int):
     """Hand each rank's own batches to its replica as they are.
 
     `experimental_distribute_dataset` (what fit does with a plain dataset) treats a batch as
@@ -148,7 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
     configure_threads(spec.scaling.cpus_per_worker)
     device = prepare_devices(spec.scaling.use_gpu, rank)
     driver = DriverQueue(config.get("progress"))
-    driver.post(rank, {"placement": whereabouts(rank, device), "world_size": world})
+    driver.post(rank, whereabouts(rank, device, world))
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
     # Every rank holds all training images and takes its rows of each global batch; validation
     # and test are evaluated in disjoint shards and summed (sync.GlobalMetrics).
@@ -200,6 +202,8 @@ def train_loop_per_worker(config: dict) -> None:
         collective, sync.ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]])
     )
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
-    final = {"final": True, "test_loss": test["loss"], "test_accuracy": test["accuracy"], "workers": world}
-    ray.train.report(final)
-    driver.post(rank, {**final, "model_keras": export.keras_file(model, spec.model)} if rank == 0 else final)
+    final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=world)
+    ray.train.report(final.metrics())
+    if rank == 0:
+        final.model_keras = export.keras_file(model, spec.model)
+    driver.post(rank, final)

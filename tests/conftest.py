@@ -1,4 +1,5 @@
-"""Fixtures: a temporary HOME and odd-sized real MNIST (helpers live in tests/helpers.py)."""
+"""Fixtures: a temporary HOME and odd-sized real MNIST; the Ray clusters' fixtures from their
+modules (`pytest_plugins`); `heavy` implies `slow`. Helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import numpy as np
 import pytest
 
 from service import data as data_lib
+
+# The real Ray clusters' fixtures (`ray_head`, `multinode_cluster`), for any test module that names them.
+pytest_plugins = ["tests.ray_cluster", "tests.ray_head"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: `-m "not slow"` must leave a heavy test out
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A heavy test is a slow one too: it needs only `@pytest.mark.heavy`."""
+    for item in items:
+        if item.get_closest_marker("heavy") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,6 +12,7 @@ import tf_keras as keras
 
 from service import checkpoint, sync
 from service.model import build_model
+from service.rundir import RunPaths
 from service.spec import apply_overrides, validate_train
 
 
@@ -97,8 +98,8 @@ def by_epoch(decisions):
 
 
 def checkpoints(spec) -> dict[int, Path]:
-    """Every epoch checkpoint a run kept, by epoch (default storage: OUTPUT/NAME/checkpoints)."""
-    return checkpoint.by_epoch(Path(spec.output) / spec.name / "checkpoints" / spec.name)
+    """Every epoch checkpoint a run kept, by epoch."""
+    return checkpoint.by_epoch(RunPaths.of(spec).checkpoints_dir)
 
 
 def model_at(spec, directory: Path) -> keras.Model:

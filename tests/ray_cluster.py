@@ -1,8 +1,7 @@
 r"""A real multi-node Ray cluster on one machine, for tests: a head plus worker nodes, each its
 own `ray start --block` process with its own raylet, ports, Ray temp dir and HOME.
 
-Fixtures (import them into a test module, e.g.
-`from tests.ray_cluster import multinode_cluster  # noqa: F401`):
+Fixtures (registered for every test module by tests/conftest.py's `pytest_plugins`):
 
 - `multinode_cluster` (module scope): a head with 0 CPUs and two 1-CPU worker nodes "n1" and
   "n2". The head runs the GCS, the job server and the job drivers (plateau submits with

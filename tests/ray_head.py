@@ -1,6 +1,6 @@
 """A real Ray head for job tests: tests/ray_cluster.py's LocalCluster with no worker nodes.
 
-Import the fixture into a test module (`from tests.ray_head import ray_head  # noqa: F401`).
+The fixture `ray_head` is registered for every test module by tests/conftest.py (`pytest_plugins`).
 
 The head has 4 logical CPUs (two 1-CPU training workers, the job driver's helpers, room to
 spare), token auth on, free ports, its own temp dir and HOME; teardown kills exactly its own
@@ -13,10 +13,7 @@ from typing import Iterator
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.ray_cluster import PROJECT_ROOT, LocalCluster, free_port
-except ImportError:
-    from ray_cluster import PROJECT_ROOT, LocalCluster, free_port
+from tests.ray_cluster import PROJECT_ROOT, LocalCluster, free_port
 
 __all__ = ["PROJECT_ROOT", "RayHead", "free_port", "ray_head"]
 

@@ -29,9 +29,9 @@ from service.spec import SpecError, dump_spec, load_spec
 HIDDEN = 8
 
 
-def write_checkpoint(run_dir: Path, name: str, epoch: int, best: bool = False) -> Path:
+def write_checkpoint(checkpoints_dir: Path, name: str, epoch: int, best: bool = False) -> Path:
     """A checkpoint of the seed model with HIDDEN units, as rank 0 and 1 write it (zeros)."""
-    directory = run_dir / name
+    directory = checkpoints_dir / name
     directory.mkdir(parents=True)
     arrays = {n: np.zeros(shape, np.float32) for n, shape in checkpoint.expected_shapes(HIDDEN).items()}
     if best:
@@ -60,7 +60,7 @@ def ray_snapshot(names_by_epoch: dict[int, str]) -> str:
 
 
 @pytest.fixture
-def run_dir(tmp_path) -> Path:
+def checkpoints_dir(tmp_path) -> Path:
     """A run interrupted after epoch 4 that kept the checkpoints of epochs 2, 3 and 4."""
     run = tmp_path / "checkpoints" / "seed"
     names = {e: f"checkpoint_2026-11-27_13-5{e}-00.000000" for e in (2, 3, 4)}
@@ -121,8 +121,8 @@ def drop_array(path: Path, name: str) -> None:
      "trace-rank1.jsonl: Unterminated string starting at: line 1 column 2 (char 1)"),
     (lambda d: shutil.rmtree(d), "its folder is missing"),
 ])
-def test_each_kind_of_damage_is_found_and_named(run_dir, harm, why):
-    latest, before = named(run_dir, 4), named(run_dir, 3)
+def test_each_kind_of_damage_is_found_and_named(checkpoints_dir, harm, why):
+    latest, before = named(checkpoints_dir, 4), named(checkpoints_dir, 3)
     assert checkpoint.damage(latest, 4, HIDDEN) is None
     harm(latest)
     found = checkpoint.damage(latest, 4, HIDDEN)
@@ -130,8 +130,8 @@ def test_each_kind_of_damage_is_found_and_named(run_dir, harm, why):
     assert checkpoint.damage(before, 3, HIDDEN) is None  # the one before is whole
 
 
-def test_the_model_of_another_size_is_damage_too(run_dir):
-    assert checkpoint.damage(named(run_dir, 4), 4, HIDDEN + 1) == \
+def test_the_model_of_another_size_is_damage_too(checkpoints_dir):
+    assert checkpoint.damage(named(checkpoints_dir, 4), 4, HIDDEN + 1) == \
         f"weights.npz: model/0.dense/kernel has shape (784, {HIDDEN}), not (784, {HIDDEN + 1})"
 
 
@@ -139,72 +139,72 @@ def test_the_model_of_another_size_is_damage_too(run_dir):
 # Where a run resumes
 
 
-def test_a_whole_latest_checkpoint_is_where_the_run_resumes_and_nothing_moves(run_dir):
-    before = (run_dir / RAY_SNAPSHOT_FILE).read_text()
+def test_a_whole_latest_checkpoint_is_where_the_run_resumes_and_nothing_moves(checkpoints_dir):
+    before = (checkpoints_dir / RAY_SNAPSHOT_FILE).read_text()
     said: list[str] = []
-    point = checkpoint.resume_point(run_dir, HIDDEN, said.append)
-    assert (point.epoch, point.directory, point.damaged, said) == (4, named(run_dir, 4), [], [])
-    assert (run_dir / RAY_SNAPSHOT_FILE).read_text() == before
+    point = checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append)
+    assert (point.epoch, point.directory, point.damaged, said) == (4, named(checkpoints_dir, 4), [], [])
+    assert (checkpoints_dir / RAY_SNAPSHOT_FILE).read_text() == before
 
 
-def test_a_damaged_latest_is_set_aside_and_ray_train_reads_the_one_before_as_its_latest(run_dir):
+def test_a_damaged_latest_is_set_aside_and_ray_train_reads_the_one_before_as_its_latest(checkpoints_dir):
     from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
 
-    damaged, good = named(run_dir, 4), named(run_dir, 3)
+    damaged, good = named(checkpoints_dir, 4), named(checkpoints_dir, 3)
     truncate(damaged / "weights.npz")
-    looked = checkpoint.find_resume_point(run_dir, HIDDEN)  # what `plateau check` reads: changes nothing
+    looked = checkpoint.find_resume_point(checkpoints_dir, HIDDEN)  # what `plateau check` reads: changes nothing
     assert (looked.epoch, looked.damaged) == (3, [(4, damaged.name, "weights.npz: File is not a zip file")])
     assert damaged.is_dir()
     said: list[str] = []
-    point = checkpoint.resume_point(run_dir, HIDDEN, said.append)
+    point = checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append)
     assert (point.epoch, point.directory) == (3, good)
-    aside = run_dir / (DAMAGED_PREFIX + damaged.name)
+    aside = checkpoints_dir / (DAMAGED_PREFIX + damaged.name)
     assert said == [f"warning: the checkpoint of epoch 4 cannot be read (weights.npz: File is not a zip file); "
                     f"set aside as {aside}; the run resumes from the checkpoint of epoch 3"]
     assert aside.is_dir() and not damaged.exists()
     # Ray Train's own model of its record: the latest is epoch 3's, and every checkpoint it
     # lists exists (Ray Train refuses a record naming a missing checkpoint).
-    state = _CheckpointManagerState.model_validate(json.loads((run_dir / RAY_SNAPSHOT_FILE).read_text()))
+    state = _CheckpointManagerState.model_validate(json.loads((checkpoints_dir / RAY_SNAPSHOT_FILE).read_text()))
     assert state.latest_checkpoint_result.checkpoint_dir_name == good.name
-    assert [r.checkpoint_dir_name for r in state.checkpoint_results] == [named(run_dir, 2).name, good.name]
+    assert [r.checkpoint_dir_name for r in state.checkpoint_results] == [named(checkpoints_dir, 2).name, good.name]
     assert state.checkpoint_report_indices == [1, 2] and state.current_report_index == 4
-    assert all((run_dir / r.checkpoint_dir_name).is_dir() for r in state.checkpoint_results)
-    assert checkpoint.latest(run_dir) == (3, good)
-    assert checkpoint.resume_point(run_dir, HIDDEN, said.append).epoch == 3 and len(said) == 1  # once
+    assert all((checkpoints_dir / r.checkpoint_dir_name).is_dir() for r in state.checkpoint_results)
+    assert checkpoint.latest(checkpoints_dir) == (3, good)
+    assert checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append).epoch == 3 and len(said) == 1  # once
 
 
-def test_two_damaged_checkpoints_fall_back_two_epochs(run_dir):
-    last, before = named(run_dir, 4), named(run_dir, 3)
+def test_two_damaged_checkpoints_fall_back_two_epochs(checkpoints_dir):
+    last, before = named(checkpoints_dir, 4), named(checkpoints_dir, 3)
     (last / "state.json").write_text("{")
     truncate(before / "weights.npz")
     said: list[str] = []
-    point = checkpoint.resume_point(run_dir, HIDDEN, said.append)
+    point = checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append)
     assert point.epoch == 2 and [epoch for epoch, _, _ in point.damaged] == [4, 3]
     assert len(said) == 2 and said[0].startswith("warning: the checkpoint of epoch 4 cannot be read (state.json: ")
-    assert checkpoint.latest(run_dir)[0] == 2
+    assert checkpoint.latest(checkpoints_dir)[0] == 2
 
 
-def test_no_readable_checkpoint_is_one_line_naming_the_folder_and_fresh(run_dir):
+def test_no_readable_checkpoint_is_one_line_naming_the_folder_and_fresh(checkpoints_dir):
     for epoch in (2, 3, 4):
-        truncate(named(run_dir, epoch) / "weights.npz")
-    before = sorted(p.name for p in run_dir.iterdir())
+        truncate(named(checkpoints_dir, epoch) / "weights.npz")
+    before = sorted(p.name for p in checkpoints_dir.iterdir())
     with pytest.raises(CheckpointsDamaged) as refused:
-        checkpoint.resume_point(run_dir, HIDDEN, print)
+        checkpoint.resume_point(checkpoints_dir, HIDDEN, print)
     assert str(refused.value) == (
-        f"no checkpoint in {run_dir} can be read (epoch 4: weights.npz: File is not a zip file; epoch 3: "
+        f"no checkpoint in {checkpoints_dir} can be read (epoch 4: weights.npz: File is not a zip file; epoch 3: "
         f"weights.npz: File is not a zip file; epoch 2: weights.npz: File is not a zip file); use --fresh to "
         f"train the run again from the start")
-    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing moved: --fresh decides
+    assert sorted(p.name for p in checkpoints_dir.iterdir()) == before  # nothing moved: --fresh decides
 
 
-def test_a_damaged_ray_train_record_is_one_line(run_dir):
-    (run_dir / RAY_SNAPSHOT_FILE).write_text('{"checkpoint_results": [{"metrics": {}}]}')
-    snapshot = re.escape(str(run_dir / RAY_SNAPSHOT_FILE))
+def test_a_damaged_ray_train_record_is_one_line(checkpoints_dir):
+    (checkpoints_dir / RAY_SNAPSHOT_FILE).write_text('{"checkpoint_results": [{"metrics": {}}]}')
+    snapshot = re.escape(str(checkpoints_dir / RAY_SNAPSHOT_FILE))
     with pytest.raises(CheckpointsDamaged, match=rf"^{snapshot} is damaged \(no 'checkpoint_dir_name'\), so the "
                                                  r"run cannot resume; use --fresh"):
-        checkpoint.find_resume_point(run_dir, HIDDEN)
-    (run_dir / RAY_SNAPSHOT_FILE).unlink()
-    assert checkpoint.find_resume_point(run_dir, HIDDEN) == checkpoint.ResumePoint()  # a new run
+        checkpoint.find_resume_point(checkpoints_dir, HIDDEN)
+    (checkpoints_dir / RAY_SNAPSHOT_FILE).unlink()
+    assert checkpoint.find_resume_point(checkpoints_dir, HIDDEN) == checkpoint.ResumePoint()  # a new run
 
 
 def test_keep_is_at_least_two():

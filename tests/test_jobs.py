@@ -14,11 +14,7 @@ import time
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.ray_head import HEAD_CPUS, PROJECT_ROOT, RayHead, free_port, ray_head  # noqa: F401 - the fixture
-except ImportError:
-    from ray_head import HEAD_CPUS, PROJECT_ROOT, RayHead, free_port, ray_head  # noqa: F401
-
+from tests.ray_head import HEAD_CPUS, PROJECT_ROOT, RayHead, free_port
 SPEC = "jobs/seed-reduce-lr.yaml"
 JOB_ID = re.compile(r"^plateau-seed-reduce-lr-\d{8}-\d{6}(-\d+)?$")
 
@@ -267,7 +263,6 @@ def test_unknown_job_id_and_wrong_token_are_one_line_exit_2(ray_head):
     assert "refused the token" in line and "RAY_AUTH_TOKEN" in line
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # the same submission, and its views, run on the multi-node cluster by default
 def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     out = tmp_path / "results"

@@ -15,18 +15,17 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from service import report, train
+from service.rundir import RunPaths
 from service.spec import load_spec
 from tests.helpers import by_epoch, make_spec, stock_replay, stock_trace, without_seconds
 from tests.test_jobs import assert_job_views
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401 - the fixture
-except ImportError:
-    from ray_cluster import PROJECT_ROOT, LocalCluster, cmdline, multinode_cluster  # noqa: F401
+from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline
 
 pytestmark = pytest.mark.slow
 
@@ -334,12 +333,12 @@ ELASTIC = ("--set", "scaling.num_workers=[1, 2]", "--set", "scaling.max_failures
            "--set", "early_stopping={monitor: val_accuracy, patience: 8, min_delta: 0.002}")
 
 
-def _wait_for_checkpoint(run_storage, epoch: int, timeout: float = 60) -> None:
+def _wait_for_checkpoint(checkpoints_dir: Path, epoch: int, timeout: float = 60) -> None:
     """Until Ray Train has registered the checkpoint of `epoch` (its latest)."""
     from service import checkpoint
 
     deadline = time.monotonic() + timeout
-    while (checkpoint.latest(run_storage)[0] or 0) < epoch:
+    while (checkpoint.latest(checkpoints_dir)[0] or 0) < epoch:
         assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} after {timeout}s"
         time.sleep(0.2)
 
@@ -358,7 +357,7 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
     driver = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     lines, lost = [], None
-    storage = tmp_path / "elastic" / "checkpoints" / "elastic"
+    storage = RunPaths.of(load_spec(SPEC, [f"output={tmp_path}", "name=elastic"])).checkpoints_dir
     try:
         for line in driver.stdout:
             lines.append(line.rstrip("\n"))

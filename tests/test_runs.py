@@ -23,7 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")
 
 
 def trace(values: list[dict], lrs: list[float], stop_at=None, waits=None) -> list[dict]:
-    """Rank 0's decision records: epoch e trained at lrs[e-1] and left lrs[e] for the next."""
+    """Rank 0's records as a plateau before the deciders' best was recorded wrote them: epoch e
+    trained at lrs[e-1] and left lrs[e] for the next."""
     out = []
     for i, v in enumerate(values):
         out.append({"epoch": i + 1, "rank": 0, "values": v, "lr_before": lrs[i], "lr_after": lrs[i + 1],
@@ -32,29 +33,36 @@ def trace(values: list[dict], lrs: list[float], stop_at=None, waits=None) -> lis
     return out
 
 
+def recorded(spec, values: list[dict]) -> list[dict]:
+    """The records our decision stack (stock tf_keras deciders, one rank) writes for scripted
+    global metrics, as decisions.jsonl holds them (inf as null)."""
+    filled = [{"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5, **v} for v in values]
+    return [report.finite_or_null(d.to_json()) for d in run_stack(spec, filled)[0]]
+
+
 def test_numbers_read_as_written():
     assert [short(x) for x in (0.01, 0.001, 1e-4, 2.5e-6, 0.0)] == ["0.01", "0.001", "1e-4", "2.5e-6", "0"]
     assert pair(0.9375, 0.9375) == ("0.9375", "0.9375")
     assert pair(0.20731, 0.20734) == ("0.20731", "0.20734")  # more digits until they differ
 
 
-def test_reduce_lr_words_with_cooldown_and_min_lr(tmp_path):
-    spec = make_spec(tmp_path, "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01,"
-                               " cooldown: 2, min_lr: 0.002}")
+def test_reduce_lr_words_with_cooldown_and_min_lr():
+    spec = spec_with("reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01, cooldown: 2,"
+                     " min_lr: 0.002}")
     losses = [1.0, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.1, 1.2, 1.3]
-    lrs = [0.01, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025, 0.002, 0.002, 0.002, 0.002]
-    lines = explain(spec, trace([{"val_loss": v} for v in losses], lrs))
-    assert lines == [
+    decisions = recorded(spec, [{"val_loss": v} for v in losses])
+    assert [d["lr_after"] for d in decisions] == [0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025, 0.002, 0.002, 0.002, 0.002]
+    assert explain(spec, decisions) == [
         "epoch 1: val_loss 1.0000 is the first value: new best, wait 0",
         "epoch 2: val_loss 0.9500 beat the best 1.0000 by more than min_delta 0.01: new best, wait 0",
-        "epoch 3: val_loss 0.9600 did not beat the best 0.9500 by min_delta 0.01; wait 1 >= patience 1: "
+        "epoch 3: val_loss 0.9600 did not beat the best 0.9500 by min_delta 0.01; wait reached patience 1: "
         "lr 0.01 -> 0.005, cooldown 2",
         "epoch 4: val_loss 0.9700 did not beat the best 0.9500 by min_delta 0.01; in cooldown (1 more epoch(s)): wait 0",
         # Keras counts the cooldown down before it looks: the second epoch after a cut can cut again
-        "epoch 5: val_loss 0.9800 did not beat the best 0.9500 by min_delta 0.01; wait 1 >= patience 1: "
+        "epoch 5: val_loss 0.9800 did not beat the best 0.9500 by min_delta 0.01; wait reached patience 1: "
         "lr 0.005 -> 0.0025, cooldown 2",
         "epoch 6: val_loss 0.9900 did not beat the best 0.9500 by min_delta 0.01; in cooldown (1 more epoch(s)): wait 0",
-        "epoch 7: val_loss 1.0000 did not beat the best 0.9500 by min_delta 0.01; wait 1 >= patience 1: "
+        "epoch 7: val_loss 1.0000 did not beat the best 0.9500 by min_delta 0.01; wait reached patience 1: "
         "lr 0.0025 -> 0.002 (min_lr), cooldown 2",
         "epoch 8: val_loss 1.1000 did not beat the best 0.9500 by min_delta 0.01; in cooldown (1 more epoch(s)): wait 0",
         "epoch 9: val_loss 1.2000 did not beat the best 0.9500 by min_delta 0.01; wait 1 >= patience 1, "
@@ -64,12 +72,13 @@ def test_reduce_lr_words_with_cooldown_and_min_lr(tmp_path):
     ]
 
 
-def test_early_stopping_words_with_baseline_and_start_from_epoch(tmp_path):
-    spec = make_spec(tmp_path, "early_stopping={monitor: val_accuracy, patience: 2, min_delta: 0.01, baseline: 0.5,"
-                               " start_from_epoch: 1}")
+def test_early_stopping_words_with_baseline_and_start_from_epoch():
+    spec = spec_with("early_stopping={monitor: val_accuracy, patience: 2, min_delta: 0.01, baseline: 0.5,"
+                     " start_from_epoch: 1}")
     accs = [0.3, 0.4, 0.45, 0.6, 0.605, 0.608]
-    lines = explain(spec, trace([{"val_accuracy": a} for a in accs], [0.01] * 7, stop_at=6))
-    assert lines == [
+    decisions = recorded(spec, [{"val_accuracy": a} for a in accs])
+    assert [d["stop"] for d in decisions] == [False] * 5 + [True]
+    assert explain(spec, decisions) == [
         "epoch 1: early stopping: not watching before epoch 2 (start_from_epoch)",
         "epoch 2: early stopping: val_accuracy 0.4000 is the first value: new best, but not past the baseline 0.5: wait 1",
         "epoch 3: early stopping: val_accuracy 0.4500 beat its best 0.4000 by more than min_delta 0.01: new best, "
@@ -81,16 +90,30 @@ def test_early_stopping_words_with_baseline_and_start_from_epoch(tmp_path):
     ]
 
 
-def test_the_trace_wins_where_a_rank_local_decision_was_spread_by_consensus(tmp_path):
-    spec = make_spec(tmp_path, "reduce_lr={monitor: val_accuracy, patience: 5}",
-                     "early_stopping={monitor: val_accuracy, patience: 5}")
-    records = trace([{"val_accuracy": 0.9}, {"val_accuracy": 0.91}], [0.01, 0.01, 0.001], stop_at=2)
-    records[1]["plateau_wait"] = 3
+def test_the_trace_wins_where_a_rank_local_decision_was_spread_by_consensus():
+    spec = spec_with("reduce_lr={monitor: val_accuracy, patience: 5}", "early_stopping={monitor: val_accuracy, patience: 5}")
+    records = recorded(spec, [{"val_accuracy": 0.9}, {"val_accuracy": 0.91}])
+    # Another rank cut the rate and stopped; consensus made this rank follow.
+    records[1].update(lr_after=0.001, reduced=True, stop=True, stop_reason="consensus")
     line = explain(spec, records)[1]
-    assert line.startswith("epoch 2: val_accuracy 0.9100 beat the best 0.9000 by more than min_delta 1e-4: "
-                           "new best, wait 0; early stopping: beat its best 0.9000: new best, wait 0")
-    assert line.endswith("; the trace says lr 0.01 -> 0.001 (consensus); the trace says stop (another rank's "
-                         "EarlyStopping, by consensus); the trace says plateau_wait 3")
+    assert line == ("epoch 2: val_accuracy 0.9100 beat the best 0.9000 by more than min_delta 1e-4: new best, wait 0; "
+                    "early stopping: beat its best 0.9000: new best, wait 0; the trace says lr 0.01 -> 0.001 "
+                    "(consensus); the trace says stop (another rank's EarlyStopping, by consensus)")
+
+
+def test_a_trace_without_the_deciders_state_reads_as_not_recorded(tmp_path):
+    """decisions.jsonl of a plateau from before the records kept `plateau_best` and friends."""
+    spec = make_spec(tmp_path, "reduce_lr={monitor: val_accuracy, patience: 1}",
+                     "early_stopping={monitor: val_loss, patience: 1}")
+    old = trace([{"val_accuracy": 0.9, "val_loss": 0.3}, {"val_accuracy": 0.9, "val_loss": 0.4}], [0.01, 0.01, 0.001],
+                stop_at=2)
+    old[1].update(plateau_wait=0, stopping_wait=1, stop_reason="patience")
+    assert explain(spec, old) == [
+        "epoch 1: val_accuracy 0.9000; lr unchanged (best and cooldown not recorded: a trace of an older plateau); "
+        "early stopping: val_loss 0.3000 (best not recorded: a trace of an older plateau)",
+        "epoch 2: val_accuracy 0.9000; wait 0, lr 0.01 -> 0.001 (best and cooldown not recorded: a trace of an "
+        "older plateau); early stopping: val_loss 0.4000; wait 1: stop (best not recorded: a trace of an older plateau)",
+    ]
 
 
 @pytest.mark.parametrize("overrides", PARAMETER_SETS, ids=lambda o: " ".join(o)[:60])
@@ -207,8 +230,8 @@ def test_the_index_lists_runs_and_studies_newest_first(tmp_path):
     assert text[0].split() == ["NAME", "KIND", "STATUS", "EPOCHS", "STOP", "REASON", "TEST", "ACCURACY", "DATA", "STARTED"]
     assert text[2].split() == ["done", "train", "finished", "3", "early", "stopping", "at", "epoch", "3", "0.9400",
                                "sample", "2026-01-03", "10:00:00"]
-    assert runs.stop_reason({"stop_reason": "non-finite val_loss"}) == "non-finite val_loss"
-    assert runs.stop_reason({"stopped_early": False}) == "max_epochs"
+    assert runs.why_it_ended({"stop_reason": "non-finite val_loss"}) == "non-finite val_loss"
+    assert runs.why_it_ended({"stopped_early": False}) == "max_epochs"
 
 
 def test_a_run_whose_folder_a_live_command_holds_is_running_with_its_holder(tmp_path):
@@ -236,7 +259,8 @@ def test_a_run_whose_folder_a_live_command_holds_is_running_with_its_holder(tmp_
 def test_cli_runs_show_version_and_flags(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
     out = tmp_path / "results"
-    decisions = trace([{"val_accuracy": a} for a in (0.9, 0.9, 0.95)], [0.01, 0.01, 0.001, 0.001])
+    decisions = recorded(spec_with("reduce_lr={monitor: val_accuracy, patience: 1}"),
+                         [{"val_accuracy": a} for a in (0.9, 0.9, 0.95)])
     fake_run(out, "done", summary=SUMMARY, decisions=decisions,
              status={"kind": "train", "state": "running", "started": "2026-01-03T10:00:00+00:00"})
     assert cli.main(["runs", str(out), "--json"]) == 0
@@ -249,7 +273,7 @@ def test_cli_runs_show_version_and_flags(tmp_path, capsys, monkeypatch):
     assert "test_accuracy: 0.94" in shown
     assert shown[-3:] == [
         "epoch 1: val_accuracy 0.9000 is the first value: new best, wait 0",
-        "epoch 2: val_accuracy 0.9000 did not beat the best 0.9000 by min_delta 1e-4; wait 1 >= patience 1: "
+        "epoch 2: val_accuracy 0.9000 did not beat the best 0.9000 by min_delta 1e-4; wait reached patience 1: "
         "lr 0.01 -> 0.001",
         "epoch 3: val_accuracy 0.9500 beat the best 0.9000 by more than min_delta 1e-4: new best, wait 0",
     ]

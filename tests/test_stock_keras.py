@@ -125,7 +125,7 @@ def run_stock(n_val: int, storage: Path):
     error = None
     try:
         error = trainer.fit().error
-    except Exception as exc:  # Ray Train V2 raises the workers' failure from fit()
+    except Exception as exc:  # noqa: BLE001 - Ray Train V2 raises the workers' failure, of any type, from fit()
         error = exc
     records = []
     while not queue.empty():

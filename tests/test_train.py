@@ -31,16 +31,14 @@ def uneven_run(tmp_path_factory, odd_mnist):
     tmp = tmp_path_factory.mktemp("uneven")
     spec = make_spec(tmp, f"data.source={odd_mnist}", "training.epochs=8", "checkpoint.keep=null",
                      *DECIDING, name="uneven")
-    result = train.run(spec, echo=UNEVEN_LINES.append)
+    lines: list[str] = []  # what the run printed
+    result = train.run(spec, echo=lines.append)
     assert result.ok, result.error
-    return spec, result
-
-
-UNEVEN_LINES: list[str] = []  # what the uneven run printed
+    return spec, result, lines
 
 
 def test_files_follow_the_contract(uneven_run):
-    spec, result = uneven_run
+    spec, result, _ = uneven_run
     out = result.out_dir
     for name in ("spec.yaml", "history.csv", "decisions.jsonl", "summary.json", "curves.png"):
         assert (out / name).is_file(), name
@@ -60,7 +58,7 @@ def test_files_follow_the_contract(uneven_run):
 
 def test_the_run_exercised_both_callbacks(uneven_run):
     """Guards the tests below against vacuity: an LR reduction and an early stop happened."""
-    _, result = uneven_run
+    _, result, _ = uneven_run
     assert result.summary["lr_reductions"], "no LR reduction: the deciding parameters need retuning"
     assert result.summary["stopped_early"], "no early stop: the deciding parameters need retuning"
 
@@ -72,10 +70,10 @@ def test_progress_events_and_words_of_a_real_run(uneven_run):
     from service.explain import explain
     from tests.test_runs import read_events
 
-    spec, result = uneven_run
+    spec, result, lines = uneven_run
     history, decisions = result.history, result.decisions
-    assert "starting Ray and 2 worker(s) ..." in UNEVEN_LINES[:3], UNEVEN_LINES[:3]
-    epoch_lines = [ln for ln in UNEVEN_LINES if ln.startswith("epoch ")]
+    assert "starting Ray and 2 worker(s) ..." in lines[:3], lines[:3]
+    epoch_lines = [ln for ln in lines if ln.startswith("epoch ")]
     assert len(epoch_lines) == len(history)
     assert all(re.search(r"  \d+\.\ds  elapsed \S+  eta \S+", ln) for ln in epoch_lines[:-1]), epoch_lines
     stopped = r"  \d+\.\ds  elapsed \S+  early stop: no improvement for early_stopping.patience epochs$"
@@ -100,7 +98,7 @@ def test_progress_events_and_words_of_a_real_run(uneven_run):
 
 
 def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
-    spec, result = uneven_run
+    spec, result, _ = uneven_run
     splits = data_lib.load(spec.data.source, "holdout")
     assert [len(range(len(splits.x_val))[data_lib.shard(len(splits.x_val), 2, r)]) for r in (0, 1)] == [501, 500]
     kept = checkpoints(spec)
@@ -119,7 +117,7 @@ def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
 
 
 def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
-    _, result = uneven_run
+    _, result, _ = uneven_run
     epochs = by_epoch(result.decisions)
     assert sorted(epochs) == [r["epoch"] for r in result.history]
     for epoch, rows in epochs.items():
@@ -136,7 +134,7 @@ def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
 
 
 def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_run):
-    spec, result = uneven_run
+    spec, result, _ = uneven_run
     rank0 = [r for r in result.decisions if r["rank"] == 0]
     lrs, stop_epoch, _ = stock_replay(spec, [r["values"] for r in rank0])
     assert [r["lr_after"] for r in rank0] == lrs
@@ -148,7 +146,7 @@ def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_ru
 def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run):
     """The test metric is a sum over both ranks' shards of the final weights: it equals the
     best epoch's checkpoint on the whole test set only if both ranks restored that epoch."""
-    spec, result = uneven_run
+    spec, result, _ = uneven_run
     rank0 = [r for r in result.decisions if r["rank"] == 0]
     _, stop_epoch, best_epoch = stock_replay(spec, [r["values"] for r in rank0])
     splits = data_lib.load(spec.data.source, "holdout")

@@ -31,7 +31,8 @@ from service.compare.grid import Setting, Trial, expand
 from service.compare.plan import PLAN_FILE, StudyPlan, plan_workers, with_workers
 from service.compare.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
-                                    table_rows, text_table, trial_row)
+                                    table_rows, trial_row)
+from service.console import text_table
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
 from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line
@@ -72,7 +73,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
             outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
         except BadInput:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever Ray or Tune raises ends the study in one line, marked failed
             progress.error(echo, f"plateau: the study failed: {cause_line(exc)}")
             runs.mark_failed(study_dir, cause_line(exc))
             return EXIT_FAILED

@@ -5,7 +5,7 @@ comparison.png, and the line printed per finished trial.
 Example::
 
     write(study_dir / "comparison.csv", csv_text(rows, grid_fields))
-    print(text_table(TABLE_HEADER, table_rows(records)))
+    print(console.text_table(TABLE_HEADER, table_rows(records)))
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import io
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from service import report
 from service.compare import stats
 from service.compare.grid import Setting, Trial
 from service.errors import cause_line
-from service.spec import CompareSpec
+from service.spec import CompareSpec, TrainSpec
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.axes import Axes
 
 
 @dataclass
@@ -102,13 +105,6 @@ def table_rows(records: list[dict]) -> list[list[str]]:
     return rows
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings: list[Setting],
              trials: Optional[list[Trial]] = None, outcome: str = "") -> str:
     """comparison.md: the ranked table, a verdict per setting against the baseline, and
@@ -117,7 +113,7 @@ def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings:
     specs = [t.spec for t in trials] if trials else [spec.base]
     seeds = list(dict.fromkeys(t.seed for t in trials)) if trials else list(spec.seeds)
 
-    def distinct(get) -> str:
+    def distinct(get: Callable[[TrainSpec], object]) -> str:
         return " / ".join(str(v) for v in dict.fromkeys(get(s) for s in specs))
 
     lines = [
@@ -276,7 +272,7 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
     report.save_figure(path, fig)
 
 
-def _plot_curves(ax_acc, ax_lr, curves: dict[str, list[list[dict]]], colors: dict) -> None:
+def _plot_curves(ax_acc: Axes, ax_lr: Axes, curves: dict[str, list[list[dict]]], colors: dict) -> None:
     from matplotlib.ticker import MaxNLocator
 
     log_ok = True
@@ -317,7 +313,7 @@ def _seed_label(label: str, baseline: Optional[str], acc: dict) -> str:
     return f"{label}\n{_signed(c.diff_mean)}{ci}"
 
 
-def _plot_seeds(ax, rows: list[dict], order: list[str], colors: dict, baseline: Optional[str]) -> None:
+def _plot_seeds(ax: Axes, rows: list[dict], order: list[str], colors: dict, baseline: Optional[str]) -> None:
     """One row per setting (the baseline on top): each seed's test accuracy (filled) joined by a
     line to the baseline's with the same seed (hollow), green where the setting is higher and red
     where lower; the mean over seeds (what the table ranks by) as a bar with its value."""

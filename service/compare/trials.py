@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -33,6 +33,11 @@ from service.compare.watch import StudyWatch
 from service.progress import StudyPace
 from service.errors import cause_line
 from service.spec import CompareSpec, TrainSpec
+
+if TYPE_CHECKING:
+    import ray.train
+    from ray.train.v2._internal.execution.context import TrainRunContext
+    from ray.tune.experiment import Trial as TuneTrial
 
 # What Tune ranks trials by (ASHA needs it in every result).
 METRIC, MODE = "val_accuracy", "max"
@@ -60,7 +65,7 @@ class EpochsToTune(TuneReportCallback):
     has no val_accuracy, which the scheduler needs in every result; the trial returns the test
     metrics itself) and the per-rank decision record (it is in decisions.jsonl)."""
 
-    def after_report(self, run_context, metrics, checkpoint):
+    def after_report(self, run_context: TrainRunContext, metrics: list[dict[str, Any]], checkpoint: ray.train.Checkpoint | None):
         if metrics and metrics[0].get("final"):
             return
         slim = [{**{k: v for k, v in m.items() if k != "decision"}, **_decided(m.get("decision"))} for m in metrics]
@@ -92,7 +97,7 @@ def run_trial(config: dict) -> dict:
     try:
         result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
                            data_cache=trial.get("data_cache"), tensorboard=False, lock=False)
-    except Exception as exc:  # a trial's failure is its row, not the study's end
+    except Exception as exc:  # noqa: BLE001 - a trial's failure, of any kind, is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
     outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
     if not result.ok:
@@ -118,23 +123,23 @@ class StudyLines(tune.Callback):
         elif line:
             self.echo(line)
 
-    def on_trial_start(self, iteration, trials, trial, **info):
+    def on_trial_start(self, iteration: int, trials: list[TuneTrial], trial: TuneTrial, **info):
         self.watch.started(_trial_dirname(trial))
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(self, iteration: int, trials: list[TuneTrial], trial: TuneTrial, result: dict, **info):
         self._say(self.watch.epoch(_trial_dirname(trial), result))
 
-    def on_step_end(self, iteration, trials, **info):
+    def on_step_end(self, iteration: int, trials: list[TuneTrial], **info):
         self._say(self.watch.status())
 
-    def _finished(self, tune_trial, error=None) -> None:
+    def _finished(self, tune_trial: TuneTrial, error: BaseException | None = None) -> None:
         outcome = TrialOutcome.from_tune(tune_trial.last_result, error)
         self._say(self.watch.finished(_trial_dirname(tune_trial), outcome), failed=outcome.status != "ok")
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[TuneTrial], trial: TuneTrial, **info):
         self._finished(trial)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[TuneTrial], trial: TuneTrial, **info):
         self._finished(trial, error=RuntimeError("the trial's process died"))
 
 
@@ -143,17 +148,17 @@ class NoTuneEvents(TBXLoggerCallback):
     study's driver writes each trial's events under trials/NAME/tensorboard/ instead, so that
     `tensorboard --logdir OUTPUT/STUDY` shows one set per trial, not two."""
 
-    def log_trial_start(self, trial):
+    def log_trial_start(self, trial: TuneTrial):
         pass
 
-    def log_trial_result(self, iteration, trial, result):
+    def log_trial_result(self, iteration: int, trial: TuneTrial, result: dict):
         pass
 
-    def log_trial_end(self, trial, failed=False):
+    def log_trial_end(self, trial: TuneTrial, failed: bool = False):
         pass
 
 
-def _trial_dirname(tune_trial) -> str:
+def _trial_dirname(tune_trial: TuneTrial) -> str:
     return tune_trial.config["trial"]["spec"]["name"]
 
 
@@ -163,7 +168,7 @@ def study_cpus(trials: list[Trial]) -> int:
     return max(os.cpu_count() or 1, math.ceil(max(t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)))
 
 
-def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo, data_cache,
+def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo: Callable[[str], None], data_cache: Path | None,
            watch: StudyWatch, concurrent: int, embedded: bool):
     scheduler = None
     if spec.scheduler == "asha":

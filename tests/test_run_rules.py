@@ -1,8 +1,9 @@
-"""Trustworthy runs, the parts that need no Ray: every spec error at once, the spec lint and
-`plateau check`, run identity, stop reasons, output files (umask, strict JSON), where lines go,
-unusable output locations and addresses from RAY_ADDRESS, `submit --fresh`.
+"""The rules a run keeps, the parts that need no Ray: every spec error at once, the spec lint and
+`plateau check`, which direction is better for a monitor (and the curves' star), run identity,
+stop reasons, output files (umask, strict JSON), where lines go, unusable output locations and
+addresses from RAY_ADDRESS, `submit --fresh`.
 
-The Ray runs behind the same points are in test_trust_runs.py.
+The Ray runs behind the same points (`plateau train` as a user types it) are in test_train_cli.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import yaml
 
 from service import console, jobs, report, rundir, sync
 from service.lint import SEED_ADVICE, inferred_mode, lint
-from service.spec import dump_spec, load_spec
+from service.spec import EarlyStoppingSpec, ReduceLRSpec, dump_spec, higher_is_better, load_spec
 from tests.helpers import make_spec, stock_replay, tiny_model
 from tests.test_sync import PairedCollective, ScriptedShard, run_stack, spec_with
 
@@ -89,6 +90,44 @@ def test_lint_on_modes_and_on_every_setting_of_a_study():
     assert found[0].startswith("reduce_lr.factor=0.1,reduce_lr.patience=2,early_stopping.patience=2: ")
 
 
+@pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy", "accuracy_drop", "auc", "f1"])
+@pytest.mark.parametrize("mode", ["auto", "min", "max"])
+def test_higher_is_better_is_what_each_stock_callback_decides(monitor, mode):
+    """One definition, checked against the callbacks themselves: tf_keras's ReduceLROnPlateau and
+    EarlyStopping read `mode: auto` differently ("acc" anywhere in the name, against a name that
+    ends in acc/accuracy/auc), and each spec section follows its own callback's rule."""
+    reduce = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode)
+    stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode)
+    assert higher_is_better(monitor, mode, "ReduceLROnPlateau") == bool(reduce.monitor_op(2.0, 1.0))
+    assert higher_is_better(monitor, mode, "EarlyStopping") == (stopper.monitor_op is np.greater)
+    if monitor in ("val_loss", "val_accuracy"):  # what a spec can monitor
+        assert ReduceLRSpec(monitor=monitor, mode=mode).higher_is_better == bool(reduce.monitor_op(2.0, 1.0))
+        assert EarlyStoppingSpec(monitor=monitor, mode=mode).higher_is_better == (stopper.monitor_op is np.greater)
+
+
+@pytest.mark.parametrize("monitor, mode, starred", [
+    ("val_loss", "auto", (2, 0.2)), ("val_loss", "max", (3, 0.6)),
+    ("val_accuracy", "auto", (3, 0.95)), ("val_accuracy", "min", (1, 0.8)),
+])
+def test_the_curves_star_the_best_epoch_in_the_direction_the_callbacks_use(monitor, mode, starred):
+    """curves.png's star follows an explicit `mode`, as the callbacks did, not the metric's name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = [{"epoch": e, "loss": 0.5, "val_loss": vl, "accuracy": 0.9, "val_accuracy": va}
+               for e, vl, va in ((1, 0.4, 0.8), (2, 0.2, 0.9), (3, 0.6, 0.95))]
+    monitored = spec_with(f"reduce_lr={{monitor: {monitor}, mode: {mode}}}").monitored
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2)
+    report._metric_panel(ax_loss, history, ("loss", "val_loss"), monitored, "loss")
+    report._metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitored, "accuracy")
+    stars = [(int(line.get_xdata()[0]), float(line.get_ydata()[0]))
+             for ax in (ax_loss, ax_acc) for line in ax.lines if line.get_marker() == "*"]
+    plt.close(fig)
+    assert stars == [starred]
+
+
 def test_check_prints_the_resolved_spec_and_warnings_without_ray_or_tensorflow(tmp_path):
     code = ("import sys; from service.cli import main; rc = main(sys.argv[1:]); "
             "print('IMPORTED', 'tensorflow' in sys.modules, 'ray' in sys.modules, file=sys.stderr); sys.exit(rc)")
@@ -141,7 +180,7 @@ def test_spec_changes_list_every_changed_field():
 
 def test_a_folder_without_a_trained_epoch_is_not_a_run_to_protect(tmp_path):
     spec = make_spec(tmp_path)
-    out = rundir.out_dir_of(spec)
+    out = rundir.RunPaths.of(spec).out_dir
     out.mkdir(parents=True)
     (out / "spec.yaml").write_text(dump_spec(make_spec(tmp_path, "training.epochs=9")))
     rundir.check_same_spec(spec)  # a run that died before its first epoch: nothing to lose

@@ -1,4 +1,4 @@
-"""Trustworthy runs end to end: `plateau train` as a user types it, on real Ray with two real
+"""`plateau train` end to end, as a user types it, on real Ray with two real
 TensorFlow workers and the bundled MNIST sample.
 
 One clean run that stops early (module-scoped) backs provenance, the stop reason, the replica
