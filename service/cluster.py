@@ -19,10 +19,13 @@ import contextlib
 import logging
 import os
 import socket
+from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator, Optional
 
+from service.console import say
 from service.errors import BadInput, first_line
+from service.raylog import RayLines
 
 # Every training worker's environment. tf_keras is what we import, but Ray's TF helpers and any
 # `tf.keras` reference must resolve to Keras 2 as well; Keras 3 cannot run MWMS.
@@ -105,34 +108,38 @@ def environment(**values: Optional[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(address: Optional[str], cpus: float, verbose: bool) -> Iterator[bool]:
+def ray_session(address: Optional[str], cpus: float, verbose: bool, log: Optional[Path] = None,
+                echo: Callable[[str], None] = say) -> Iterator[bool]:
     """Ray for one run; yields True when this session started (and will stop) it.
 
-    Logical CPUs may exceed physical cores: two workers on a two-core laptop share them.
+    Ray's own lines (its workers' output, the cluster's messages) go to `log` (the run's
+    `ray.log`), to stdout only with `verbose`; a lost node is a line through `echo`
+    (`raylog.RayLines`). Logical CPUs may exceed physical cores: two workers on a two-core
+    laptop share them.
     """
     import ray
 
     with environment(**{REPORT_POLL_VAR: REPORT_POLL_S}):
-        started = _join_or_start(ray, address, cpus, verbose)
-        try:
-            yield started
-        finally:
-            if started:
+        if ray.is_initialized():   # inside a Tune trial: the study's driver routes Ray's lines
+            yield False
+            return
+        with RayLines(log, verbose, echo):
+            _join_or_start(ray, address, cpus, verbose, to_driver=verbose or log is not None)
+            try:
+                yield True
+            finally:
                 ray.shutdown()
 
 
-def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool) -> bool:
-    if ray.is_initialized():
-        return False
-    quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool, to_driver: bool) -> None:
+    quiet = dict(log_to_driver=to_driver, logging_level=logging.INFO if verbose else logging.ERROR)
     if address:
         try:
             ray.init(address=str(address), **quiet)
         except (ConnectionError, RuntimeError) as exc:
             raise AddressError(f"{_named(address)}: cannot join that Ray cluster ({first_line(exc)})") from None
-        return True
+        return
     ray.init(num_cpus=max(int(cpus + 0.999), os.cpu_count() or 1), include_dashboard=False, **quiet)
-    return True
 
 
 def tune_console(verbose: bool):

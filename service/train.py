@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from service import checkpoint, cluster, events, progress, report, rundir, runlock, runs, signals
+from service import checkpoint, cluster, events, progress, raylog, report, rundir, runlock, runs, signals
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
@@ -99,8 +99,9 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
     if tensorboard:
         collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
     starting = progress.Startup(echo, f"starting Ray and {spec.workers} worker(s)")
+    ray_log = plan.out_dir / raylog.LOG_FILE   # Ray's own lines, out of the user's view
     try:
-        with starting, cluster.ray_session(address, cpus_needed(spec), verbose) as started_here:
+        with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo) as started_here:
             outcome = fit_and_collect(plan, collector, started_here, verbose, callbacks, starting)
             # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
             return finish(plan, collector, outcome, time.perf_counter() - started, echo,

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, events, progress, report, runlock, runs
+from service import cluster, events, progress, raylog, report, runlock, runs
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
@@ -155,7 +155,7 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
 
     if not session.ray_open:  # one Ray for every round; the plan's concurrency from what it reports
         ray_here = session.stack.enter_context(study_session(spec, every, session.address, session.verbose,
-                                                             session.echo))
+                                                             session.echo, study_dir / raylog.LOG_FILE))
         session.plan = session.plan.concurrency(spec, ray_here.resources, len(every),
                                                 trial_cpus=trial_resources(ray_here.embedded).get("CPU", 0))
         session.embedded = ray_here.embedded

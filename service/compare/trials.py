@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster, progress
+from service import cluster, progress, raylog
 from service.compare.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
@@ -200,11 +200,12 @@ class StudyRay:
 
 @contextlib.contextmanager
 def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str], verbose: bool,
-                  echo: Callable[[str], None]) -> Iterator[StudyRay]:
-    """Ray for the study (joined or embedded), once every trial's workers could be placed."""
+                  echo: Callable[[str], None], log: Optional[Path] = None) -> Iterator[StudyRay]:
+    """Ray for the study (joined or embedded), once every trial's workers could be placed; Ray's
+    own lines (the trials' output among them) go to `log`."""
     import ray
 
-    with cluster.ray_session(address, study_cpus(trials), verbose) as started_here:
+    with cluster.ray_session(address, study_cpus(trials), verbose, log, echo) as started_here:
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling
             cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
@@ -224,7 +225,7 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
     if watch is None:
         watch = StudyWatch(trials, StudyPace(len(trials), concurrent))
     by_name = {t.name: t for t in trials}
-    with study_session(spec, trials, address, verbose, echo) as ray_here:
+    with study_session(spec, trials, address, verbose, echo, study_dir / raylog.LOG_FILE) as ray_here:
         embedded = ray_here.embedded if embedded is None else embedded
         tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, embedded)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
