@@ -14,6 +14,9 @@ What it reads from the environment, and hands down as parameters:
   the token sent to the job server.
 * PLATEAU_JOB_PYTHON: the interpreter a submitted job runs on the cluster.
 * KERAS_HOME: where full MNIST is cached (KERAS_HOME/datasets, as Keras does).
+* MLFLOW_TRACKING_URI: the MLflow tracking URI of train/compare/run/check when neither --mlflow
+  nor the spec's tracking.mlflow names one (it turns tracking on, as it points MLflow's own
+  clients at a store); `submit` sends only --mlflow and the spec's, the job's driver reads its own.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput
 from service.spec import Spec, SpecError, SpecWarning, dump_spec, load_spec, read_yaml
 
 JOB_PYTHON_VAR = "PLATEAU_JOB_PYTHON"
+TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +51,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory (default: the spec's, ./results)")
     p.add_argument("--name", help="run name (default: the spec's)")
     p.add_argument("--fresh", action="store_true", help="discard this name's earlier results and checkpoints")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="log the run (a study: its trials too) in MLflow at URI: a folder, sqlite:///FILE or "
+                        "http://HOST:PORT (default: the spec's tracking.mlflow, else MLFLOW_TRACKING_URI)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any spec field, e.g. --set reduce_lr.patience=2 (repeatable)")
 
@@ -63,7 +70,23 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
         value = getattr(args, attr, None)
         if value is not None:
             out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    if getattr(args, "mlflow", None):  # quoted: a URI read as YAML could lose a `#...` or `: `
+        out.append(f"tracking.mlflow={json.dumps(args.mlflow)}")
     return out + list(args.overrides or [])
+
+
+def load_with_tracking(args: argparse.Namespace) -> Spec:
+    """The spec with the command line's overrides, and MLFLOW_TRACKING_URI as the tracking URI
+    when neither --mlflow nor the spec names one (precedence: --mlflow, the spec, the variable)."""
+    overrides = overrides_from(args)
+    spec = load_spec(args.spec, overrides)
+    uri = os.environ.get(TRACKING_URI_VAR, "").strip()
+    if not uri or (spec.tracking is not None and spec.tracking.mlflow is not None):
+        return spec
+    try:
+        return load_spec(args.spec, [*overrides, f"tracking.mlflow={json.dumps(uri)}"])
+    except SpecError as exc:
+        raise SpecError(f"{TRACKING_URI_VAR}: {str(exc).rpartition('tracking.mlflow: ')[2]}") from None
 
 
 def _output_flags(p: argparse.ArgumentParser, top: bool) -> None:
@@ -229,7 +252,7 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> in
 
     if kind is None:
         kind = str(read_yaml(args.spec).get("kind", "train"))
-    spec = load_spec(args.spec, overrides_from(args))
+    spec = load_with_tracking(args)
     if spec.kind != kind:
         raise SpecError(f"{args.spec}: kind is {spec.kind!r}; use 'plateau {spec.kind}' or 'plateau run'")
     _warn(spec)
@@ -250,11 +273,15 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> in
 
 def _check(args: argparse.Namespace) -> int:
     """`plateau check`: the resolved spec on stdout, warnings on stderr; no Ray, no TensorFlow."""
-    spec = load_spec(args.spec, overrides_from(args))
+    spec = load_with_tracking(args)
     if spec.kind == "compare":
         from service.compare.grid import expand
 
         expand(spec)  # every trial's spec validated, as compare would before starting
+    if spec.tracking is not None:
+        from service.tracking import check_available
+
+        check_available(spec.tracking)
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
     from service.runlock import check_free

@@ -28,8 +28,8 @@ from service.spec import TrainSpec
 
 SPEC_FILE = "spec.yaml"
 # Fields that say where or how patiently a run happens, not what it computes: they may change
-# between an interrupted run and its resume.
-NOT_IDENTITY = ("output", "scaling.max_failures", "scaling.resources_timeout_s")
+# between an interrupted run and its resume (`tracking`: where it is logged, not what it computes).
+NOT_IDENTITY = ("output", "scaling.max_failures", "scaling.resources_timeout_s", "tracking")
 
 
 class RunFolderError(BadInput):

@@ -242,6 +242,41 @@ class DebugSpec(_Section):
     perturb_rank: int = Field(0, ge=0)
 
 
+# What a tracking URI may start with: MLflow's own stores (a folder, file:, SQLAlchemy databases),
+# a tracking server, Databricks. Anything else MLflow would refuse only once the run started.
+TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+TRACKING_EXAMPLES = "a folder (./mlruns), sqlite:///mlflow.db or http://HOST:5000"
+
+
+class TrackingSpec(_Section):
+    """Where the driver logs the run in MLflow (service/tracking.py); not part of a run's identity."""
+
+    # A tracking URI; null: MLflow's own default (MLflow 3: sqlite:///mlflow.db in the working folder).
+    mlflow: Optional[str] = None
+    experiment: str = Field("plateau", min_length=1)
+
+    @field_validator("mlflow")
+    @classmethod
+    def _tracking_uri(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        value = value.strip()
+        scheme, sep, rest = value.partition("://")
+        if not sep:  # a folder path (or `databricks`, `file:PATH`)
+            head = value.split("/")[0]
+            if not value or (":" in head and head.split(":")[0] not in TRACKING_SCHEMES):
+                raise ValueError(f"not a tracking URI; use {TRACKING_EXAMPLES}")
+            return value
+        base = scheme.split("+")[0]  # SQLAlchemy's dialect+driver
+        if base not in TRACKING_SCHEMES:
+            raise ValueError(f"MLflow has no tracking store for {scheme}://; use {TRACKING_EXAMPLES}")
+        if base in ("http", "https") and not rest.split("/")[0]:
+            raise ValueError("names no host; use e.g. http://127.0.0.1:5000")
+        if base == "sqlite" and not rest.lstrip("/"):
+            raise ValueError("names no database file; use e.g. sqlite:///mlflow.db")
+        return value
+
+
 class TrainSpec(_Section):
     kind: Literal["train"] = "train"
     name: str = Field("plateau", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -254,6 +289,7 @@ class TrainSpec(_Section):
     reduce_lr: Optional[ReduceLRSpec] = None
     checkpoint: CheckpointSpec = CheckpointSpec()
     debug: DebugSpec = DebugSpec()
+    tracking: Optional[TrackingSpec] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainSpec":
@@ -341,6 +377,19 @@ class CompareSpec(_Section):
     max_concurrent_trials: Union[Literal["auto"], int] = "auto"
     workers_per_trial: Union[Literal["auto"], int] = "auto"
     scheduler: Optional[Literal["asha"]] = None
+    # The study's MLflow tracking: a parent run with every trial nested under it. A base's
+    # `tracking` moves here (its fields under this one's): the study's driver logs every trial.
+    tracking: Optional[TrackingSpec] = None
+
+    @model_validator(mode="after")
+    def _tracking_from_base(self) -> "CompareSpec":
+        if isinstance(self.base, TrainSpec) and self.base.tracking is not None:
+            mine = self.tracking.model_dump(exclude_unset=True) if self.tracking else {}
+            merged = self.base.tracking.model_copy(update=mine)
+            base = self.base.model_copy(update={"tracking": None})
+            # Straight into __dict__: assignment would validate again, and re-enter this validator.
+            self.__dict__.update(tracking=merged, base=base)
+        return self
 
     @field_validator("max_concurrent_trials", "workers_per_trial", mode="before")
     @classmethod

@@ -108,6 +108,8 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
                           provenance(started_at, command))
     except signals.Interrupted as exc:
         exc.message = _interrupted_line(exc, collector, plan.paths.checkpoints_dir)
+        if collector.tracker is not None:
+            collector.tracker.end("KILLED")  # the same command resumes it: the same MLflow run
         raise
 
 
@@ -146,6 +148,10 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
             data_cache: Optional[Path]) -> Plan:
     if address:
         cluster.check_gcs_address(address)
+    if spec.tracking is not None:
+        from service import tracking
+
+        tracking.check_available(spec.tracking)
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
                            cache_dir=data_cache)
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
@@ -176,6 +182,7 @@ class EpochCollector:
         self._pending: dict = {}
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
+        self.tracker = None  # the run's MLflow run (tracking.RunTracker), when the spec asks for one
 
     def resume(self, epoch: int, saved: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
@@ -242,6 +249,8 @@ class EpochCollector:
         report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
         if self.events is not None:
             self.events.epoch(row, head.decision)
+        if self.tracker is not None:
+            self.tracker.epoch(row, head.decision)
         if announce and len(self.history) == 1:
             report.import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
@@ -254,12 +263,16 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     """A collector holding the epochs an interrupted run already trained; the run's files begin."""
     spec = plan.spec
     collector = EpochCollector(spec, plan.out_dir, echo)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.tracking is not None:  # before the resume's epochs: those its MLflow run lacks are logged
+        from service import tracking
+
+        collector.tracker = tracking.RunTracker.open(spec, plan.out_dir, echo)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
     resume = checkpoint.resume_point(plan.paths.checkpoints_dir, spec.model.hidden_units, echo)
     if resume.epoch:
         collector.resume(resume.epoch, resume.directory)
         echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
     runs.mark_started(plan.out_dir, "train")
     sizes = plan.splits.sizes()
@@ -382,6 +395,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
         message = _failure_line(error, collector, plan.paths.checkpoints_dir)
         progress.error(echo, f"plateau: {message}")
         runs.mark_failed(out_dir, message)
+        _track_end(collector, None, "FAILED")
         return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
 
     summary = report.summarize(
@@ -395,6 +409,7 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
                        summary["stop_epoch"], title=spec.name, monitored=spec.monitored)
     report.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
+    _track_end(collector, summary, "FAILED" if summary["stop_reason"] == StopReason.NON_FINITE else "FINISHED")
     if summary["stop_reason"] == StopReason.NON_FINITE:
         message = _diverged_line(collector.history, out_dir)
         runs.mark_failed(out_dir, message)
@@ -404,6 +419,13 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
     runs.mark_finished(out_dir)
     progress.final(echo, report.done_line(summary, out_dir))
     return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
+
+
+def _track_end(collector: EpochCollector, summary: Optional[dict], status: str) -> None:
+    """The MLflow run's summary, files and model, and its end (the folder's files are written)."""
+    if collector.tracker is not None:
+        model = collector.out_dir / report.MODEL_FILE if collector.model_file is not None else None
+        collector.tracker.finish(summary, status, model)
 
 
 def _diverged_line(history: list[dict], out_dir: Path) -> str:

@@ -53,6 +53,10 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     started = time.perf_counter()
     if address:
         cluster.check_gcs_address(address)
+    if spec.tracking is not None:
+        from service import tracking
+
+        tracking.check_available(spec.tracking)
     study_dir = (Path(spec.output) / spec.name).resolve()
     workers, why = plan_workers(spec)
     spec = with_workers(spec, workers)  # before the trials are made: it is part of their specs
@@ -68,6 +72,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, {workers} worker(s) per trial"
              f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
         runs.mark_started(study_dir, "compare")
+        tracker = _tracker(spec, study_dir, echo)
         session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why))
         try:
             outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
@@ -76,9 +81,19 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         except Exception as exc:  # noqa: BLE001 - whatever Ray or Tune raises ends the study in one line, marked failed
             progress.error(echo, f"plateau: the study failed: {cause_line(exc)}")
             runs.mark_failed(study_dir, cause_line(exc))
+            if tracker is not None:
+                tracker.finish(settings, "FAILED")
             return EXIT_FAILED
+        except BaseException:  # Ctrl-C, SIGTERM: the same command resumes the same MLflow runs
+            if tracker is not None:
+                tracker.end("KILLED")
+            raise
         trials = [t for t in every if t.name in outcomes]
         n_ok = _write_results(spec, trials, settings, outcomes, study_dir, echo, step.line, session.plan)
+        if tracker is not None:
+            for t in trials:  # each trial's folder is written: its nested run gets its files
+                tracker.trial(t.name, t.setting.values, t.seed, t.spec, outcomes[t.name])
+            tracker.finish(settings, "FINISHED" if n_ok else "FAILED")
         progress.final(echo, f"{n_ok}/{len(trials)} trials finished in {time.perf_counter() - started:.0f}s"
                              f"{'; ' + step.line if step.line else ''}; baseline: {settings[0].label} -> "
                              f"{study_dir / 'comparison.md'}")
@@ -88,6 +103,15 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
             return EXIT_FAILED
         runs.mark_finished(study_dir, step.line)
         return EXIT_OK
+
+
+def _tracker(spec: CompareSpec, study_dir: Path, echo: Echo):
+    """The study's parent MLflow run (tracking.StudyTracker), when the spec asks for one."""
+    if spec.tracking is None:
+        return None
+    from service import tracking
+
+    return tracking.StudyTracker.open(spec, study_dir, echo)
 
 
 # ---------------------------------------------------------------------------------------------
