@@ -110,6 +110,27 @@ class _Tracker:
     def uri(self) -> str:
         return self.tracking.mlflow or "MLflow's default store"
 
+    @classmethod
+    def open(cls, spec: Any, folder: Path, echo: Echo) -> Optional["_Tracker"]:
+        """The command's tracker (its MLflow run found or made, the spec logged), or None untracked."""
+        if spec.tracking is None:
+            return None
+        tracker = cls(spec.tracking, folder, echo)
+        tracker.safely(tracker._start, spec)
+        return tracker
+
+    def _start(self, spec: Any) -> None:
+        raise NotImplementedError
+
+    def _begin(self, name: str, kind: str) -> Any:
+        """Connect, then find or make the command's own MLflow run; its id is kept in the folder."""
+        self.client = _client(self.tracking.mlflow)
+        self.ids = self._read_ids()
+        run = self._open_run(name, {"plateau.kind": kind}, run_id=self.ids.get("run_id"))
+        self.ids["run_id"] = run.info.run_id
+        self.ids.setdefault("experiment_id", run.info.experiment_id)
+        return run
+
     def safely(self, what: Callable, *args: Any) -> Any:
         """Run a tracking step; on any error warn once and turn tracking off (the run goes on)."""
         if not self.enabled:
@@ -186,21 +207,9 @@ class RunTracker(_Tracker):
     run_id: Optional[str] = None
     last_step = 0  # the last epoch the MLflow run holds: a resume logs only later ones
 
-    @classmethod
-    def open(cls, spec: TrainSpec, out_dir: Path, echo: Echo) -> Optional["RunTracker"]:
-        """The run's tracker (its MLflow run found or made, the spec logged), or None untracked."""
-        if spec.tracking is None:
-            return None
-        tracker = cls(spec.tracking, out_dir, echo)
-        tracker.safely(tracker._start, spec)
-        return tracker
-
     def _start(self, spec: TrainSpec) -> None:
-        self.client = _client(self.tracking.mlflow)
-        self.ids = self._read_ids()
-        run = self._open_run(spec.name, {"plateau.kind": "train"}, run_id=self.ids.get("run_id"))
-        self.run_id = self.ids["run_id"] = run.info.run_id
-        self.ids.setdefault("experiment_id", run.info.experiment_id)
+        run = self._begin(spec.name, "train")
+        self.run_id = run.info.run_id
         self._write_ids()
         history = self.client.get_metric_history(self.run_id, "val_loss")
         self.last_step = max((m.step for m in history), default=0)
@@ -300,21 +309,10 @@ class StudyTracker(_Tracker):
 
     parent_id: Optional[str] = None
 
-    @classmethod
-    def open(cls, spec: CompareSpec, study_dir: Path, echo: Echo) -> Optional["StudyTracker"]:
-        if spec.tracking is None:
-            return None
-        tracker = cls(spec.tracking, study_dir, echo)
-        tracker.safely(tracker._start, spec)
-        return tracker
-
     def _start(self, spec: CompareSpec) -> None:
-        self.client = _client(self.tracking.mlflow)
-        self.ids = self._read_ids()
+        run = self._begin(spec.name, "compare")
+        self.parent_id = run.info.run_id
         self.ids.setdefault("trials", {})
-        run = self._open_run(spec.name, {"plateau.kind": "compare"}, run_id=self.ids.get("run_id"))
-        self.parent_id = self.ids["run_id"] = run.info.run_id
-        self.ids.setdefault("experiment_id", run.info.experiment_id)
         self._write_ids()
         self._log_params(self.parent_id, flat_params(spec.model_dump(mode="json")), run.data.params)
 

@@ -114,13 +114,33 @@ def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, glob
     # another batch" flag before every step (tensorflow's input_lib, partial-batch handling).
     ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).repeat()
     ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    # No tf.data autotuning. Its optimizer thread sleeps for up to a minute between rounds, and
-    # under MultiWorkerMirroredStrategy the iterator that fit drops on return waits for it to
-    # wake: 2-worker runs spent 2-52 s between the last epoch and the end of fit. Without it the
-    # AUTOTUNE knobs keep their starting values, and the epochs measured as fast.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
+    return ds.with_options(NO_AUTOTUNING)
+
+
+# No tf.data autotuning, in our pipeline and in the per-device pipelines MultiWorkerMirroredStrategy
+# builds on it. An iterator with autotuning has an optimizer thread, and under the strategy the
+# iterators fit drops on return wait for that thread to end its round (a py-spy dump shows the
+# training thread in RootDataset::Iterator's destructor): 2-worker runs spent 2-56 s between the
+# last epoch and the end of fit. Without it the AUTOTUNE knobs keep their starting values, and the
+# epochs measured as fast.
+NO_AUTOTUNING = tf.data.Options()
+NO_AUTOTUNING.autotune.enabled = False
+
+
+def device_pipelines_without_autotuning() -> None:
+    """Make the strategy's per-device pipelines (tensorflow's multi_device_iterator_ops, which
+    takes no options for them) run without autotuning too; once per process."""
+    from tensorflow.python.data.ops import multi_device_iterator_ops as devices
+
+    build = devices._create_device_dataset
+    if getattr(build, "without_autotuning", False):
+        return
+
+    def without_autotuning(*args: object, **kwargs: object) -> tf.data.Dataset:
+        return build(*args, **kwargs).with_options(NO_AUTOTUNING)
+
+    without_autotuning.without_autotuning = True
+    devices._create_device_dataset = without_autotuning
 
 
 def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, world_size: int):
@@ -133,6 +153,7 @@ def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, worl
     """
     if world_size <= 1:
         return dataset
+    device_pipelines_without_autotuning()
     return strategy.distribute_datasets_from_function(lambda _context: dataset)
 
 
