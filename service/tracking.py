@@ -283,12 +283,19 @@ class RunTracker(_Tracker):
         versions = provenance.versions()
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 784))]),
                                    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 10))]))
-        mlflow.set_tracking_uri(self.tracking.mlflow)  # the fluent API's store: this run's
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME, python_model=str(MODEL_CODE), signature=signature,
-                artifacts={KERAS_ARTIFACT: str(model_file)},
-                pip_requirements=[f"tensorflow=={versions['tensorflow']}", f"tf-keras=={versions['tf_keras']}"])
+        # The fluent API's store is this run's. set_tracking_uri also exports MLFLOW_TRACKING_URI
+        # (for MLflow's subprocesses): put the variable back, or every later command of this
+        # process, and every process it starts, would be tracked there too.
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.tracking.mlflow)
+        try:
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_NAME, python_model=str(MODEL_CODE), signature=signature,
+                    artifacts={KERAS_ARTIFACT: str(model_file)},
+                    pip_requirements=[f"tensorflow=={versions['tensorflow']}", f"tf-keras=={versions['tf_keras']}"])
+        finally:
+            mlflow.set_tracking_uri(before)
         self.client.set_tag(self.run_id, "model_uri", info.model_uri)
 
 

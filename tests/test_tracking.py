@@ -115,12 +115,15 @@ def test_a_base_specs_tracking_moves_to_the_study_and_not_into_its_trials():
 @pytest.mark.parametrize("store", ["folder", "sqlite"])
 def test_a_train_run_lands_in_mlflow(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)  # a database store keeps its artifacts in ./mlruns, MLflow's default
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = str(tmp_path / "mlruns") if store == "folder" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = make_spec(tmp_path, *ACTING, f"tracking={{mlflow: '{uri}', experiment: tests}}",
                      "scaling.num_workers=1", name="tracked")
     lines: list[str] = []
     result = train.run(spec, echo=lines.append)
     assert result.ok, result.error
+    # Not left behind for the next command of this process, or the processes it starts.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     assert not [ln for ln in lines if ln.startswith("warning:")], lines
     out = result.out_dir
     client = _client(uri)

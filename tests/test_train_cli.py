@@ -91,7 +91,7 @@ def test_summary_says_when_with_what_from_where_and_why(early):
 
 def test_output_files_follow_the_umask(early):
     _, _, folder = early
-    files = ["curves.png", "decisions.jsonl", "history.csv", "model.keras", "spec.yaml", "status.json",
+    files = ["curves.png", "decisions.jsonl", "history.csv", "model.keras", "ray.log", "spec.yaml", "status.json",
              "summary.json"]
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == files
     events = [p.relative_to(folder) for p in (folder / "tensorboard").iterdir()]
