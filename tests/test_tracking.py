@@ -152,7 +152,10 @@ def test_a_train_run_lands_in_mlflow(tmp_path: Path, store: str, monkeypatch: py
     assert logged_summary == json.loads((out / "summary.json").read_text())
     # The model MLflow loads back scores the summary's test accuracy on the test set.
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)  # it exports MLFLOW_TRACKING_URI: later tests would be tracked
     splits = data_lib.load("sample", "holdout")
     probabilities = model.predict(splits.x_test.astype("float32") / 255.0)
     assert float((np.argmax(probabilities, axis=1) == splits.y_test).mean()) == summary["test_accuracy"]
