@@ -274,10 +274,15 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> in
 def _check(args: argparse.Namespace) -> int:
     """`plateau check`: the resolved spec on stdout, warnings on stderr; no Ray, no TensorFlow."""
     spec = load_with_tracking(args)
+    from service import engines
+
     if spec.kind == "compare":
         from service.compare.grid import expand
 
-        expand(spec)  # every trial's spec validated, as compare would before starting
+        # every trial's spec validated, as compare would before starting
+        engines.check_available(*(trial.spec for trial in expand(spec)))
+    else:
+        engines.check_available(spec)
     if spec.tracking is not None:
         from service.tracking import check_available
 

@@ -6,8 +6,8 @@ function below:
 1. `prepare`: check the address and the data before anything starts; the run's folders.
 2. `finished_or_resume`: a finished run is not trained again; an interrupted one takes its
    epochs back from its newest checkpoint that can be read (`checkpoint.resume_point`).
-3. `fit_and_collect`: Ray (embedded, or joined at an address) runs `worker.train_loop_per_worker`
-   on N Ray Train workers; every rank's reports come back through a queue and become one line
+3. `fit_and_collect`: Ray (embedded, or joined at an address) runs the spec's engine's worker loop
+   (`engines`) on N Ray Train workers; every rank's reports come back through a queue and become one line
    per epoch, history.csv and decisions.jsonl, rewritten after every epoch so that a failure
    never loses what was already trained.
 4. `finish`: summary.json and curves.png, or one line saying what failed and how to resume.
@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from service import checkpoint, cluster, events, progress, raylog, report, rundir, runlock, runs, signals
+from service import checkpoint, cluster, engines, events, progress, raylog, report, rundir, runlock, runs, signals
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
@@ -152,6 +152,7 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
         from service import tracking
 
         tracking.check_available(spec.tracking)
+    engines.check_available(spec)
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
                            cache_dir=data_cache)
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
@@ -304,8 +305,6 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     from ray.util.queue import Empty, Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from service.backend import train_loop_per_worker
-
     scaling = plan.spec.scaling
     signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
     try:
@@ -322,7 +321,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
         ray.get_runtime_context().get_node_id(), soft=False)})
     config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
               "progress": queue, "attempt": uuid.uuid4().hex}
-    trainer = _trainer(plan, train_loop_per_worker, config, callbacks, verbose)
+    trainer = _trainer(plan, engines.engine_for(plan.spec).loop, config, callbacks, verbose)
     outcome: dict = {}
 
     def fit() -> None:
@@ -349,8 +348,7 @@ def _trainer(plan: Plan, loop: Callable[[dict], None], config: dict, callbacks: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from service.backend import TensorflowWorkers
-
+    engine = engines.engine_for(plan.spec)  # the worker loop's, the backend's and the environment's one source
     scaling = plan.spec.scaling
     run_config = RunConfig(
         name=plan.spec.name,
@@ -358,11 +356,11 @@ def _trainer(plan: Plan, loop: Callable[[dict], None], config: dict, callbacks: 
         failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
         checkpoint_config=_checkpoint_config(plan.spec, CheckpointConfig),
         callbacks=list(callbacks),
-        worker_runtime_env=cluster.worker_runtime_env(verbose),
+        worker_runtime_env=engine.runtime_env(cluster.worker_runtime_env(verbose)),
     )
     return DataParallelTrainer(
         loop,
-        backend_config=TensorflowWorkers(),
+        backend_config=engine.backend_config(),
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=scaling.resources_per_worker,

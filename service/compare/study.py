@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, events, progress, raylog, report, runlock, runs
+from service import cluster, engines, events, progress, raylog, report, runlock, runs
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
@@ -62,6 +62,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     spec = with_workers(spec, workers)  # before the trials are made: it is part of their specs
     plan = SeedPlan.of(spec)
     every = expand(spec, study_dir / "trials", seeds=list(plan.seeds))  # all validated up front
+    engines.check_available(*(trial.spec for trial in every))
     settings = _settings(every)
     check_plan(plan, len(settings))
     with runlock.hold(study_dir, command, echo, also=("trials/*",)):

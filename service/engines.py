@@ -1,0 +1,91 @@
+"""Which engine trains in the workers: the one place that maps `training.engine` to a worker loop,
+a Ray Train backend and the workers' environment.
+
+* `tf_keras` (the default): tf_keras 2.21 under MultiWorkerMirroredStrategy (`service/worker.py`,
+  `service/backend.py`).
+* `keras_jax`: Keras 3 on JAX, processes joined by `jax.distributed` with gloo collectives on CPUs
+  (`service/keras_jax/`), installed with the `jax` extra.
+
+The driver, the spec, the reports, studies, jobs and the command line know only this module's
+`Engine`; neither TensorFlow nor JAX is imported here or by anything the driver runs: each engine's
+modules are imported in the workers.
+
+Example::
+
+    engine = engine_for(spec)           # EngineMissing (exit 2, one line) when its packages are not there
+    DataParallelTrainer(engine.loop, backend_config=engine.backend_config(),
+                        run_config=RunConfig(worker_runtime_env=engine.runtime_env(base_env), ...))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from typing import Any
+
+from service.errors import BadInput
+from service.spec import TrainSpec
+
+
+class EngineMissing(BadInput):
+    """The spec's engine cannot run here: its packages are not installed (exit 2, before Ray starts)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """What the driver needs of an engine; each member names code that runs in the workers."""
+
+    name: str
+    loop_path: str      # "module:function", the Ray Train entry point (imported only in the workers)
+    backend_path: str   # "module:Class", a Ray Train BackendConfig (modules that import no ML framework)
+    env: tuple[tuple[str, str], ...]   # set in every worker before anything is imported there
+    packages: tuple[str, ...]          # modules the workers import; checked on the driver, never imported
+    install: str        # how to get them, in words
+
+    def loop(self, config: dict) -> Any:
+        """The Ray Train entry point: imports the engine's worker module (and its framework) there."""
+        module, _, name = self.loop_path.partition(":")
+        return getattr(importlib.import_module(module), name)(config)
+
+    def backend_config(self):
+        module, _, name = self.backend_path.partition(":")
+        return getattr(importlib.import_module(module), name)()
+
+    def runtime_env(self, base: dict) -> dict:
+        """`base` (the run's worker runtime env) with this engine's variables added."""
+        return {**base, "env_vars": {**base.get("env_vars", {}), **dict(self.env)}}
+
+    def missing(self) -> list[str]:
+        """The packages of `packages` that cannot be imported here (found without importing them)."""
+        return [name for name in self.packages if importlib.util.find_spec(name) is None]
+
+
+ENGINES = {
+    "tf_keras": Engine("tf_keras", "service.worker:train_loop_per_worker", "service.backend:TensorflowWorkers",
+                       env=(), packages=("tensorflow", "tf_keras"), install='pip install -e "."'),
+    # KERAS_BACKEND must be set before Keras is first imported in the worker: the runtime env does it.
+    "keras_jax": Engine("keras_jax", "service.keras_jax.worker:train_loop_per_worker",
+                        "service.keras_jax.backend:JaxWorkers", env=(("KERAS_BACKEND", "jax"),),
+                        packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"'),
+}
+
+
+def engine_for(spec: TrainSpec) -> Engine:
+    """The spec's engine; EngineMissing when its packages are not installed here."""
+    engine = ENGINES[spec.training.engine]
+    missing = engine.missing()
+    if missing:
+        needs = " (on Python 3.11 or newer)" if engine.name == "keras_jax" and sys.version_info < (3, 11) else ""
+        raise EngineMissing(f"training.engine {engine.name}: {', '.join(missing)} not installed; {engine.install}"
+                            f"{needs}, or train with training.engine: tf_keras")
+    return engine
+
+
+def check_available(*specs: TrainSpec) -> None:
+    """EngineMissing (one line) when an engine of `specs` (a run, or a study's trials) cannot run here;
+    nothing is imported."""
+    for name in dict.fromkeys(spec.training.engine for spec in specs):
+        engine_for(next(spec for spec in specs if spec.training.engine == name))
+

@@ -1,0 +1,11 @@
+"""The keras_jax engine: Keras 3 on JAX, one process per Ray Train worker.
+
+* `backend.py`: how Ray Train starts the workers (the JAX coordinator's address); imports no JAX.
+* `worker.py`: the per-worker training loop (the only module that joins the processes).
+* `model.py`: the seed's model in Keras 3, the jitted epoch (gradients summed over the processes),
+  the shard sums of evaluation, the checkpoint's named arrays of a Keras 3 model.
+* `collective.py`: all-gather of small float64 vectors between the processes.
+* `callbacks.py`: the shared callbacks (`service.deciding`) on Keras 3's Callback.
+
+Selected by `training.engine: keras_jax` (`service/engines.py`); installed with the `jax` extra.
+"""
