@@ -23,6 +23,7 @@ Example::
 
     save(directory, model, epoch=3, callbacks={"reduce_lr": rlr.state_dict()})
     restored = restore(directory, model)        # inside the strategy's scope
+    write(directory, arrays, weight_names, 3, callbacks)    # another engine's arrays, the same layout
     restored.epoch, restored.callbacks["reduce_lr"]["wait"]
     resume_point(checkpoints_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
 """
@@ -119,7 +120,14 @@ def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
 def save(directory: str | Path, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
     """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
     callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
-    arrays = state_arrays(model)
+    write(directory, state_arrays(model), _weight_names(model), epoch, callbacks)
+
+
+def write(directory: str | Path, arrays: dict[str, np.ndarray], weight_names: list[str], epoch: int,
+          callbacks: dict[str, dict[str, Any]]) -> None:
+    """Any engine's checkpoint: its named state `arrays` (the names above), the epoch and the
+    callbacks' state; a `best_weights` list (in `weight_names` order) goes into the arrays."""
+    arrays = dict(arrays)
     plain: dict[str, dict[str, Any]] = {}
     for name, state in callbacks.items():
         state = dict(state)
@@ -127,10 +135,25 @@ def save(directory: str | Path, model: keras.Model, epoch: int, callbacks: dict[
             best = state.pop(BEST_WEIGHTS)
             state["has_best_weights"] = best is not None
             if best is not None:
-                arrays.update({f"best/{n}": w for n, w in zip(_weight_names(model), best)})
+                arrays.update({f"best/{n}": w for n, w in zip(weight_names, best)})
         plain[name] = state
     np.savez(Path(directory, WEIGHTS_FILE), **arrays)
     Path(directory, STATE_FILE).write_text(json.dumps({"epoch": epoch, "callbacks": plain}))
+
+
+def read(directory: str | Path, weight_names: list[str]) -> tuple[Restored, dict[str, np.ndarray]]:
+    """Any engine's checkpoint: the epoch and the callbacks' state (with `best_weights` back in it,
+    in `weight_names` order), and every named array, read whole."""
+    state = json.loads(Path(directory, STATE_FILE).read_text())
+    with np.load(Path(directory, WEIGHTS_FILE)) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    callbacks = {}
+    for cb_name, cb_state in state["callbacks"].items():
+        cb_state = dict(cb_state)
+        if cb_state.pop("has_best_weights", False):
+            cb_state[BEST_WEIGHTS] = [arrays[f"best/{n}"] for n in weight_names]
+        callbacks[cb_name] = cb_state
+    return Restored(epoch=int(state["epoch"]), callbacks=callbacks), arrays
 
 
 def restore(directory: str | Path, model: keras.Model) -> Restored:
@@ -140,21 +163,14 @@ def restore(directory: str | Path, model: keras.Model) -> Restored:
     Call inside the strategy's scope: Adam creates its slots lazily, and they must be built as
     mirrored variables before they can be assigned.
     """
-    state = json.loads(Path(directory, STATE_FILE).read_text())
     names = _weight_names(model)
-    with np.load(Path(directory, WEIGHTS_FILE)) as saved:
-        model.set_weights([saved[f"model/{n}"] for n in names])
-        model.optimizer.build(model.trainable_variables)
-        for name, variable in zip(_optimizer_names(model), model.optimizer.variables):
-            variable.assign(saved[name])
-        model.optimizer.learning_rate.assign(saved["optimizer/learning_rate"])
-        callbacks = {}
-        for cb_name, cb_state in state["callbacks"].items():
-            cb_state = dict(cb_state)
-            if cb_state.pop("has_best_weights", False):
-                cb_state[BEST_WEIGHTS] = [saved[f"best/{n}"] for n in names]
-            callbacks[cb_name] = cb_state
-    return Restored(epoch=int(state["epoch"]), callbacks=callbacks)
+    restored, saved = read(directory, names)
+    model.set_weights([saved[f"model/{n}"] for n in names])
+    model.optimizer.build(model.trainable_variables)
+    for name, variable in zip(_optimizer_names(model), model.optimizer.variables):
+        variable.assign(saved[name])
+    model.optimizer.learning_rate.assign(saved["optimizer/learning_rate"])
+    return restored
 
 
 def load_weights(directory: str | Path, model: keras.Model) -> None:

@@ -21,6 +21,9 @@ at `ray.train.report`, which is a barrier). This module removes that possibility
 Every exchange is an all-gather of a small float64 vector followed by the same numpy
 arithmetic on every rank, in rank order, so every rank computes bit-identical results.
 
+That logic is every engine's (`service/deciding.py`); this module is the tf_keras engine's part:
+its collective, its shard evaluator, and the callbacks as tf_keras classes.
+
 Example::
 
     collective = Collective(strategy, world_size)
@@ -31,19 +34,17 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from service import deciding
 from service.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
+from service.deciding import Decision, DecisionCallbacks, global_metrics  # noqa: F401 - this engine's names for them
 from service.model import scale_pixels
-from service.spec import METRICS, TrainSpec
-from service.stopreason import StopReason
+from service.spec import TrainSpec
 
 
 class Collective:
@@ -116,89 +117,12 @@ class ShardEvaluator:
         return total
 
 
-def global_metrics(collective: Collective, evaluator: ShardEvaluator) -> dict[str, float]:
-    """Exact loss and accuracy over the whole split: sums over ranks / examples over ranks."""
-    loss_sum, correct, count = collective.sum(evaluator.sums())
-    if count == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    return {"loss": loss_sum / count, "accuracy": correct / count}
-
-
-class GlobalMetrics(keras.callbacks.Callback):
-    """Makes `logs` hold the job's metrics, not this rank's, before any decision reads them.
-
-    Place it first in the callback list. It sets `val_loss` and `val_accuracy` from the
-    global validation sums, and averages the training `loss` and `accuracy` over ranks (every
-    rank runs the same number of equal-sized steps, so the plain mean is the global one). It
-    also times each epoch.
-
-    A metric that is NaN or infinite (training diverged) stops the run at this epoch: every rank
-    sees the same global numbers, so every rank stops here. `non_finite` names the first such
-    metric (None when all are finite).
-    """
-
-    def __init__(self, collective: Collective, val: ShardEvaluator):
-        super().__init__()
-        self.collective = collective
-        self.val = val
-        self.seconds = 0.0
-        self._start = 0.0
-        self.non_finite: Optional[str] = None
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None):
-        logs = logs if logs is not None else {}
-        # One exchange per epoch: [val loss sum, val correct, val count, train loss, train acc].
-        rows = self.collective.all_gather([*self.val.sums(), logs.get("loss", np.nan), logs.get("accuracy", np.nan)])
-        loss_sum, correct, count = rows[:, :3].sum(axis=0)
-        logs["loss"], logs["accuracy"] = (float(v) for v in rows[:, 3:].mean(axis=0))
-        logs["val_loss"] = float(loss_sum / count)
-        logs["val_accuracy"] = float(correct / count)
-        self.seconds = time.perf_counter() - self._start
-        self.non_finite = next((k for k in METRICS if not math.isfinite(logs.get(k, 0.0))), None)
-        if self.non_finite is not None:
-            self.model.stop_training = True
+class GlobalMetrics(deciding.GlobalMetrics, keras.callbacks.Callback):
+    """`deciding.GlobalMetrics` on a tf_keras callback."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Consensus and the decision trace
-
-
-@dataclasses.dataclass
-class Decision:
-    """What one rank's callbacks saw and did at the end of one epoch (one decisions.jsonl row)."""
-
-    epoch: int  # 1-based, as Keras prints
-    rank: int
-    world_size: int  # how many workers trained this epoch (an elastic run's changes over time)
-    values: dict[str, float]
-    lr_before: float
-    lr_after: float
-    reduced: bool
-    stop: bool
-    plateau_wait: Optional[int]
-    stopping_wait: Optional[int]
-    # This rank's own proposal before consensus: differs from the outcome only when ranks
-    # disagreed, which global metrics prevent.
-    would_stop: bool = False
-    proposed_lr: float = 0.0
-    # Why the run ends at this epoch (None while it goes on): max_epochs, patience, baseline,
-    # non_finite, or consensus (another rank decided it).
-    stop_reason: Optional[StopReason] = None
-    # The replica check (`replicas.ReplicaCheck`): True when every rank's weights, optimizer
-    # state and learning rate were bit-identical after this epoch; None when it did not run.
-    replicas_identical: Optional[bool] = None
-    # The stock deciders' own state after this epoch, so that `plateau show` (service/explain.py)
-    # reads what they decided instead of redoing their arithmetic: ReduceLROnPlateau's best and
-    # cooldown_counter, EarlyStopping's best (inf, null in a file, before a first value).
-    plateau_best: Optional[float] = None
-    plateau_cooldown: Optional[int] = None
-    stopping_best: Optional[float] = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def get_lr(model: keras.Model) -> float:
@@ -206,120 +130,30 @@ def get_lr(model: keras.Model) -> float:
     return float(str(np.float32(keras.backend.get_value(model.optimizer.learning_rate))))
 
 
-class Consensus(keras.callbacks.Callback):
-    """Every rank applies the same learning rate and stops at the same epoch; records why.
+def set_lr(model: keras.Model, lr: float) -> None:
+    keras.backend.set_value(model.optimizer.learning_rate, lr)
 
-    Place it after ReduceLROnPlateau and EarlyStopping. At each epoch's end it gathers every
-    rank's (stop flag, learning rate): any stop -> all stop; the learning rate becomes the
-    lowest proposed. With global metrics the ranks already agree, so this changes nothing in a
-    correct run; it turns any disagreement (a rank-local decision) into a safe, recorded one
-    instead of a hang or silently diverging weights.
-    """
 
-    def __init__(self, collective: Collective, rank: int, reduce_lr: ResumableReduceLROnPlateau | None = None, early_stopping: ResumableEarlyStopping | None = None, metrics: GlobalMetrics | None = None):
-        super().__init__()
-        self.collective = collective
-        self.rank = rank
-        self.reduce_lr = reduce_lr
-        self.early_stopping = early_stopping
-        self.metrics = metrics
-        self.last: Optional[Decision] = None
-        self._lr_before = 0.0
+class Consensus(deciding.Consensus, keras.callbacks.Callback):
+    """`deciding.Consensus` on a tf_keras callback."""
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
-        self._lr_before = get_lr(self.model)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None):
-        logs = logs if logs is not None else {}
-        wants_stop = bool(self.model.stop_training)
-        proposed = get_lr(self.model)
-        views = self.collective.all_gather([float(wants_stop), proposed])
-        stop = bool(views[:, 0].max() > 0)
-        lr = float(views[:, 1].min())
-        if lr != proposed:
-            keras.backend.set_value(self.model.optimizer.learning_rate, lr)
-        self.model.stop_training = stop
-        if stop and self.early_stopping is not None and not self.early_stopping.stopped_epoch:
-            # Another rank stopped: keep EarlyStopping's bookkeeping (and best-weight restore)
-            # as if this rank had decided it too.
-            self.early_stopping.stopped_epoch = epoch
-        lr_after = get_lr(self.model)
-        self.last = Decision(
-            epoch=epoch + 1,
-            rank=self.rank,
-            world_size=self.collective.world_size,
-            values={k: float(logs[k]) for k in METRICS if k in logs},
-            lr_before=self._lr_before,
-            lr_after=lr_after,
-            reduced=lr_after < self._lr_before,
-            stop=stop,
-            plateau_wait=None if self.reduce_lr is None else int(self.reduce_lr.wait),
-            stopping_wait=None if self.early_stopping is None else int(self.early_stopping.wait),
-            would_stop=wants_stop,
-            proposed_lr=proposed,
-            stop_reason=self._stop_reason(epoch, wants_stop, stop),
-            plateau_best=None if self.reduce_lr is None else float(self.reduce_lr.best),
-            plateau_cooldown=None if self.reduce_lr is None else int(self.reduce_lr.cooldown_counter),
-            stopping_best=None if self.early_stopping is None else float(self.early_stopping.best),
-        )
-
-    def _stop_reason(self, epoch: int, wants_stop: bool, stop: bool) -> Optional[StopReason]:
-        """Whose decision ends the run here: this rank's own deciders', another rank's
-        (consensus), or none but the last epoch (max_epochs)."""
-        if not stop:
-            epochs = (getattr(self, "params", None) or {}).get("epochs", math.inf)
-            return StopReason.MAX_EPOCHS if epoch + 1 >= epochs else None
-        if not wants_stop:
-            return StopReason.CONSENSUS
-        if self.metrics is not None and self.metrics.non_finite is not None:
-            return StopReason.NON_FINITE
-        return getattr(self.early_stopping, "stop_reason", None) or StopReason.CONSENSUS
+    read_lr = staticmethod(get_lr)
+    write_lr = staticmethod(set_lr)
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole stack, in order
 
 
-@dataclasses.dataclass
-class DecisionCallbacks:
-    """The callbacks that decide, in the order Keras must run them."""
-
-    metrics: GlobalMetrics
-    reduce_lr: Optional[ResumableReduceLROnPlateau]
-    early_stopping: Optional[ResumableEarlyStopping]
-    consensus: Consensus
-
-    def as_list(self) -> list:
-        order = [self.metrics, self.reduce_lr, self.early_stopping, self.consensus]
-        return [cb for cb in order if cb is not None]
-
-    def state_dicts(self) -> dict[str, dict[str, Any]]:
-        """The deciders' state by spec section name, for a checkpoint."""
-        deciders = {"reduce_lr": self.reduce_lr, "early_stopping": self.early_stopping}
-        return {name: cb.state_dict() for name, cb in deciders.items() if cb is not None}
+TF_KERAS = deciding.Kinds(GlobalMetrics, ResumableReduceLROnPlateau, ResumableEarlyStopping, Consensus)
 
 
 def decision_callbacks(spec: TrainSpec, collective: Collective, rank: int, val: ShardEvaluator,
                        state: Optional[dict[str, dict[str, Any]]] = None) -> DecisionCallbacks:
-    """Global metrics -> stock ReduceLROnPlateau / EarlyStopping -> consensus, for `spec`.
+    """Global metrics -> stock ReduceLROnPlateau / EarlyStopping -> consensus, for `spec`
+    (`deciding.build` with tf_keras's classes).
 
     `state` (from a checkpoint: `DecisionCallbacks.state_dicts()` of the run that stopped)
     replaces Keras's fresh-start reset.
     """
-    state = state or {}
-    reduce_lr = early_stopping = None
-    if spec.reduce_lr is not None:
-        reduce_lr = ResumableReduceLROnPlateau(**spec.reduce_lr.model_dump())
-        reduce_lr.load_state_dict(state.get("reduce_lr", {}))
-    if spec.early_stopping is not None:
-        early_stopping = ResumableEarlyStopping(**spec.early_stopping.model_dump())
-        early_stopping.load_state_dict(state.get("early_stopping", {}))
-    # The rank-local mode exists to show what consensus guards against; never the default.
-    metrics_collective = Collective() if spec.debug.rank_local_metrics else collective
-    metrics = GlobalMetrics(metrics_collective, val)
-    return DecisionCallbacks(
-        metrics=metrics,
-        reduce_lr=reduce_lr,
-        early_stopping=early_stopping,
-        consensus=Consensus(collective, rank, reduce_lr, early_stopping, metrics=metrics),
-    )
+    return deciding.build(spec, collective, rank, val, state, TF_KERAS)

@@ -16,9 +16,10 @@ import ray
 import ray.train
 import tensorflow as tf
 
-from service import checkpoint, export, sync
+from service import callbacks as tf_callbacks
+from service import checkpoint, export, reporting, sync
 from service import data as data_lib
-from service.callbacks import DriverQueue, FailOnce, PauseAfterEpoch, ReportEachEpoch
+from service.callbacks import DriverQueue, ReportEachEpoch
 from service.messages import FinalReport, Placement
 from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
 from service.replicas import replica_callbacks
@@ -199,10 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
     checks = replica_callbacks(spec, collective, rank, deciders.consensus)
     callbacks = [*deciders.as_list(), *checks,
                  ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former)]
-    if spec.debug.fail_at_epoch is not None and rank == spec.debug.fail_rank:
-        callbacks.append(FailOnce(spec.debug.fail_at_epoch, config.get("attempt", ""), rank))
-    if spec.debug.epoch_pause_s:
-        callbacks.append(PauseAfterEpoch(spec.debug.epoch_pause_s))
+    callbacks += reporting.drills(spec, rank, config.get("attempt", ""), tf_callbacks)
 
     # -- train, unless the checkpoint is of a run that already ended
     stopper = restored.callbacks.get("early_stopping", {})
