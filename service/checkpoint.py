@@ -71,7 +71,7 @@ class Restored:
 # Names of the arrays
 
 
-def _weight_names(model: keras.Model) -> list[str]:
+def weight_names(model: keras.Model) -> list[str]:
     """A stable name per model weight, in `model.weights` order: `<layer index>.<layer kind>/<weight>`.
 
     Keras's own names (dense_3/kernel:0) depend on how many layers the process built before.
@@ -88,7 +88,7 @@ def _weight_names(model: keras.Model) -> list[str]:
 def _optimizer_names(model: keras.Model) -> list[str]:
     """A stable name per optimizer variable: its step counter, and each slot by the weight it
     belongs to (tf_keras names a slot `[scope/]<slot>/<the weight's name>`)."""
-    by_keras_name = dict(zip((w.name for w in model.weights), _weight_names(model)))
+    by_keras_name = dict(zip((w.name for w in model.weights), weight_names(model)))
     optimizer = model.optimizer
     names = []
     for variable in optimizer.variables:
@@ -110,7 +110,7 @@ def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
     model's weights, the optimizer's step counter and slots, and the learning rate."""
     import tf_keras as keras
 
-    arrays = {f"model/{n}": w for n, w in zip(_weight_names(model), model.get_weights())}
+    arrays = {f"model/{n}": w for n, w in zip(weight_names(model), model.get_weights())}
     arrays.update({n: v.numpy() for n, v in zip(_optimizer_names(model), model.optimizer.variables)})
     rate = keras.backend.get_value(model.optimizer.learning_rate)
     arrays["optimizer/learning_rate"] = np.asarray(rate, dtype=np.float32)
@@ -120,7 +120,7 @@ def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
 def save(directory: str | Path, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
     """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
     callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
-    write(directory, state_arrays(model), _weight_names(model), epoch, callbacks)
+    write(directory, state_arrays(model), weight_names(model), epoch, callbacks)
 
 
 def write(directory: str | Path, arrays: dict[str, np.ndarray], weight_names: list[str], epoch: int,
@@ -163,7 +163,7 @@ def restore(directory: str | Path, model: keras.Model) -> Restored:
     Call inside the strategy's scope: Adam creates its slots lazily, and they must be built as
     mirrored variables before they can be assigned.
     """
-    names = _weight_names(model)
+    names = weight_names(model)
     restored, saved = read(directory, names)
     model.set_weights([saved[f"model/{n}"] for n in names])
     model.optimizer.build(model.trainable_variables)
@@ -176,7 +176,7 @@ def restore(directory: str | Path, model: keras.Model) -> Restored:
 def load_weights(directory: str | Path, model: keras.Model) -> None:
     """Only the model's weights of a checkpoint (for evaluating an epoch after the run)."""
     with np.load(Path(directory, WEIGHTS_FILE)) as saved:
-        model.set_weights([saved[f"model/{n}"] for n in _weight_names(model)])
+        model.set_weights([saved[f"model/{n}"] for n in weight_names(model)])
 
 
 def epoch_of(directory: str | Path) -> int:

@@ -17,6 +17,8 @@ Sources:
 * a Parquet directory or URI with ``train`` and ``test`` parts, read with pyarrow (local paths
   and any URI ``pyarrow.fs`` understands: s3://, gs://, hdfs://, file://).
 
+The shards of a split (`shard`) and of each global batch (`BatchSplit`) are every engine's.
+
 Every problem with the data becomes one `DataError` line that says what is wrong and how to
 fix it, raised here on the driver before any worker starts.
 
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -534,3 +537,28 @@ def export_parquet(splits_or_arrays: ArraysLike, directory: Union[str, os.PathLi
         part.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, part / "part-00000.parquet")
     return directory
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSplit:
+    """Which rows of each global batch every replica trains on (replica = rank: one per worker)."""
+
+    global_batch: int
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, global_batch: int, workers: int) -> "BatchSplit":
+        """As even as possible: the first `global_batch % workers` replicas take one row more
+        (the rows `data.shard` gives each rank)."""
+        rows = [shard(global_batch, workers, rank) for rank in range(workers)]
+        return cls(global_batch, tuple(r.start for r in rows), tuple(r.stop - r.start for r in rows))
+
+    @property
+    def even(self) -> bool:
+        return len(set(self.sizes)) == 1
+
+    def loss_factors(self) -> tuple[float, ...]:
+        """Per replica: Keras divides a replica's loss by its rows x the replicas and sums the
+        replicas' gradients; times size x replicas / global batch, the sum is the global mean."""
+        return tuple(size * len(self.sizes) / self.global_batch for size in self.sizes)

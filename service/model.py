@@ -19,14 +19,13 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.utils import tf_utils
 
-from service.data import shard
+from service.data import BatchSplit
 from service.spec import ModelSpec
 
 # The random streams of a run: (seed-derived stream, counter) keys for stateless random ops.
@@ -41,31 +40,6 @@ def random_key(seed: int, stream: int, counter: int | tf.Tensor):
 def scale_pixels(x: tf.Tensor):
     """uint8 pixels 0..255 -> float32 in [0, 1]: the model's input, for training and evaluation."""
     return tf.cast(x, tf.float32) / 255.0
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSplit:
-    """Which rows of each global batch every replica trains on (replica = rank: one per worker)."""
-
-    global_batch: int
-    offsets: tuple[int, ...]
-    sizes: tuple[int, ...]
-
-    @classmethod
-    def of(cls, global_batch: int, workers: int) -> "BatchSplit":
-        """As even as possible: the first `global_batch % workers` replicas take one row more
-        (the rows `data.shard` gives each rank)."""
-        rows = [shard(global_batch, workers, rank) for rank in range(workers)]
-        return cls(global_batch, tuple(r.start for r in rows), tuple(r.stop - r.start for r in rows))
-
-    @property
-    def even(self) -> bool:
-        return len(set(self.sizes)) == 1
-
-    def loss_factors(self) -> tuple[float, ...]:
-        """Per replica: Keras divides a replica's loss by its rows x the replicas and sums the
-        replicas' gradients; times size x replicas / global batch, the sum is the global mean."""
-        return tuple(size * len(self.sizes) / self.global_batch for size in self.sizes)
 
 
 def _replica_id():

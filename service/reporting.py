@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from service.messages import CHECK_SECONDS, EpochReport, Message
+from service.messages import CHECK_SECONDS, EpochReport, Message, Placement
 
 if TYPE_CHECKING:
     from ray.util.queue import Queue
@@ -40,6 +40,14 @@ class DriverQueue:
     def post(self, rank: int, message: Message) -> None:
         if self.queue is not None:
             self.queue.put((rank, message))
+
+
+def whereabouts(rank: int, device: str, workers: int) -> Placement:
+    """Where this worker runs, as it tells the driver (summary.json's `placement`)."""
+    import ray
+
+    return Placement(rank=rank, node_id=ray.get_runtime_context().get_node_id(),
+                     node_ip=ray.util.get_node_ip_address(), pid=os.getpid(), device=device, workers=workers)
 
 
 class ReportEachEpoch:

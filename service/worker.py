@@ -9,7 +9,6 @@ evaluates the test set globally.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import ray
@@ -20,7 +19,7 @@ from service import callbacks as tf_callbacks
 from service import checkpoint, export, reporting, sync
 from service import data as data_lib
 from service.callbacks import DriverQueue, ReportEachEpoch
-from service.messages import FinalReport, Placement
+from service.messages import FinalReport
 from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
 from service.replicas import replica_callbacks
 from service.spec import TrainSpec
@@ -83,12 +82,6 @@ def make_strategy(world_size: int, collective: str = "auto", use_gpu: bool = Fal
     if world_size <= 1:
         return tf.distribute.get_strategy()
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(collective, use_gpu))
-
-
-def whereabouts(rank: int, device: str, workers: int) -> Placement:
-    """Where this worker runs, as it tells the driver (summary.json's `placement`)."""
-    return Placement(rank=rank, node_id=ray.get_runtime_context().get_node_id(),
-                     node_ip=ray.util.get_node_ip_address(), pid=os.getpid(), device=device, workers=workers)
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
@@ -172,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
     configure_threads(spec.scaling.cpus_per_worker)
     device = prepare_devices(spec.scaling.use_gpu, rank)
     driver = DriverQueue(config.get("progress"))
-    driver.post(rank, whereabouts(rank, device, world))
+    driver.post(rank, reporting.whereabouts(rank, device, world))
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
     # Every rank holds all training images and takes its rows of each global batch; validation
     # and test are evaluated in disjoint shards and summed (sync.GlobalMetrics).
