@@ -59,7 +59,14 @@ class Engine:
 
     def missing(self) -> list[str]:
         """The packages of `packages` that cannot be imported here (found without importing them)."""
-        return [name for name in self.packages if importlib.util.find_spec(name) is None]
+        return [name for name in self.packages if not _installed(name)]
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # what an import of it would raise: as good as absent
+        return False
 
 
 ENGINES = {

@@ -1,5 +1,5 @@
-"""TensorFlow stays in the workers: importing the driver's modules loads neither TensorFlow nor
-tf_keras (see docs/how-it-works.md, "TensorFlow only in the workers", and docs/speed.md for what
+"""TensorFlow and JAX stay in the workers: importing the driver's modules (both engines' backends
+and the module that chooses them included) loads neither TensorFlow, tf_keras, Keras 3 nor JAX (see docs/how-it-works.md, "TensorFlow only in the workers", and docs/speed.md for what
 the import cost at start-up). Fast: one fresh interpreter that imports Ray, no Ray started."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DRIVER_MODULES = ["service.train", "service.backend", "service.compare.study", "service.compare.trials",
-                  "service.jobs", "service.cli"]
-WORKER_ONLY = ["tensorflow", "tf_keras"]
+DRIVER_MODULES = ["service.train", "service.backend", "service.engines", "service.keras_jax.backend",
+                  "service.compare.study", "service.compare.trials", "service.jobs", "service.cli"]
+WORKER_ONLY = ["tensorflow", "tf_keras", "keras", "jax", "jaxlib"]
 
 PROBE = f"""
 import importlib, json, sys

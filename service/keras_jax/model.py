@@ -99,6 +99,17 @@ def make_mesh() -> Mesh:
     return Mesh(np.array(firsts), (AXIS,))
 
 
+def rank_rows(batches: np.ndarray, split: BatchSplit, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rank`'s rows of every global batch (image indices), padded to the largest share, and their
+    weights: 1 for its rows, 0 for the padding (image 0, which then counts for nothing)."""
+    first, size, rows = split.offsets[rank], split.sizes[rank], max(split.sizes)
+    idx = np.zeros((len(batches), rows), np.int64)
+    idx[:, :size] = batches[:, first:first + size]
+    weight = np.zeros((len(batches), rows), np.float32)
+    weight[:, :size] = 1.0
+    return idx, weight
+
+
 class Epoch:
     """One epoch of training as one jitted call on every process (see the module's docstring).
 
@@ -139,9 +150,12 @@ class Epoch:
             return weights, state, sums
 
         replicated, by_rank = P(), P(None, AXIS)
+        # check_vma off: with it, JAX's autodiff would itself sum the gradient of the replicated
+        # weights over the ranks (the transpose of their broadcast), and the explicit psum above
+        # would count it N times. Off, each rank's gradient is its own until that psum.
         self._run = jax.jit(jax.shard_map(
             one_rank, mesh=mesh, in_specs=(replicated, replicated, by_rank, by_rank, by_rank, P(AXIS)),
-            out_specs=(replicated, replicated, replicated)))
+            out_specs=(replicated, replicated, replicated), check_vma=False))
 
     def _global(self, local: np.ndarray, spec: P) -> jax.Array:
         return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), np.asarray(local))
@@ -149,11 +163,8 @@ class Epoch:
     def run(self, x: np.ndarray, y: np.ndarray, batches: np.ndarray) -> dict[str, float]:
         """Train on `batches` (steps x global batch indices into x, y); the epoch's global training
         loss and accuracy."""
-        first, size = self.split.offsets[self.rank], self.split.sizes[self.rank]
-        idx = np.zeros((len(batches), self.rows), np.int64)
-        idx[:, :size] = batches[:, first:first + size]
-        weight = np.zeros((len(batches), self.rows), np.float32)
-        weight[:, :size] = 1.0
+        idx, weight = rank_rows(batches, self.split, self.rank)
+        first = self.split.offsets[self.rank]
         model, optimizer = self.model, self.model.optimizer
         weights = [self._global(np.asarray(v.value), P()) for v in model.trainable_variables]
         state = [self._global(np.asarray(v.value), P()) for v in optimizer.variables]

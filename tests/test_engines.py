@@ -1,0 +1,136 @@
+"""The engines: one module chooses (`service/engines.py`); an engine that is not installed, or that
+cannot do what the spec asks, is one line before anything starts; the keras_jax engine's maths on
+real JAX (no Ray: several CPU devices in one process stand in for the ranks).
+
+The guarantees on a real run of each engine are in test_train.py (parametrised over both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service import engines
+from service.spec import SpecError, apply_overrides, validate_train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spec_with(*overrides: str):
+    return validate_train(apply_overrides({}, list(overrides)))
+
+
+def test_tf_keras_is_the_default_and_each_engine_names_its_loop_backend_and_environment():
+    assert spec_with().training.engine == "tf_keras"
+    tf = engines.engine_for(spec_with())
+    assert (tf.loop_path, tf.backend_path) == ("service.worker:train_loop_per_worker", "service.backend:TensorflowWorkers")
+    base = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}
+    assert tf.runtime_env(base) == base
+    jax = engines.engine_for(spec_with("training.engine=keras_jax"))
+    assert jax.backend_path == "service.keras_jax.backend:JaxWorkers"
+    assert jax.runtime_env(base)["env_vars"] == {"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "jax"}
+    assert type(jax.backend_config()).__name__ == "JaxWorkers"
+
+
+def test_an_unknown_engine_and_keras_jax_on_gpus_are_spec_errors():
+    with pytest.raises(SpecError, match=r"training.engine: use 'tf_keras' or 'keras_jax' \(got 'torch'\)"):
+        spec_with("training.engine=torch")
+    with pytest.raises(SpecError, match="training.engine keras_jax trains on CPUs in this version"):
+        spec_with("training.engine=keras_jax", "scaling.use_gpu=true")
+
+
+# Runs the CLI as installed, except that JAX cannot be found: what a machine without the extra sees.
+WITHOUT_JAX = """
+import sys
+
+class NoJax:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoJax())
+from service.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "check", "compare"])
+def test_keras_jax_without_jax_installed_is_one_line_and_exit_2(tmp_path, command):
+    spec = "jobs/seed-comparison.yaml" if command == "compare" else "jobs/seed-reduce-lr.yaml"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", WITHOUT_JAX, command, spec, "--data", "sample",
+                           "--set", "training.engine=keras_jax", "--output", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == ('plateau: training.engine keras_jax: jax, jaxlib not installed; '
+                                            'pip install -e ".[jax]", or train with training.engine: tf_keras')
+    assert [ln for ln in done.stderr.splitlines() if ln.startswith("plateau:")] == done.stderr.splitlines()[-1:]
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+# One epoch of the keras_jax engine's jitted maths with the global batch of 200 split over N ranks
+# (N CPU devices in one process), against the same epoch in one rank.
+SPLIT_EPOCH = r"""
+import json, os, sys
+workers = int(sys.argv[1])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={workers}"
+os.environ["KERAS_BACKEND"] = "jax"
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from service import data as data_lib
+from service.keras_jax import model as jm
+from service.spec import ModelSpec
+
+splits = data_lib.load("sample", "test", warn=lambda m: None)
+x, y = splits.x_train[:1000], splits.y_train[:1000]
+batches = jm.epoch_order(7, 0, len(x), 5, 200)[:1]  # one step: Adam's first update is lr x sign(gradient)
+
+def train(ranks):
+    model = jm.build_model(ModelSpec(), seed=7)
+    mesh = Mesh(np.array(jax.devices()[:ranks]), (jm.AXIS,))
+    split = data_lib.BatchSplit.of(200, ranks)
+    epoch = jm.Epoch(model, mesh, split, 0, seed=7, dropout=0.5)
+    # Every rank's rows, as each process would hand over its own (one process holds them all here).
+    parts = [jm.rank_rows(batches, split, r) for r in range(ranks)]
+    idx = np.concatenate([p[0] for p in parts], axis=1)
+    weight = np.concatenate([p[1] for p in parts], axis=1)
+    first = np.array(split.offsets, np.int32)
+    put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))
+    variables = [put(np.asarray(v.value), P()) for v in model.trainable_variables]
+    state = [put(np.asarray(v.value), P()) for v in model.optimizer.variables]
+    weights, state, sums = epoch._run(variables, state, put(x[idx], P(None, jm.AXIS)),
+                                      put(y[idx].astype(np.int32), P(None, jm.AXIS)), put(weight, P(None, jm.AXIS)),
+                                      put(first, P(jm.AXIS)))
+    # Adam's first moment after one step is 0.1 x the gradient.
+    moments = [i for i, v in enumerate(model.optimizer.variables) if any(v is m for m in model.optimizer._momentums)]
+    return [np.asarray(state[i]) for i in moments], np.asarray(sums, np.float64).sum(axis=0)
+
+one, one_sums = train(1)
+many, many_sums = train(workers)
+print("@@" + json.dumps({
+    "gradient": max(float(np.max(np.abs(p - q)) / np.max(np.abs(q))) for p, q in zip(many, one)),
+    "loss": abs(float(many_sums[0] - one_sums[0])) / float(one_sums[0]),
+    "correct": [float(one_sums[1]), float(many_sums[1])],
+}))
+"""
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_keras_jax_epoch_at_n_ranks_is_the_single_rank_epoch(workers):
+    """Any split of the global batch (200 over 3: 67/67/66) trains the single-process epoch: the
+    same batches, the same dropout masks (drawn for the global batch), the gradient of the global
+    mean; up to float rounding of the sums' order."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", SPLIT_EPOCH, str(workers)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "@@" in done.stdout, done.stderr[-3000:]
+    result = json.loads(done.stdout.rsplit("@@", 1)[1])
+    assert result["gradient"] < 1e-5, result
+    assert result["loss"] < 1e-5, result
+    assert result["correct"][0] == result["correct"][1], result
