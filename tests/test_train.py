@@ -1,7 +1,10 @@
-"""`plateau train` end to end: real Ray, real TensorFlow, two workers, real MNIST images.
+"""`plateau train` end to end: real Ray, real TensorFlow or JAX, two workers, real MNIST images.
 
-One module-scoped run on uneven shards backs G1-G3 (it is the expensive part); G4 gets its
-own run in which the ranks deliberately see different metrics.
+One module-scoped run on uneven shards per engine (tf_keras, keras_jax) backs G1-G3 and the
+exported model (it is the expensive part); G4 gets its own run in which the ranks deliberately see
+different metrics. The references are engine-independent: each epoch's checkpointed weights are
+scored by a tf_keras model in this process, and the decisions are replayed through the stock
+callbacks of the run's own Keras.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import pytest
 from service import data as data_lib
 from service import report, train
 from service.spec import load_spec
-from tests.helpers import by_epoch, checkpoints, exact_metrics, make_spec, model_at, plateau, stock_replay
+from tests.helpers import (by_epoch, checkpoints, exact_metrics, make_spec, model_at, plateau, score_model_file,
+                           stock_replay_on)
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +30,11 @@ DECIDING = (
 )
 
 
-@pytest.fixture(scope="module")
-def uneven_run(tmp_path_factory, odd_mnist):
+@pytest.fixture(scope="module", params=["tf_keras", "keras_jax"])
+def uneven_run(request, tmp_path_factory, odd_mnist):
     tmp = tmp_path_factory.mktemp("uneven")
     spec = make_spec(tmp, f"data.source={odd_mnist}", "training.epochs=8", "checkpoint.keep=null",
-                     *DECIDING, name="uneven")
+                     f"training.engine={request.param}", *DECIDING, name="uneven")
     lines: list[str] = []  # what the run printed
     result = train.run(spec, echo=lines.append)
     assert result.ok, result.error
@@ -136,7 +140,7 @@ def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
 def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_run):
     spec, result, _ = uneven_run
     rank0 = [r for r in result.decisions if r["rank"] == 0]
-    lrs, stop_epoch, _ = stock_replay(spec, [r["values"] for r in rank0])
+    lrs, stop_epoch, _ = stock_replay_on(spec.training.engine, spec, [r["values"] for r in rank0])
     assert [r["lr_after"] for r in rank0] == lrs
     assert result.summary["stop_epoch"] == stop_epoch
     assert result.summary["lr_reductions"] == [
@@ -148,13 +152,22 @@ def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run
     best epoch's checkpoint on the whole test set only if both ranks restored that epoch."""
     spec, result, _ = uneven_run
     rank0 = [r for r in result.decisions if r["rank"] == 0]
-    _, stop_epoch, best_epoch = stock_replay(spec, [r["values"] for r in rank0])
+    _, stop_epoch, best_epoch = stock_replay_on(spec.training.engine, spec, [r["values"] for r in rank0])
     splits = data_lib.load(spec.data.source, "holdout")
     model = model_at(spec, checkpoints(spec)[best_epoch])
     test_loss, test_accuracy = exact_metrics(model, splits.x_test, splits.y_test)
     assert result.summary["test_accuracy"] == test_accuracy
     assert result.summary["test_loss"] == pytest.approx(test_loss, rel=1e-6)
     assert best_epoch != stop_epoch  # otherwise restoring would prove nothing
+
+
+def test_the_model_file_loads_in_a_fresh_process_and_scores_the_summarys_test_accuracy(uneven_run):
+    """model.keras is stock layers of the engine's Keras (tf_keras 2.21, or Keras 3 for keras_jax)."""
+    spec, result, _ = uneven_run
+    scored = score_model_file(spec.training.engine, result.out_dir / "model.keras", spec.data.source)
+    assert scored["layers"] == ["Dense", "Dropout", "Dense"]
+    assert scored["keras"].startswith("2." if spec.training.engine == "tf_keras" else "3.")
+    assert scored["accuracy"] == result.summary["test_accuracy"]
 
 
 @pytest.mark.heavy  # a run of its own; consensus itself is unit-tested in test_sync.py by default
