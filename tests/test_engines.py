@@ -121,6 +121,7 @@ print("@@" + json.dumps({
 """
 
 
+@pytest.mark.slow  # a JAX process each (no Ray): ~12 s
 @pytest.mark.parametrize("workers", [2, 3])
 def test_keras_jax_epoch_at_n_ranks_is_the_single_rank_epoch(workers):
     """Any split of the global batch (200 over 3: 67/67/66) trains the single-process epoch: the
