@@ -120,6 +120,28 @@ def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
                 assert row["values"]["val_accuracy"] != np.mean(shard_means)
 
 
+@pytest.mark.parametrize("engine", ["tf_keras", "keras_jax"])
+def test_g1_three_workers_see_the_exact_metric_of_1999_validation_images(engine, tmp_path):
+    """667 + 666 + 666 validation images, and the global batch of 200 as 67 + 67 + 66 rows."""
+    sample = data_lib.load("sample", "test")
+    source = tmp_path / "n1999.npz"
+    np.savez(source, x_train=sample.x_train[:3000].reshape(-1, 28, 28), y_train=sample.y_train[:3000],
+             x_test=sample.x_test[:1999].reshape(-1, 28, 28), y_test=sample.y_test[:1999])
+    spec = make_spec(tmp_path, f"data.source={source}", "data.validation=test", "training.epochs=2",
+                     "training.batch_size=200", "scaling.num_workers=3", "checkpoint.keep=null",
+                     f"training.engine={engine}", name="three")
+    result = train.run(spec, echo=lambda line: None)
+    assert result.ok, result.error
+    splits = data_lib.load(str(source), "test")
+    kept = checkpoints(spec)
+    for epoch, rows in by_epoch(result.decisions).items():
+        assert sorted(r["rank"] for r in rows) == [0, 1, 2]
+        loss, accuracy = exact_metrics(model_at(spec, kept[epoch]), splits.x_val, splits.y_val)
+        for row in rows:
+            assert row["values"]["val_accuracy"] == accuracy
+            assert row["values"]["val_loss"] == pytest.approx(loss, rel=1e-6)
+
+
 def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
     _, result, _ = uneven_run
     epochs = by_epoch(result.decisions)
