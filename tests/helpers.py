@@ -4,6 +4,7 @@ finished run (its checkpoints, its decisions, exact metrics of its weights)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,53 +92,18 @@ def stock_replay(spec, sequence):
     return [r["lr"] for r in rows], stop_epoch, best_epoch
 
 
-# stock_trace's replay on Keras 3's stock callbacks (the keras_jax engine's), in a fresh process: Keras 3
-# must be imported on JAX, and this one has tf_keras. `mode: auto` resolved as the engine resolves it.
-STOCK_KERAS3 = r"""
-import json, os, sys
-os.environ["KERAS_BACKEND"] = "jax"
-import keras, numpy as np
-from service.spec import TrainSpec
-
-spec, sequence = TrainSpec.model_validate_json(sys.argv[1]), json.loads(sys.argv[2])
-
-def arguments(section):
-    args = section.model_dump()
-    if args["mode"] == "auto":
-        args["mode"] = "max" if section.higher_is_better else "min"
-    return args
-
-model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-model.compile(optimizer=keras.optimizers.Adam(learning_rate=spec.model.learning_rate), loss="mse")
-reduce_lr = keras.callbacks.ReduceLROnPlateau(**arguments(spec.reduce_lr)) if spec.reduce_lr else None
-early_stopping = keras.callbacks.EarlyStopping(**arguments(spec.early_stopping)) if spec.early_stopping else None
-callbacks = keras.callbacks.CallbackList([cb for cb in (reduce_lr, early_stopping) if cb], model=model)
-model.stop_training = False
-callbacks.on_train_begin()
-rows = []
-for epoch, values in enumerate(sequence):
-    callbacks.on_epoch_end(epoch, dict(values))
-    rows.append({"epoch": epoch + 1, "lr": float(str(np.float32(np.asarray(model.optimizer.learning_rate)))),
-                 "stop": bool(model.stop_training)})
-    if model.stop_training:
-        break
-callbacks.on_train_end()
-print("@@" + json.dumps({"rows": rows, "best_epoch": early_stopping.best_epoch if early_stopping else None}))
-"""
-
-
 def stock_replay_on(engine: str, spec, sequence):
-    """`stock_replay` on the stock callbacks of `engine`'s Keras (tf_keras, or Keras 3 for keras_jax)."""
+    """`stock_replay` on the stock callbacks of `engine`'s Keras (tf_keras, or Keras 3 for keras_jax, in a
+    process of its own: tests/keras3_stack.py)."""
     if engine == "tf_keras":
         return stock_replay(spec, sequence)
-    done = subprocess.run([sys.executable, "-c", STOCK_KERAS3, spec.model_dump_json(), json.dumps(list(sequence))],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "tests" / "keras3_stack.py"), spec.model_dump_json(),
+                           json.dumps(list(sequence))], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
     assert "@@" in done.stdout, done.stderr[-3000:]
-    found = json.loads(done.stdout.rsplit("@@", 1)[1])
-    rows = found["rows"]
-    stop_epoch = rows[-1]["epoch"] if rows and rows[-1]["stop"] else None
-    best_epoch = found["best_epoch"] + 1 if found["best_epoch"] is not None else None
-    return [r["lr"] for r in rows], stop_epoch, best_epoch
+    lrs, stop_epoch, best_epoch = json.loads(done.stdout.rsplit("@@", 1)[1])
+    return lrs, stop_epoch, best_epoch
 
 
 # Loads a run's model.keras in a fresh process with the engine's Keras, and scores the test images.

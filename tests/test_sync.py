@@ -204,3 +204,59 @@ def test_parameter_sets_cover_every_callback_parameter():
     for name in ("monitor", "mode", "factor", "patience", "min_delta", "cooldown", "min_lr", "baseline",
                  "restore_best_weights", "start_from_epoch"):
         assert name in used, name
+
+
+# The same checks on Keras 3's classes (the keras_jax engine's stack), in a process of its own.
+KERAS3_STACK = r"""
+import json, os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+from tests.keras3_stack import run_stack, stock_replay, tiny_model
+from service.keras_jax.callbacks import get_lr
+from tests.test_sync import PARAMETER_SETS, metric_sequence, spec_with
+
+differ, checked = [], 0
+for overrides in PARAMETER_SETS:
+    for seed in (1, 2, 3):
+        spec, sequence = spec_with(*overrides), metric_sequence(seed)
+        trace, _, _ = run_stack(spec, sequence)
+        lrs, stop_epoch, _ = stock_replay(spec, sequence)
+        mine = ([d.lr_after for d in trace], trace[-1].epoch if trace[-1].stop else None)
+        checked += 1
+        if mine != (lrs, stop_epoch):
+            differ.append([list(overrides), seed, mine, [lrs, stop_epoch]])
+
+spec = spec_with("reduce_lr={monitor: val_accuracy, factor: 0.5, patience: 2, cooldown: 2}",
+                 "early_stopping={monitor: val_accuracy, patience: 5, restore_best_weights: true}")
+sequence = metric_sequence(5, epochs=20)
+full, _, _ = run_stack(spec, sequence)
+key = lambda trace: [(d.epoch, d.lr_after, d.stop, d.plateau_wait, d.stopping_wait) for d in trace]
+resumed_differ = []
+for k in range(1, len(full)):
+    first, deciders, model = run_stack(spec, sequence[:k])
+    rest, _, _ = run_stack(spec, sequence, model=tiny_model(get_lr(model)), state=deciders.state_dicts(), start=k)
+    if key(first + rest) != key(full):
+        resumed_differ.append(k)
+print("@@" + json.dumps({"checked": checked, "differ": differ, "resumed_differ": resumed_differ,
+                         "reductions": sum(d.reduced for d in full)}))
+"""
+
+
+@pytest.mark.slow  # a Keras 3 process of its own: ~12 s
+def test_keras3_stack_decides_exactly_as_stock_keras3_and_resumes_alike():
+    """G3 on the keras_jax engine's classes: every parameter set and sequence above gives stock
+    Keras 3's LR schedule and stop epoch; state saved at any epoch and restored decides the rest alike."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", KERAS3_STACK], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "@@" in done.stdout, done.stderr[-3000:]
+    found = json.loads(done.stdout.rsplit("@@", 1)[1])
+    assert found["checked"] == 3 * len(PARAMETER_SETS)
+    assert found["differ"] == []
+    assert found["resumed_differ"] == [] and found["reductions"] > 0

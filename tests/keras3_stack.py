@@ -1,0 +1,87 @@
+"""Keras 3 (the keras_jax engine's Keras) in a process of its own: stock Keras 3 ReduceLROnPlateau and
+EarlyStopping fed a metric sequence, and plateau's stack on Keras 3's classes fed the same. Imported
+only by processes that set KERAS_BACKEND=jax first (the test process has tf_keras); run as a script
+it replays one sequence (argv: spec JSON, sequence JSON) and prints `@@{json}`.
+
+Example::
+
+    python tests/keras3_stack.py "$(spec json)" '[{"loss": 0.3, ...}, ...]'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402 - after the backend is chosen
+import numpy as np  # noqa: E402
+
+from service import deciding  # noqa: E402
+from service.keras_jax.callbacks import KERAS_JAX, get_lr  # noqa: E402
+from service.spec import TrainSpec  # noqa: E402
+
+
+def tiny_model(lr: float = 0.01) -> keras.Model:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="mse")
+    model.stop_training = False
+    return model
+
+
+def stock_replay(spec: TrainSpec, sequence: list[dict]) -> tuple[list[float], int | None, int | None]:
+    """Stock Keras 3 callbacks fed `sequence` in one uninterrupted run: (learning rate after each
+    epoch, stop epoch or None, EarlyStopping's best epoch or None), epochs from 1. `mode: auto`
+    resolved as the engine resolves it (KERAS_JAX.arguments)."""
+    model = tiny_model(spec.model.learning_rate)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(**KERAS_JAX.arguments(spec.reduce_lr)) if spec.reduce_lr else None
+    early_stopping = (keras.callbacks.EarlyStopping(**KERAS_JAX.arguments(spec.early_stopping))
+                      if spec.early_stopping else None)
+    callbacks = keras.callbacks.CallbackList([cb for cb in (reduce_lr, early_stopping) if cb], model=model)
+    callbacks.on_train_begin()
+    lrs, stop_epoch = [], None
+    for epoch, values in enumerate(sequence):
+        callbacks.on_epoch_end(epoch, dict(values))
+        lrs.append(get_lr(model))
+        if model.stop_training:
+            stop_epoch = epoch + 1
+            break
+    callbacks.on_train_end()
+    return lrs, stop_epoch, (early_stopping.best_epoch + 1 if early_stopping is not None else None)
+
+
+class ScriptedShard:
+    """Stands in for a shard evaluator: scripted (loss sum, correct, count) per epoch."""
+
+    def __init__(self, sums_per_epoch: list):
+        self.sums_per_epoch, self.epoch = list(sums_per_epoch), -1
+
+    def sums(self) -> np.ndarray:
+        self.epoch += 1
+        return np.asarray(self.sums_per_epoch[self.epoch], dtype=np.float64)
+
+
+def run_stack(spec: TrainSpec, sequence: list[dict], model: keras.Model | None = None, state: dict | None = None,
+              start: int = 0) -> tuple[list, deciding.DecisionCallbacks, keras.Model]:
+    """plateau's stack on Keras 3's classes (one rank) through scripted epochs, as the engine's loop."""
+    model = model or tiny_model(spec.model.learning_rate)
+    sums = [(v["val_loss"] * 1000, v["val_accuracy"] * 1000, 1000) for v in sequence]
+    deciders = deciding.build(spec, deciding.LocalCollective(), 0, ScriptedShard(sums[start:]), state, KERAS_JAX)
+    callbacks = keras.callbacks.CallbackList(deciders.as_list(), model=model)
+    callbacks.on_train_begin()
+    trace = []
+    for epoch in range(start, len(sequence)):
+        callbacks.on_epoch_begin(epoch)
+        callbacks.on_epoch_end(epoch, {"loss": sequence[epoch]["loss"], "accuracy": sequence[epoch]["accuracy"]})
+        trace.append(deciders.consensus.last)
+        if model.stop_training:
+            break
+    callbacks.on_train_end()
+    return trace, deciders, model
+
+
+if __name__ == "__main__":
+    found = stock_replay(TrainSpec.model_validate_json(sys.argv[1]), json.loads(sys.argv[2]))
+    print("@@" + json.dumps(found))
