@@ -4,7 +4,8 @@ engine-agnostic logic of `service/deciding.py` and `service/reporting.py` on tf_
 * `ResumableReduceLROnPlateau`, `ResumableEarlyStopping`: the stock tf_keras callbacks, unchanged
   in what they decide, that can hand over their state to a checkpoint and take it back;
 * `ReportEachEpoch`: every epoch's report to Ray Train (with the checkpoint) and to the driver;
-* `FailOnce`, `PauseAfterEpoch`: drills, added only when a spec asks for them.
+* `FailOnce`, `PauseAfterEpoch`: drills, added only when a spec asks for them;
+* `ReplicaCheck` and its drill `PerturbOnce` (`service/replicas.py`).
 
 Example::
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import tf_keras as keras
 
-from service import deciding, reporting
+from service import deciding, replicas, reporting
 from service.reporting import DriverQueue  # noqa: F401 - the worker loop's line to the driver
 
 
@@ -40,3 +41,11 @@ class PauseAfterEpoch(reporting.PauseAfterEpoch, keras.callbacks.Callback):
 
 class FailOnce(reporting.FailOnce, keras.callbacks.Callback):
     """`reporting.FailOnce` on a tf_keras callback."""
+
+
+class ReplicaCheck(replicas.ReplicaCheck, keras.callbacks.Callback):
+    """`replicas.ReplicaCheck` on a tf_keras callback."""
+
+
+class PerturbOnce(replicas.PerturbOnce, keras.callbacks.Callback):
+    """`replicas.PerturbOnce` on a tf_keras callback."""

@@ -12,23 +12,26 @@ record says `replicas_identical`; what the check cost goes with the epoch's repo
 (`replica_check_seconds`, in the checkpoint's traces), not into the decision record, which
 stays a deterministic function of the run.
 
+The logic is every engine's (numpy and zlib only); each engine declares `ReplicaCheck` and
+`PerturbOnce` on its Keras's `Callback` and hands over how it names its state (`state_arrays`:
+`checkpoint.state_arrays` for tf_keras).
+
 Example::
 
-    callbacks = [*deciders.as_list(), *replica_callbacks(spec, collective, rank, deciders.consensus), report]
+    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, checkpoint.state_arrays)
+    callbacks = [*deciders.as_list(), *checks, report]
 """
 
 from __future__ import annotations
 
 import time
 import zlib
+from typing import Any, Callable
 
 import numpy as np
-import tf_keras as keras
 
-from service import checkpoint
 from service.messages import CHECK_SECONDS  # the key in `logs` and in the epoch's metrics
 from service.spec import TrainSpec
-from service.sync import Collective, Consensus
 
 
 class ReplicaMismatch(RuntimeError):
@@ -50,17 +53,18 @@ def mismatch_line(epoch: int, names: list[str], rows: np.ndarray) -> str:
             f"({len(differs)} of {len(names)} variables differ)")
 
 
-class ReplicaCheck(keras.callbacks.Callback):
+class ReplicaCheck:
     """Fails the run as soon as the ranks' models differ. Place it after `Consensus` (the
-    learning rate is final for the epoch) and before the epoch's report and checkpoint."""
+    learning rate is final for the epoch) and before the epoch's report and checkpoint.
+    `state_arrays(model)`: the engine's named state (the checkpoint's names)."""
 
-    def __init__(self, collective: Collective, consensus: Consensus):
+    def __init__(self, collective: Any, consensus: Any, state_arrays: Callable[[Any], dict[str, np.ndarray]]):
         super().__init__()
-        self.collective, self.consensus = collective, consensus
+        self.collective, self.consensus, self.state_arrays = collective, consensus, state_arrays
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None):
         started = time.perf_counter()
-        arrays = checkpoint.state_arrays(self.model)
+        arrays = self.state_arrays(self.model)
         rows = self.collective.all_gather(checksums(arrays))
         identical = bool((rows == rows[0]).all())
         self.consensus.last.replicas_identical = identical
@@ -70,7 +74,7 @@ class ReplicaCheck(keras.callbacks.Callback):
             raise ReplicaMismatch(mismatch_line(epoch + 1, list(arrays), rows))
 
 
-class PerturbOnce(keras.callbacks.Callback):
+class PerturbOnce:
     """A drill: at the end of `epoch` (1-based), move the first element of this rank's last
     weight (the output layer's bias) to the next float32 up, the smallest change there is."""
 
@@ -82,14 +86,17 @@ class PerturbOnce(keras.callbacks.Callback):
         if epoch + 1 != self.epoch:
             return
         variable = self.model.weights[-1]
-        value = variable.numpy()
+        value = np.array(variable.numpy())  # a copy of its own (Keras 3 hands out read-only views)
         value.reshape(-1)[0] = np.nextafter(value.reshape(-1)[0], np.float32(np.inf))
         variable.assign(value)
 
 
-def replica_callbacks(spec: TrainSpec, collective: Collective, rank: int, consensus: Consensus) -> list:
-    """The check (and its drill, when the spec asks for one); none with a single replica."""
+def replica_callbacks(spec: TrainSpec, collective: Any, rank: int, consensus: Any, kinds: Any,
+                      state_arrays: Callable[[Any], dict[str, np.ndarray]]) -> list:
+    """The check (and its drill, when the spec asks for one), as `kinds`' classes (`.ReplicaCheck`,
+    `.PerturbOnce`); none with a single replica."""
     if collective.world_size <= 1 or not spec.debug.replica_check:
         return []
     drill = spec.debug.perturb_at_epoch is not None and rank == spec.debug.perturb_rank
-    return [*([PerturbOnce(spec.debug.perturb_at_epoch)] if drill else []), ReplicaCheck(collective, consensus)]
+    return [*([kinds.PerturbOnce(spec.debug.perturb_at_epoch)] if drill else []),
+            kinds.ReplicaCheck(collective, consensus, state_arrays)]

@@ -190,7 +190,7 @@ def train_loop_per_worker(config: dict) -> None:
     deciders = sync.decision_callbacks(spec, collective, rank, val, restored.callbacks)
     # Rank 0 carries the traces of ranks an earlier, larger worker group had.
     former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
-    checks = replica_callbacks(spec, collective, rank, deciders.consensus)
+    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, checkpoint.state_arrays)
     callbacks = [*deciders.as_list(), *checks,
                  ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former)]
     callbacks += reporting.drills(spec, rank, config.get("attempt", ""), tf_callbacks)

@@ -157,6 +157,7 @@ def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
     assert stops == [result.history[-1]["epoch"]] * 2
     assert [r["lr"] for r in result.history] == [r["lr_before"] for r in result.decisions if r["rank"] == 0]
     assert result.summary["ranks_agree"] is True
+    assert result.summary["replicas_identical"] is True  # G5's clean verdict, on every rank at every epoch
 
 
 def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_run):

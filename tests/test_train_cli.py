@@ -165,9 +165,11 @@ def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path):
     assert again.returncode == 1 and again.stderr.splitlines()[-1] == done.stderr.splitlines()[-1]
 
 
-def test_the_replica_check_fails_the_run_at_the_epoch_one_rank_drifted(tmp_path):
+@pytest.mark.parametrize("engine", ["tf_keras", "keras_jax"])
+def test_the_replica_check_fails_the_run_at_the_epoch_one_rank_drifted(tmp_path, engine):
     done = plateau("train", SPEC, "--data", "sample", "--epochs", "3", "--output", str(tmp_path), "--name", "drift",
-                   "--set", "debug.perturb_at_epoch=2", "--set", "debug.perturb_rank=1")
+                   "--set", "debug.perturb_at_epoch=2", "--set", "debug.perturb_rank=1",
+                   "--set", f"training.engine={engine}")
     assert done.returncode == 1, done.stdout + done.stderr
     folder = tmp_path / "drift"
     line = done.stderr.splitlines()[-1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from service import deciding, reporting
+from service import deciding, replicas, reporting
 
 
 def get_lr(model: keras.Model) -> float:
@@ -56,6 +56,14 @@ class PauseAfterEpoch(reporting.PauseAfterEpoch, keras.callbacks.Callback):
 
 class FailOnce(reporting.FailOnce, keras.callbacks.Callback):
     """`reporting.FailOnce` on a Keras 3 callback."""
+
+
+class ReplicaCheck(replicas.ReplicaCheck, keras.callbacks.Callback):
+    """`replicas.ReplicaCheck` on a Keras 3 callback."""
+
+
+class PerturbOnce(replicas.PerturbOnce, keras.callbacks.Callback):
+    """`replicas.PerturbOnce` on a Keras 3 callback."""
 
 
 KERAS_JAX = deciding.Kinds(GlobalMetrics, ResumableReduceLROnPlateau, ResumableEarlyStopping, Consensus,

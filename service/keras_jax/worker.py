@@ -5,8 +5,8 @@
 (`jax.distributed`, gloo collectives between CPUs; nothing with one worker), builds the seed's
 model in Keras 3, resumes from the latest checkpoint if Ray Train hands one over, trains epoch
 by epoch (`model.Epoch`) under the shared callbacks (`service/deciding.py`: global metrics,
-stock Keras 3 ReduceLROnPlateau and EarlyStopping, consensus; `service/reporting.py`: the
-report and checkpoint of every epoch), then evaluates the test set globally; rank 0 sends the
+stock Keras 3 ReduceLROnPlateau and EarlyStopping, consensus; `service/replicas.py`: the replica
+check; `service/reporting.py`: the report and checkpoint of every epoch), then evaluates the test set globally; rank 0 sends the
 final model as a Keras 3 `.keras` file.
 
 No `model.fit` and no `model.evaluate`: Keras's evaluate across processes hangs or gives each rank
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 
-from service import checkpoint, deciding, reporting
+from service import checkpoint, deciding, replicas, reporting
 from service import data as data_lib
 from service.keras_jax.backend import COORDINATOR, PROCESS_ID, PROCESSES
 from service.messages import FinalReport
@@ -104,7 +104,9 @@ def train_loop_per_worker(config: dict) -> None:
     val = jax_model.ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
     deciders = deciding.build(spec, collective, rank, val, restored.callbacks, jax_callbacks.KERAS_JAX)
     former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
-    callbacks = [*deciders.as_list(),
+    checks = replicas.replica_callbacks(spec, collective, rank, deciders.consensus, jax_callbacks,
+                                        jax_model.state_arrays)
+    callbacks = [*deciders.as_list(), *checks,
                  jax_callbacks.ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former,
                                                save=jax_model.save),
                  *reporting.drills(spec, rank, config.get("attempt", ""), jax_callbacks)]
