@@ -3,6 +3,7 @@ finished run (its checkpoints, its decisions, exact metrics of its weights)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,12 +11,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tf_keras as keras
 
 from service import checkpoint, sync
 from service.model import build_model
 from service.rundir import RunPaths
 from service.spec import apply_overrides, validate_train
+
+
+# Each engine, for tests that hold both to a guarantee; keras_jax's cases skip where its extra is not
+# installed (jax and keras 3.15 need Python 3.11+).
+NEEDS_JAX = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                               reason='the jax extra is not installed: pip install -e ".[jax]" (Python 3.11+)')
+ENGINES = ["tf_keras", pytest.param("keras_jax", marks=NEEDS_JAX)]
 
 
 # Both callbacks active with state worth losing: waits and a reduced learning rate.

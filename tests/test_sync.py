@@ -14,7 +14,7 @@ import tf_keras as keras
 
 from service import sync
 from service.spec import apply_overrides, validate_train
-from tests.helpers import stock_replay, tiny_model
+from tests.helpers import NEEDS_JAX, stock_replay, tiny_model
 
 
 class ScriptedShard:
@@ -241,6 +241,7 @@ print("@@" + json.dumps({"checked": checked, "differ": differ, "resumed_differ":
 """
 
 
+@NEEDS_JAX
 @pytest.mark.slow  # a Keras 3 process of its own: ~12 s
 def test_keras3_stack_decides_exactly_as_stock_keras3_and_resumes_alike():
     """G3 on the keras_jax engine's classes: every parameter set and sequence above gives stock

@@ -18,7 +18,7 @@ import pytest
 from service import data as data_lib
 from service import report, train
 from service.spec import load_spec
-from tests.helpers import (by_epoch, checkpoints, exact_metrics, make_spec, model_at, plateau, score_model_file,
+from tests.helpers import (ENGINES, by_epoch, checkpoints, exact_metrics, make_spec, model_at, plateau, score_model_file,
                            stock_replay_on)
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ DECIDING = (
 )
 
 
-@pytest.fixture(scope="module", params=["tf_keras", "keras_jax"])
+@pytest.fixture(scope="module", params=ENGINES)
 def uneven_run(request, tmp_path_factory, odd_mnist):
     tmp = tmp_path_factory.mktemp("uneven")
     spec = make_spec(tmp, f"data.source={odd_mnist}", "training.epochs=8", "checkpoint.keep=null",
@@ -120,7 +120,7 @@ def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
                 assert row["values"]["val_accuracy"] != np.mean(shard_means)
 
 
-@pytest.mark.parametrize("engine", ["tf_keras", "keras_jax"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_g1_three_workers_see_the_exact_metric_of_1999_validation_images(engine, tmp_path):
     """667 + 666 + 666 validation images, and the global batch of 200 as 67 + 67 + 66 rows."""
     sample = data_lib.load("sample", "test")

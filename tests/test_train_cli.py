@@ -22,6 +22,7 @@ import pytest
 
 from service import report
 from service.lint import SEED_ADVICE
+from tests.helpers import ENGINES
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +166,7 @@ def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path):
     assert again.returncode == 1 and again.stderr.splitlines()[-1] == done.stderr.splitlines()[-1]
 
 
-@pytest.mark.parametrize("engine", ["tf_keras", "keras_jax"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_the_replica_check_fails_the_run_at_the_epoch_one_rank_drifted(tmp_path, engine):
     done = plateau("train", SPEC, "--data", "sample", "--epochs", "3", "--output", str(tmp_path), "--name", "drift",
                    "--set", "debug.perturb_at_epoch=2", "--set", "debug.perturb_rank=1",
