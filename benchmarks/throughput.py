@@ -3,8 +3,9 @@
     python benchmarks/throughput.py --data mnist.npz [--epochs 5] [--repeats 1] [--json OUT.json]
                                     [--modes plain,workers_1,workers_2,local] [--set KEY=VALUE ...]
                                     [--beside]
+    python benchmarks/throughput.py --data mnist.npz --modes plain,plain_jax,workers_1,jax_1,workers_2,jax_2
 
-Four ways to train the seed's model (Dense 784 relu -> Dropout 0.5 -> Dense 10 softmax, Adam
+Ways to train the seed's model (Dense 784 relu -> Dropout 0.5 -> Dense 10 softmax, Adam
 0.01, global batch 200) for the same epochs on the same training images, validating on the
 same holdout after every epoch:
 
@@ -12,6 +13,12 @@ same holdout after every epoch:
   workers_1  `plateau train --workers 1`  (one Ray Train worker, no MultiWorkerMirroredStrategy)
   workers_2  `plateau train --workers 2`  (two Ray Train workers, MWMS all-reduce over gRPC)
   local      `plateau train --workers 0`  (Ray Train's in-process local mode)
+
+and the same on the keras_jax engine (`pip install -e ".[jax]"`; not in the default --modes):
+
+  plain_jax  one process, Keras 3 on JAX, `model.fit` (stock Dropout) -- the JAX yardstick
+  jax_1      `plateau train --workers 1 --set training.engine=keras_jax`
+  jax_2      `plateau train --workers 2 --set training.engine=keras_jax`  (gloo all-reduce)
 
 Each runs in its own subprocess (its own memory, its own TensorFlow), one after the other;
 with --repeats > 1 the order rotates so that a burst of load from elsewhere on the machine does
@@ -23,7 +30,7 @@ not always land on the same mode. Per mode the table shows:
   cycle s     median gap between consecutive epoch lines on stdout: everything an epoch costs,
               including what plateau does after the metrics (checkpoint, ray.train.report)
   img/s       training images per second at `s/epoch`
-  x plain     s/epoch divided by plain's
+  x plain     s/epoch divided by plain's (tf_keras's, for every mode: the engines side by side)
   start-up    subprocess start -> the first epoch line on its stdout
   finish s    plateau: the last epoch line -> the `done:` line (the test evaluation, the model's
               export, Ray Train ending the workers, the run's files)
@@ -62,8 +69,11 @@ except ImportError:
     import ray  # noqa: F401
     import psutil
 
-MODES = ("plain", "workers_1", "workers_2", "local")
-WORKERS = {"workers_1": 1, "workers_2": 2, "local": 0}
+MODES = ("plain", "workers_1", "workers_2", "local", "plain_jax", "jax_1", "jax_2")
+DEFAULT_MODES = ("plain", "workers_1", "workers_2", "local")
+WORKERS = {"workers_1": 1, "workers_2": 2, "local": 0, "jax_1": 1, "jax_2": 2}
+PLAIN = {"plain": "tf_keras", "plain_jax": "keras_jax"}  # the yardsticks, by the Keras they run
+ENGINE = {"jax_1": "keras_jax", "jax_2": "keras_jax"}  # plateau modes on another engine than the default
 GLOBAL_BATCH = 200
 SEED = 7
 # Both plateau's epoch line ("epoch 3/5 ...") and the plain child's start with this.
@@ -74,26 +84,34 @@ EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/")
 # (a) plain tf_keras, run as `throughput.py --plain-child ...` in its own process
 
 
-def plain_child(data: str, epochs: int) -> None:
+def plain_child(data: str, epochs: int, engine: str = "tf_keras") -> None:
     """The yardstick: stock `model.fit` on arrays, in one process, no Ray, no strategy.
 
     Same data split as plateau (service.data.load with the holdout), same compiled model
-    (service.model.build_model: same initialisers, same dropout, same optimizer), same global
-    batch, validation on the holdout after every epoch. TensorFlow keeps its default thread
-    pools (the whole machine), as a user's own script would.
+    (the engine's build_model: same initialisers, same optimizer; tf_keras's step-seeded dropout,
+    Keras 3's stock one), same global batch, validation on the holdout after every epoch. The
+    framework keeps its default thread pools (the whole machine), as a user's own script would.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tf_keras as keras
-
     from service import data as data_lib
-    from service.model import build_model, scale_pixels
     from service.spec import ModelSpec
+
+    if engine == "keras_jax":
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        import keras
+
+        from service.keras_jax.model import build_model
+    else:
+        import tf_keras as keras
+
+        from service.model import build_model
 
     splits = data_lib.load(data, "holdout", warn=lambda m: None)
     n = len(splits.x_train) // GLOBAL_BATCH * GLOBAL_BATCH  # whole batches, like plateau's steps
 
     def prepare(x: np.ndarray, y: np.ndarray):
-        return scale_pixels(x.reshape(len(x), -1)), keras.utils.to_categorical(y, 10)
+        return x.reshape(len(x), -1).astype("float32") / 255.0, keras.utils.to_categorical(y, 10)
 
     x, y = prepare(splits.x_train[:n], splits.y_train[:n])
     x_val, y_val = prepare(splits.x_val, splits.y_val)
@@ -156,13 +174,15 @@ class MemoryWatcher(threading.Thread):
 def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec_path: Path, run_index: int) -> dict:
     """One subprocess for `mode`; returns its epoch times, start-up and memory."""
     name = f"{mode}-{run_index}"
-    if mode == "plain":
-        cmd = [sys.executable, os.path.abspath(__file__), "--plain-child", "--data", args.data,
+    if mode in PLAIN:
+        cmd = [sys.executable, os.path.abspath(__file__), "--plain-child", PLAIN[mode], "--data", args.data,
                "--epochs", str(args.epochs)]
     else:
         cmd = [sys.executable, "-m", "service.cli", "train", str(spec_path), "--data", args.data,
                "--workers", str(WORKERS[mode]), "--epochs", str(args.epochs),
                "--output", str(workdir), "--name", name, "--fresh"]
+        if mode in ENGINE:
+            cmd += ["--set", f"training.engine={ENGINE[mode]}"]
         for override in args.set:
             cmd += ["--set", override]
     env = dict(os.environ)
@@ -170,7 +190,7 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec_path: Path
     env.pop("RAY_ADDRESS", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     beside = None
-    if args.beside and mode != "plain":  # the same run again, as load only
+    if args.beside and mode not in PLAIN:  # the same run again, as load only
         beside = subprocess.Popen([f"{name}-beside" if part == name else part for part in cmd], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, env=env, cwd=Path(__file__).resolve().parent.parent)
 
@@ -204,7 +224,7 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec_path: Path
     if code != 0 or not line_times:
         raise SystemExit(f"{mode} failed (exit {code}):\n" + "\n".join(tail))
 
-    if mode == "plain":
+    if mode in PLAIN:
         seconds = plain_seconds
         peak = watcher.root_peak
     else:
@@ -263,7 +283,7 @@ def summarise(runs: dict[str, list[dict]], n_images: int) -> dict:
             "cycle_seconds_per_epoch": round(statistics.median(cycles), 3) if cycles else None,
             "images_per_second": round(n_images / med("seconds_per_epoch")),
             "startup_seconds": round(med("startup_seconds"), 1),
-            "finish_seconds": round(med("finish_seconds"), 2) if mode != "plain" else None,
+            "finish_seconds": round(med("finish_seconds"), 2) if mode not in PLAIN else None,
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in results)),
             "runs": results,
             "beside": bool(results and results[0].get("beside")),
@@ -303,16 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="runs per mode, interleaved")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="spec override for the plateau modes, e.g. training.steps_per_execution=50")
     parser.add_argument("--verbose", action="store_true", help="echo every subprocess line")
     parser.add_argument("--beside", action="store_true", help="a second identical plateau run beside each measured one")
-    parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-child", choices=sorted(set(PLAIN.values())), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.plain_child:
-        plain_child(args.data, args.epochs)
+        plain_child(args.data, args.epochs, args.plain_child)
         return 0
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
