@@ -48,9 +48,10 @@ def build_model(spec: ModelSpec, seed: int = 7) -> keras.Model:
     """The seed's MLP from stock Keras 3 layers, compiled, with Adam's state built.
 
     Weights start from `seed` on every rank: the initialisers are seeded, so every process
-    builds the same values without any exchange.
+    builds the same values without any exchange. TensorFlow is never imported.
     """
-    keras.utils.set_random_seed(seed)
+    # No keras.utils.set_random_seed: the weights' initialisers are seeded here, the dropout masks
+    # come from the engine's own keys, and that helper would import TensorFlow (it seeds it too).
     # 'normal' in the seed = RandomNormal(stddev=0.05); pinned seeds, as the tf_keras engine's.
     init = lambda k: keras.initializers.RandomNormal(mean=0.0, stddev=0.05, seed=seed + k)  # noqa: E731
     model = keras.Sequential([
