@@ -43,6 +43,7 @@ class Engine:
     env: tuple[tuple[str, str], ...]   # set in every worker before anything is imported there
     packages: tuple[str, ...]          # modules the workers import; checked on the driver, never imported
     install: str        # how to get them, in words
+    versions: tuple[tuple[str, str], ...] = ()  # summary.json's `versions` beside the default ones: (key, dist)
 
     def loop(self, config: dict) -> Any:
         """The Ray Train entry point: imports the engine's worker module (and its framework) there."""
@@ -75,7 +76,8 @@ ENGINES = {
     # KERAS_BACKEND must be set before Keras is first imported in the worker: the runtime env does it.
     "keras_jax": Engine("keras_jax", "service.keras_jax.worker:train_loop_per_worker",
                         "service.keras_jax.backend:JaxWorkers", env=(("KERAS_BACKEND", "jax"),),
-                        packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"'),
+                        packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"',
+                        versions=(("keras", "keras"), ("jax", "jax"))),
 }
 
 

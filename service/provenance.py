@@ -32,10 +32,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def versions() -> dict[str, Optional[str]]:
-    """{plateau, ray, tensorflow, tf_keras, python}: installed versions (null if not installed)."""
+def versions(more: Optional[dict[str, str]] = None) -> dict[str, Optional[str]]:
+    """{plateau, ray, tensorflow, tf_keras, python}: installed versions (null if not installed);
+    `more` adds distributions by key (an engine's: keras, jax)."""
     found: dict[str, Optional[str]] = {}
-    for key, dist in PACKAGES.items():
+    for key, dist in {**PACKAGES, **(more or {})}.items():
         try:
             found[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -63,7 +64,7 @@ def git_commit(tree: Path = SOURCE_TREE) -> Optional[str]:
     return f"{commit}-dirty" if status else commit
 
 
-def provenance(started_at: str, command: Optional[str]) -> dict:
-    """The summary.json fields that say where the result came from."""
-    return {"started_at": started_at, "finished_at": utc_now(), "versions": versions(),
+def provenance(started_at: str, command: Optional[str], packages: Optional[dict[str, str]] = None) -> dict:
+    """The summary.json fields that say where the result came from (`packages`: `versions`' `more`)."""
+    return {"started_at": started_at, "finished_at": utc_now(), "versions": versions(packages),
             "git_commit": git_commit(), "command": command}

@@ -105,7 +105,7 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
             outcome = fit_and_collect(plan, collector, started_here, verbose, callbacks, starting)
             # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
             return finish(plan, collector, outcome, time.perf_counter() - started, echo,
-                          provenance(started_at, command))
+                          provenance(started_at, command, dict(engines.ENGINES[spec.training.engine].versions)))
     except signals.Interrupted as exc:
         exc.message = _interrupted_line(exc, collector, plan.paths.checkpoints_dir)
         if collector.tracker is not None:

@@ -55,6 +55,11 @@ def test_files_follow_the_contract(uneven_run):
     assert summary["data"] == {"source": spec.data.source, "validation": "holdout",
                                "n_train": 5006, "n_val": 1001, "n_test": 999}
     assert summary["workers"] == 2 and summary["epochs_run"] == len(history)
+    if spec.training.engine == "keras_jax":  # what the engine ran on, beside the default stack
+        from importlib import metadata
+
+        assert (summary["versions"]["keras"], summary["versions"]["jax"]) == (metadata.version("keras"),
+                                                                             metadata.version("jax"))
     for row in report.read_decisions(out / "decisions.jsonl"):
         assert {"epoch", "rank", "values", "lr_before", "lr_after", "reduced", "stop",
                 "plateau_wait", "stopping_wait"} <= set(row)
