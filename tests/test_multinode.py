@@ -23,7 +23,7 @@ import pytest
 from service import report, train
 from service.rundir import RunPaths
 from service.spec import load_spec
-from tests.helpers import by_epoch, make_spec, stock_replay, stock_trace, without_seconds
+from tests.helpers import ENGINES, by_epoch, make_spec, stock_replay_on, stock_trace, without_seconds
 from tests.test_jobs import assert_job_views
 
 from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline
@@ -184,13 +184,15 @@ def test_remove_node_kills_that_node_only(multinode_cluster):
     assert removal_s < 30, f"the GCS took {removal_s:.1f}s to declare the node dead"
 
 
-def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster, tmp_path, engine):
     """`plateau submit` of a 2-worker train spec with STRICT_SPREAD: each rank on its own node,
-    as the workers themselves report it, and the decisions are stock Keras's."""
+    as the workers themselves report it, and the decisions are stock Keras's (the engine's Keras:
+    keras_jax's two processes join over the network, each on its node)."""
     cluster = multinode_cluster
     proc = cluster.plateau("submit", SPEC, "--data", "sample", "--epochs", "3", "--wait",
                            "--set", "scaling.placement_strategy=STRICT_SPREAD", "--set", f"output={tmp_path}",
-                           timeout=600)
+                           "--set", f"training.engine={engine}", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     submission_id = _submission_id(proc)
     assert f"{submission_id}: SUCCEEDED" in proc.stdout
@@ -211,9 +213,10 @@ def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster,
 
     decisions = report.read_decisions(tmp_path / "seed-reduce-lr" / "decisions.jsonl")
     spec = load_spec(tmp_path / "seed-reduce-lr" / "spec.yaml")
-    lrs, stop_epoch, _ = stock_replay(spec, [d["values"] for d in decisions if d["rank"] == 0])
+    lrs, stop_epoch, _ = stock_replay_on(engine, spec, [d["values"] for d in decisions if d["rank"] == 0])
     assert [d["lr_after"] for d in decisions if d["rank"] == 0] == lrs
     assert summary["stop_epoch"] == stop_epoch
+    assert summary["replicas_identical"] is True
     assert_job_views(cluster, submission_id, epochs=3)
 
 
