@@ -240,14 +240,17 @@ def _rank_nodes(line: str, cluster: LocalCluster) -> dict[int, str]:
 
 
 @pytest.mark.heavy
-def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path, engine):
     """Three worker nodes, max_failures 1: the node of rank 1 (its raylet and everything on it)
     is lost after epoch 2; the run finishes on the other nodes with the history, decisions and
-    LR schedule of a run that lost nothing (bit-identical on CPU)."""
+    LR schedule of a run that lost nothing (bit-identical on CPU). keras_jax: the survivor's JAX
+    runtime is not reused, the new group joins anew in fresh processes."""
     cluster = multinode_cluster
     with _nodes_restored(cluster):
         cluster.add_node("n3")
         overrides = ("--set", "scaling.max_failures=1", "--set", "checkpoint.keep=null",
+                     "--set", f"training.engine={engine}",
                      "--set", "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.01}",
                      "--set", "early_stopping={monitor: val_accuracy, patience: 3, min_delta: 0.001}")
         undisturbed = train.run(make_spec(tmp_path / "alone", "training.epochs=5", *overrides[1::2], name="loss"),
