@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -101,18 +102,26 @@ def stock_replay(spec, sequence):
     return [r["lr"] for r in rows], stop_epoch, best_epoch
 
 
-def stock_replay_on(engine: str, spec, sequence):
-    """`stock_replay` on the stock callbacks of `engine`'s Keras (tf_keras, or Keras 3 for keras_jax, in a
-    process of its own: tests/keras3_stack.py)."""
+def stock_trace_on(engine: str, spec, sequence) -> tuple[list[dict], Optional[int]]:
+    """`stock_trace`'s rows on the stock callbacks of `engine`'s Keras (tf_keras, or Keras 3 for
+    keras_jax, in a process of its own: tests/keras3_stack.py), and EarlyStopping's best epoch."""
     if engine == "tf_keras":
-        return stock_replay(spec, sequence)
+        rows, _, early_stopping = stock_trace(spec, sequence)
+        return rows, early_stopping.best_epoch + 1 if early_stopping is not None else None
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "tests" / "keras3_stack.py"), spec.model_dump_json(),
                            json.dumps(list(sequence))], capture_output=True, text=True, timeout=300, cwd=root,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
     assert "@@" in done.stdout, done.stderr[-3000:]
-    lrs, stop_epoch, best_epoch = json.loads(done.stdout.rsplit("@@", 1)[1])
-    return lrs, stop_epoch, best_epoch
+    found = json.loads(done.stdout.rsplit("@@", 1)[1])
+    return found["rows"], found["best_epoch"]
+
+
+def stock_replay_on(engine: str, spec, sequence):
+    """`stock_replay` on the stock callbacks of `engine`'s Keras (`stock_trace_on`)."""
+    rows, best_epoch = stock_trace_on(engine, spec, sequence)
+    stop_epoch = rows[-1]["epoch"] if rows and rows[-1]["stop"] else None
+    return [r["lr"] for r in rows], stop_epoch, best_epoch
 
 
 # Loads a run's model.keras in a fresh process with the engine's Keras, and scores the test images.

@@ -1,7 +1,7 @@
 """Keras 3 (the keras_jax engine's Keras) in a process of its own: stock Keras 3 ReduceLROnPlateau and
 EarlyStopping fed a metric sequence, and plateau's stack on Keras 3's classes fed the same. Imported
 only by processes that set KERAS_BACKEND=jax first (the test process has tf_keras); run as a script
-it replays one sequence (argv: spec JSON, sequence JSON) and prints `@@{json}`.
+it replays one sequence (argv: spec JSON, sequence JSON) and prints `@@{"rows": ..., "best_epoch": ...}`.
 
 Example::
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Optional
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -31,25 +32,34 @@ def tiny_model(lr: float = 0.01) -> keras.Model:
     return model
 
 
-def stock_replay(spec: TrainSpec, sequence: list[dict]) -> tuple[list[float], int | None, int | None]:
-    """Stock Keras 3 callbacks fed `sequence` in one uninterrupted run: (learning rate after each
-    epoch, stop epoch or None, EarlyStopping's best epoch or None), epochs from 1. `mode: auto`
-    resolved as the engine resolves it (KERAS_JAX.arguments)."""
+def stock_trace(spec: TrainSpec, sequence: list[dict]) -> tuple[list[dict], Optional[int]]:
+    """Stock Keras 3 callbacks fed `sequence` in one uninterrupted run, as tests/helpers.py's
+    `stock_trace` on tf_keras: a row per epoch (lr after it, plateau_wait, stopping_wait, stop), and
+    EarlyStopping's best epoch (1-based; None without it). `mode: auto` resolved as the engine does
+    (KERAS_JAX.arguments)."""
     model = tiny_model(spec.model.learning_rate)
     reduce_lr = keras.callbacks.ReduceLROnPlateau(**KERAS_JAX.arguments(spec.reduce_lr)) if spec.reduce_lr else None
     early_stopping = (keras.callbacks.EarlyStopping(**KERAS_JAX.arguments(spec.early_stopping))
                       if spec.early_stopping else None)
     callbacks = keras.callbacks.CallbackList([cb for cb in (reduce_lr, early_stopping) if cb], model=model)
     callbacks.on_train_begin()
-    lrs, stop_epoch = [], None
+    rows = []
     for epoch, values in enumerate(sequence):
         callbacks.on_epoch_end(epoch, dict(values))
-        lrs.append(get_lr(model))
+        rows.append({"epoch": epoch + 1, "lr": get_lr(model), "stop": bool(model.stop_training),
+                     "plateau_wait": reduce_lr.wait if reduce_lr else None,
+                     "stopping_wait": early_stopping.wait if early_stopping else None})
         if model.stop_training:
-            stop_epoch = epoch + 1
             break
     callbacks.on_train_end()
-    return lrs, stop_epoch, (early_stopping.best_epoch + 1 if early_stopping is not None else None)
+    return rows, (early_stopping.best_epoch + 1 if early_stopping is not None else None)
+
+
+def stock_replay(spec: TrainSpec, sequence: list[dict]) -> tuple[list[float], Optional[int], Optional[int]]:
+    """(learning rate after each epoch, stop epoch or None, EarlyStopping's best epoch or None) of
+    `stock_trace`, epochs from 1."""
+    rows, best_epoch = stock_trace(spec, sequence)
+    return [r["lr"] for r in rows], (rows[-1]["epoch"] if rows and rows[-1]["stop"] else None), best_epoch
 
 
 class ScriptedShard:
@@ -83,5 +93,5 @@ def run_stack(spec: TrainSpec, sequence: list[dict], model: keras.Model | None =
 
 
 if __name__ == "__main__":
-    found = stock_replay(TrainSpec.model_validate_json(sys.argv[1]), json.loads(sys.argv[2]))
-    print("@@" + json.dumps(found))
+    rows, best_epoch = stock_trace(TrainSpec.model_validate_json(sys.argv[1]), json.loads(sys.argv[2]))
+    print("@@" + json.dumps({"rows": rows, "best_epoch": best_epoch}))

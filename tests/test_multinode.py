@@ -23,7 +23,7 @@ import pytest
 from service import report, train
 from service.rundir import RunPaths
 from service.spec import load_spec
-from tests.helpers import ENGINES, by_epoch, make_spec, stock_replay_on, stock_trace, without_seconds
+from tests.helpers import ENGINES, by_epoch, make_spec, stock_replay_on, stock_trace_on, without_seconds
 from tests.test_jobs import assert_job_views
 
 from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline
@@ -402,7 +402,9 @@ def _wait_for_checkpoint(checkpoints_dir: Path, epoch: int, timeout: float = 60)
 
 
 @pytest.mark.heavy
-def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_happened(multinode_cluster, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_happened(multinode_cluster, tmp_path,
+                                                                                       engine):
     """num_workers [1, 2] on two 1-CPU nodes: the node of rank 1 is lost after epoch 2 and back
     after epoch 4. The run goes on at 1 worker, grows back to 2, and its learning rates, waits and
     stop are what stock Keras decides on the run's own global metrics in one uninterrupted fit.
@@ -412,7 +414,8 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
     first epoch at 2 workers again must end within a minute of the node's return."""
     cluster = multinode_cluster
     argv = [sys.executable, "-m", "service.cli", "train", SPEC, "--data", "sample", "--epochs", "16", "--name", "elastic",
-            "--address", cluster.gcs_address, "--output", str(tmp_path), *ELASTIC]
+            "--address", cluster.gcs_address, "--output", str(tmp_path), *ELASTIC,
+            "--set", f"training.engine={engine}"]
     driver = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     lines, lost, lost_id = [], None, ""
@@ -463,7 +466,7 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
         assert all({**r, "rank": 0} == {**rows[0], "rank": 0} for r in rows)
     rank0 = [d for d in decisions if d["rank"] == 0]
     spec = load_spec(run / "spec.yaml")
-    stock, _, _ = stock_trace(spec, [d["values"] for d in rank0])
+    stock, _ = stock_trace_on(engine, spec, [d["values"] for d in rank0])
     # The decisions of one uninterrupted stock fit, epoch by epoch: no counter was ever reset,
     # no reduction forgotten, and the stop (if any) at the same epoch.
     ours = [{"epoch": d["epoch"], "lr": d["lr_after"], "stop": d["stop"], "plateau_wait": d["plateau_wait"],
