@@ -26,6 +26,7 @@ from service import cli, compare, report
 from service.compare import aggregate, stats, tables
 from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
+from tests.helpers import ENGINES
 
 # The seed specs use the legacy `epsilon` on purpose; its warning is not what these tests check.
 pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")
@@ -296,8 +297,9 @@ def _pm(values: list[float], fmt: str, scale: float = 1.0, unit: str = "") -> st
 
 
 @pytest.mark.slow
-def test_a_2x2_study_on_the_sample(tmp_path):
-    """Ray Tune over 4 trials (1 worker, 2 epochs each), through the CLI as a user runs it."""
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_2x2_study_on_the_sample(tmp_path, engine):
+    """Ray Tune over 4 trials (1 worker, 2 epochs each), through the CLI as a user runs it, on each engine."""
     spec = tmp_path / "study.yaml"
     spec.write_text(
         "kind: compare\nname: itest\n"
@@ -313,7 +315,7 @@ def test_a_2x2_study_on_the_sample(tmp_path):
     env.update(HOME=str(home), PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "service.cli", "compare", str(spec), "--data", "sample", "--workers", "1",
-            "--epochs", "2", "--output", str(out)]
+            "--epochs", "2", "--output", str(out), "--set", f"training.engine={engine}"]
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     took = time.monotonic() - started
