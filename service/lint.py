@@ -62,9 +62,6 @@ def lint_train(spec: TrainSpec) -> list[str]:
     for name, section in (("reduce_lr", reduce), ("early_stopping", stop)):
         if section is not None:
             found += _mode_findings(name, section)
-    if spec.tracking is not None and spec.training.engine == "keras_jax":
-        found.append("tracking with training.engine keras_jax: the MLflow model loads model.keras with tf_keras, "
-                     "which cannot read this engine's Keras 3 file (the run's metrics and files are logged as usual)")
     return found
 
 

@@ -62,6 +62,16 @@ HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TI
 BATCH = 100  # MLflow's most params per log_batch call
 
 
+def keras_major(model_file: Path) -> int:
+    """The major version of the Keras that saved `model_file` (its metadata.json): 2 for the tf_keras
+    engine's, 3 for the keras_jax engine's. mlflow_model.py reads it the same way where the model is
+    loaded: it runs without plateau, so it cannot import this."""
+    import zipfile
+
+    with zipfile.ZipFile(model_file) as archive:
+        return int(json.loads(archive.read("metadata.json"))["keras_version"].split(".")[0])
+
+
 class TrackingError(BadInput):
     """Tracking asked for but impossible before anything starts (exit 2)."""
 
@@ -280,7 +290,11 @@ class RunTracker(_Tracker):
 
         from service import provenance
 
-        versions = provenance.versions()
+        versions = provenance.versions({"keras": "keras", "jax": "jax"})
+        if keras_major(model_file) >= 3:  # the keras_jax engine's file: Keras 3 loads it, on JAX
+            requirements = [f"keras=={versions['keras']}", f"jax[cpu]=={versions['jax']}"]
+        else:
+            requirements = [f"tensorflow=={versions['tensorflow']}", f"tf-keras=={versions['tf_keras']}"]
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 784))]),
                                    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 10))]))
         # The fluent API's store is this run's. set_tracking_uri also exports MLFLOW_TRACKING_URI
@@ -293,7 +307,7 @@ class RunTracker(_Tracker):
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_NAME, python_model=str(MODEL_CODE), signature=signature,
                     artifacts={KERAS_ARTIFACT: str(model_file)},
-                    pip_requirements=[f"tensorflow=={versions['tensorflow']}", f"tf-keras=={versions['tf_keras']}"])
+                    pip_requirements=requirements)
         finally:
             mlflow.set_tracking_uri(before)
         self.client.set_tag(self.run_id, "model_uri", info.model_uri)

@@ -46,15 +46,6 @@ def test_an_unknown_engine_and_keras_jax_on_gpus_are_spec_errors():
         spec_with("training.engine=keras_jax", "scaling.use_gpu=true")
 
 
-def test_tracking_a_keras_jax_run_warns_that_its_mlflow_model_loads_with_tf_keras():
-    from service.lint import lint
-
-    assert lint(spec_with("training.engine=keras_jax", "tracking={mlflow: ./mlruns}")) == [
-        "tracking with training.engine keras_jax: the MLflow model loads model.keras with tf_keras, which cannot "
-        "read this engine's Keras 3 file (the run's metrics and files are logged as usual)"]
-    assert lint(spec_with("tracking={mlflow: ./mlruns}")) == []
-
-
 # Runs the CLI as installed, except that JAX cannot be found: what a machine without the extra sees.
 WITHOUT_JAX = """
 import sys

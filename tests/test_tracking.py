@@ -22,7 +22,7 @@ from service import report, train
 from service.cli import load_with_tracking
 from service.compare.grid import expand_settings
 from service.spec import SpecError, dump_spec
-from tests.helpers import make_spec, plateau
+from tests.helpers import NEEDS_JAX, make_spec, plateau
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
@@ -112,13 +112,15 @@ def test_a_base_specs_tracking_moves_to_the_study_and_not_into_its_trials():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["folder", "sqlite"])
-def test_a_train_run_lands_in_mlflow(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("store, engine", [("folder", "tf_keras"), ("sqlite", "tf_keras"),
+                                           pytest.param("sqlite", "keras_jax", marks=NEEDS_JAX)])
+def test_a_train_run_lands_in_mlflow(tmp_path: Path, store: str, engine: str, monkeypatch: pytest.MonkeyPatch):
+    """Also a keras_jax run: its Keras 3 model.keras is logged with Keras 3's requirements and loads back."""
     monkeypatch.chdir(tmp_path)  # a database store keeps its artifacts in ./mlruns, MLflow's default
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = str(tmp_path / "mlruns") if store == "folder" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = make_spec(tmp_path, *ACTING, f"tracking={{mlflow: '{uri}', experiment: tests}}",
-                     "scaling.num_workers=1", name="tracked")
+                     "scaling.num_workers=1", f"training.engine={engine}", name="tracked")
     lines: list[str] = []
     result = train.run(spec, echo=lines.append)
     assert result.ok, result.error
