@@ -9,7 +9,6 @@ evaluates the test set globally.
 
 from __future__ import annotations
 
-
 import numpy as np
 import ray
 import ray.train
