@@ -124,6 +124,8 @@ class Epoch:
         optimizer = model.optimizer
         global_batch, rows, hidden = split.global_batch, self.rows, int(model.layers[0].units)
         dropout_key = jax.random.fold_in(jax.random.key(seed), DROPOUT)
+        # Where Adam's step counter is among its variables (the state `stateless_apply` takes).
+        counter = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
 
         def one_rank(weights: list, state: list, x: jax.Array, y: jax.Array, w: jax.Array, first: jax.Array):
             def step(carry: tuple, batch: tuple):
@@ -131,7 +133,7 @@ class Epoch:
                 xb, yb, wb = batch
                 # The whole global batch's mask from (seed, step); this rank's rows of it. The zero
                 # rows below it keep the slice in bounds for a padded rank (its padding has weight 0).
-                uniform = jax.random.uniform(jax.random.fold_in(dropout_key, state[0]), (global_batch, hidden))
+                uniform = jax.random.uniform(jax.random.fold_in(dropout_key, state[counter]), (global_batch, hidden))
                 uniform = jnp.concatenate([uniform, jnp.zeros((rows, hidden), uniform.dtype)])
                 keep = jax.lax.dynamic_slice(uniform, (first[0], 0), (rows, hidden)) >= dropout
 
