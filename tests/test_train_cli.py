@@ -22,7 +22,7 @@ import pytest
 
 from service import report
 from service.lint import SEED_ADVICE
-from tests.helpers import ENGINES
+from tests.helpers import ENGINES, NEEDS_JAX
 
 pytestmark = pytest.mark.slow
 
@@ -139,22 +139,27 @@ def test_a_name_is_the_same_run_only_with_the_same_spec(early):
         f"# {folder}: finished; train says so and hands back its result (--fresh trains it again)")
 
 
-def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path):
+@pytest.mark.parametrize("engine, rate, words, non_finite", [
+    ("tf_keras", DIVERGING_LR, "inf", ["loss"]),
+    # Keras 3 on JAX stays finite at 1e16 (a clipped cross-entropy of about 14 for 4 epochs); at
+    # 1e30 the weights overflow in epoch 1 and the model's outputs are NaN, on validation too.
+    pytest.param("keras_jax", "1e30", "nan", ["loss", "val_loss"], marks=NEEDS_JAX)])
+def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path, engine, rate, words, non_finite):
     args = ("train", SPEC, "--data", "sample", "--epochs", "4", "--output", str(tmp_path), "--name", "boom",
-            "--set", f"model.learning_rate={DIVERGING_LR}",
+            "--set", f"model.learning_rate={rate}", "--set", f"training.engine={engine}",
             "--set", "early_stopping={monitor: val_accuracy, patience: 3, restore_best_weights: true}")
     done = plateau(*args)
     assert done.returncode == 1, done.stdout + done.stderr
     folder = tmp_path / "boom"
     history = report.read_history(folder / "history.csv")
-    assert [r["epoch"] for r in history] == [1] and report.non_finite_metrics(history[0]) == ["loss"]
+    assert [r["epoch"] for r in history] == [1] and report.non_finite_metrics(history[0]) == non_finite
     epoch, value = 1, history[0]["loss"]
-    assert value == float("inf")  # the training loss overflowed float32 in the first epoch
+    assert str(value) == words  # the training loss overflowed float32 in the first epoch
     assert done.stderr.splitlines()[-1] == (
-        f"plateau: training diverged at epoch 1 (stopped: loss is inf): every rank stopped there; "
+        f"plateau: training diverged at epoch 1 (stopped: loss is {words}): every rank stopped there; "
         f"lower model.learning_rate and train again with --fresh (the run is in {folder})")
-    assert done.stdout.splitlines()[-1].startswith("epoch 1/4  loss inf  ")
-    assert done.stdout.splitlines()[-1].endswith("  stopped: loss is inf")
+    assert done.stdout.splitlines()[-1].startswith(f"epoch 1/4  loss {words}  ")
+    assert done.stdout.splitlines()[-1].endswith(f"  stopped: loss is {words}")
     summary = json.loads((folder / "summary.json").read_text(), **STRICT)
     assert (summary["stop_reason"], summary["stop_epoch"], summary["epochs_run"]) == ("non_finite", epoch, epoch)
     decisions = report.read_decisions(folder / "decisions.jsonl")
