@@ -199,9 +199,10 @@ def test_the_model_file_loads_in_a_fresh_process_and_scores_the_summarys_test_ac
 
 
 @pytest.mark.heavy  # a run of its own; consensus itself is unit-tested in test_sync.py by default
-def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path, engine):
     """Rank-local metrics (the naive setup): views differ, yet LR and stop stay common."""
-    spec = make_spec(tmp_path, "debug.rank_local_metrics=true", "training.epochs=6",
+    spec = make_spec(tmp_path, "debug.rank_local_metrics=true", "training.epochs=6", f"training.engine={engine}",
                      "reduce_lr={monitor: val_accuracy, factor: 0.5, patience: 0, min_delta: 0.004}",
                      "early_stopping={monitor: val_accuracy, patience: 1, min_delta: 0.004}", name="local")
     result = train.run(spec, echo=lambda line: None)
