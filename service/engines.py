@@ -87,8 +87,9 @@ def engine_for(spec: TrainSpec) -> Engine:
     missing = engine.missing()
     if missing:
         needs = " (on Python 3.11 or newer)" if engine.name == "keras_jax" and sys.version_info < (3, 11) else ""
+        other = next(name for name in ENGINES if name != engine.name)
         raise EngineMissing(f"training.engine {engine.name}: {', '.join(missing)} not installed; {engine.install}"
-                            f"{needs}, or train with training.engine: tf_keras")
+                            f"{needs}, or train with training.engine: {other}")
     return engine
 
 
