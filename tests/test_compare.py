@@ -26,7 +26,7 @@ from service import cli, compare, report
 from service.compare import aggregate, stats, tables
 from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
-from tests.helpers import ENGINES
+from tests.helpers import NEEDS_JAX
 
 # The seed specs use the legacy `epsilon` on purpose; its warning is not what these tests check.
 pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")
@@ -297,7 +297,8 @@ def _pm(values: list[float], fmt: str, scale: float = 1.0, unit: str = "") -> st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ENGINES)
+# keras_jax's study is heavy (70 s on 2 cores): its trials are train runs, which the default suite covers
+@pytest.mark.parametrize("engine", ["tf_keras", pytest.param("keras_jax", marks=[NEEDS_JAX, pytest.mark.heavy])])
 def test_a_2x2_study_on_the_sample(tmp_path, engine):
     """Ray Tune over 4 trials (1 worker, 2 epochs each), through the CLI as a user runs it, on each engine."""
     spec = tmp_path / "study.yaml"
