@@ -303,9 +303,6 @@ class TrainSpec(_Section):
                 f"training.batch_size {self.training.batch_size} is smaller than the {workers} workers it is "
                 f"split across; use a batch size of at least {workers}"
             )
-        if self.training.engine == "keras_jax" and self.scaling.use_gpu:
-            raise ValueError("training.engine keras_jax trains on CPUs in this version; drop use_gpu (--gpu), or use "
-                             "training.engine: tf_keras on GPUs")
         least = self.scaling.min_workers  # the ranks every size of the run has
         if self.debug.fail_at_epoch is not None and self.debug.fail_rank >= least:
             raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {least} workers")

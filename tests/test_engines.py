@@ -39,11 +39,11 @@ def test_tf_keras_is_the_default_and_each_engine_names_its_loop_backend_and_envi
     assert type(jax.backend_config()).__name__ == "JaxWorkers"
 
 
-def test_an_unknown_engine_and_keras_jax_on_gpus_are_spec_errors():
+def test_an_unknown_engine_is_a_spec_error_and_keras_jax_takes_gpus():
     with pytest.raises(SpecError, match=r"training.engine: use 'tf_keras' or 'keras_jax' \(got 'torch'\)"):
         spec_with("training.engine=torch")
-    with pytest.raises(SpecError, match="training.engine keras_jax trains on CPUs in this version"):
-        spec_with("training.engine=keras_jax", "scaling.use_gpu=true")
+    assert spec_with("training.engine=keras_jax", "scaling.use_gpu=true").scaling.resources_per_worker == {
+        "CPU": 1.0, "GPU": 1.0}
 
 
 # Runs the CLI as installed, except that JAX cannot be found: what a machine without the extra sees.

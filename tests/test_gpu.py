@@ -3,6 +3,7 @@ never by waiting forever (real Ray, real TensorFlow; this machine has no GPU).""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -61,3 +62,17 @@ def test_workers_whose_tensorflow_sees_no_gpu_fail_the_run_before_epoch_1(tmp_pa
         r"with pip install -e '\.\[gpu\]', or train on CPUs without --gpu", line), line
     assert not re.search(r"^epoch \d", proc.stdout, re.M), "trained although no GPU was usable"
     print(f"failed in {took:.0f}s")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="the jax extra is not installed")
+def test_keras_jax_workers_whose_jax_sees_no_gpu_fail_the_run_before_epoch_1(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", WITH_LOGICAL_GPUS, "train", SPEC, "--data", "sample", "--gpu",
+                           "--set", "training.engine=keras_jax", "--epochs", "2", "--output", str(tmp_path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if ln.startswith("plateau: "))
+    assert re.fullmatch(
+        r"plateau: rank [01] on \d+\.\d+\.\d+\.\d+: use_gpu is set but JAX sees no GPU \(this JAX is a CPU-only "
+        r"build\); install JAX's CUDA build on the GPU nodes with pip install -e '\.\[jax-gpu\]', or train on CPUs "
+        r"without --gpu", line), line
+    assert not re.search(r"^epoch \d", proc.stdout, re.M), "trained although no GPU was usable"

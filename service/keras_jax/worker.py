@@ -33,11 +33,19 @@ class DeviceError(RuntimeError):
     """A worker cannot use the device the spec asks for: one line naming the rank and the node."""
 
 
-def use_jax() -> None:
-    """Keras 3 on JAX's CPUs in this process: before Keras is first imported (the runtime env sets
-    the variable for Ray's workers; Ray Train's local mode runs the loop in the driver's process)."""
+def use_jax(use_gpu: bool) -> None:
+    """Keras 3 on JAX in this process: before Keras is first imported (the runtime env sets the
+    variable for Ray's workers; Ray Train's local mode runs the loop in the driver's process).
+    On CPUs JAX is kept to them; with use_gpu it picks its GPU platform when it has one
+    (`prepare_devices` then checks that it did)."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if not use_gpu:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
+        # JAX takes 75% of a GPU's memory up front by default: workers sharing a GPU
+        # (gpus_per_worker: 0.5) would not fit. Allocating as needed is what the tf_keras engine's
+        # memory growth does.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import keras
 
     if keras.backend.backend() != "jax":
@@ -45,18 +53,44 @@ def use_jax() -> None:
                            "engine's loop: set KERAS_BACKEND=jax in this process")
 
 
-def join_processes(world: int, rank: int) -> None:
+def join_processes(world: int, rank: int, use_gpu: bool) -> None:
     """One JAX runtime over the worker group: rank 0 coordinates (`backend.JaxWorkers` chose the
-    address). Gloo carries the collectives between CPU processes."""
+    address). Gloo carries the collectives between CPU processes; between GPUs JAX uses NCCL."""
     import jax
 
     if world <= 1:
         return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not use_gpu:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=os.environ[COORDINATOR], num_processes=int(os.environ[PROCESSES]),
                                process_id=int(os.environ[PROCESS_ID]))
     if jax.process_index() != rank:
         raise RuntimeError(f"JAX process {jax.process_index()} is Ray Train rank {rank}")
+
+
+def prepare_devices(use_gpu: bool, rank: int) -> str:
+    """The device this worker trains on: "CPU", or its GPU's kind. Checked on every worker before
+    anything is built, so a GPU run whose JAX cannot see a GPU fails at once instead of training
+    on the CPU (JAX falls back to it with only a warning)."""
+    import importlib.util
+
+    import jax
+    import ray
+
+    if not use_gpu:
+        return "CPU"
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:  # no GPU platform: the plugin is missing, or it found no GPU and driver
+        gpus = []
+    if not gpus:
+        cause = ("this JAX is a CPU-only build" if importlib.util.find_spec("jax_cuda12_plugin") is None else
+                 "this JAX has its CUDA plugin but cannot use a GPU here: the node has no NVIDIA GPU and driver, "
+                 "or the CUDA libraries do not load")
+        raise DeviceError(f"rank {rank} on {ray.util.get_node_ip_address()}: use_gpu is set but JAX sees no GPU "
+                          f"({cause}); install JAX's CUDA build on the GPU nodes with pip install -e '.[jax-gpu]', "
+                          "or train on CPUs without --gpu")
+    return gpus[0].device_kind
 
 
 def keras_file(model: object) -> bytes:
@@ -77,11 +111,10 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     driver = reporting.DriverQueue(config.get("progress"))
-    if spec.scaling.use_gpu:  # the spec refuses it; a hand-made config still gets one line
-        raise DeviceError(f"rank {rank} on {ray.util.get_node_ip_address()}: the keras_jax engine trains on CPUs")
-    driver.post(rank, reporting.whereabouts(rank, "CPU", world))
-    use_jax()
-    join_processes(world, rank)
+    use_jax(spec.scaling.use_gpu)
+    join_processes(world, rank, spec.scaling.use_gpu)
+    device = prepare_devices(spec.scaling.use_gpu, rank)
+    driver.post(rank, reporting.whereabouts(rank, device, world))
     from service.keras_jax import callbacks as jax_callbacks
     from service.keras_jax import model as jax_model
     from service.keras_jax.collective import ProcessCollective
