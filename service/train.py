@@ -321,7 +321,7 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
         ray.get_runtime_context().get_node_id(), soft=False)})
     config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
               "progress": queue, "attempt": uuid.uuid4().hex}
-    trainer = _trainer(plan, engines.engine_for(plan.spec).loop, config, callbacks, verbose)
+    trainer = _trainer(plan, config, callbacks, verbose)
     outcome: dict = {}
 
     def fit() -> None:
@@ -344,11 +344,11 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     return outcome
 
 
-def _trainer(plan: Plan, loop: Callable[[dict], None], config: dict, callbacks: Sequence, verbose: bool):
+def _trainer(plan: Plan, config: dict, callbacks: Sequence, verbose: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    engine = engines.engine_for(plan.spec)  # the worker loop's, the backend's and the environment's one source
+    engine = engines.engine_for(plan.spec)  # one source of the worker loop, the backend and the environment
     scaling = plan.spec.scaling
     run_config = RunConfig(
         name=plan.spec.name,
@@ -359,7 +359,7 @@ def _trainer(plan: Plan, loop: Callable[[dict], None], config: dict, callbacks: 
         worker_runtime_env=engine.runtime_env(cluster.worker_runtime_env(verbose)),
     )
     return DataParallelTrainer(
-        loop,
+        engine.loop,
         backend_config=engine.backend_config(),
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
