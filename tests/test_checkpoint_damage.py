@@ -25,6 +25,7 @@ import pytest
 from service import checkpoint, cli
 from service.checkpoint import DAMAGED_PREFIX, RAY_SNAPSHOT_FILE, CheckpointsDamaged
 from service.spec import SpecError, dump_spec, load_spec
+from tests.support.limits import COMMAND_S, LONG_RUN_S
 
 HIDDEN = 8
 
@@ -250,7 +251,7 @@ ONE_WORKER = "scaling.num_workers=1"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The run that never stops."""
-    from tests.helpers import reference_run
+    from tests.support.runs import reference_run
 
     return reference_run(tmp_path_factory.mktemp("reference"), ONE_WORKER)
 
@@ -258,7 +259,7 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory) -> Path:
     """A folder holding ft.yaml (output: results) and the run SIGTERM stopped after epoch 3."""
-    from tests.helpers import DECIDING, make_spec
+    from tests.support.runs import DECIDING, make_spec
 
     here = tmp_path_factory.mktemp("interrupted")
     spec = make_spec(here, *DECIDING, ONE_WORKER, name="ft").model_copy(update={"output": "results"})
@@ -270,7 +271,7 @@ def interrupted(tmp_path_factory) -> Path:
             if line.startswith("epoch 3/"):
                 break
         os.kill(driver.pid, signal.SIGTERM)
-        driver.communicate(timeout=60)
+        driver.communicate(timeout=COMMAND_S)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -292,12 +293,12 @@ def copy_of(interrupted: Path, tmp_path: Path) -> tuple[Path, Path, int]:
 
 def train_again(here: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "service.cli", "train", "ft.yaml"], cwd=here,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=LONG_RUN_S)
 
 
 def assert_resumed_one_epoch_back(done, run: Path, latest: int, why: str, reference) -> None:
     from service import report
-    from tests.helpers import without_seconds
+    from tests.support.runs import without_seconds
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -344,5 +345,5 @@ def test_every_checkpoint_damaged_is_one_line_and_exit_2(interrupted, tmp_path):
     assert lines[0].endswith("; use --fresh to train the run again from the start")
     assert "starting Ray" not in done.stdout
     fresh = subprocess.run([sys.executable, "-m", "service.cli", "check", "ft.yaml", "--fresh"], cwd=here,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=COMMAND_S)
     assert fresh.returncode == 0  # --fresh is the way out it names

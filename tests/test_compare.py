@@ -26,7 +26,8 @@ from service import cli, compare, report
 from service.compare import aggregate, stats, tables
 from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
-from tests.helpers import NEEDS_JAX
+from tests.support.engines import NEEDS_JAX
+from tests.support.limits import COMMAND_S, PROGRAM_S, RUN_S
 
 # The seed specs use the legacy `epsilon` on purpose; its warning is not what these tests check.
 pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")
@@ -318,7 +319,7 @@ def test_a_2x2_study_on_the_sample(tmp_path, engine):
     argv = [sys.executable, "-m", "service.cli", "compare", str(spec), "--data", "sample", "--workers", "1",
             "--epochs", "2", "--output", str(out), "--set", f"training.engine={engine}"]
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_S)
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -366,14 +367,14 @@ def test_a_2x2_study_on_the_sample(tmp_path, engine):
     assert means == sorted(means, reverse=True)
     assert (root / "comparison.png").read_bytes().startswith(PNG)
     index = subprocess.run([sys.executable, "-m", "service.cli", "runs", str(out), "--json"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=COMMAND_S)
     (listed,) = json.loads(index.stdout)
     assert (listed["name"], listed["kind"], listed["status"], listed["trials"], listed["trials_ok"]) == \
         ("itest", "compare", "finished", 4, 4)
     print(f"study took {took:.0f}s")
 
     # Again, without --fresh: the finished trials are reused, not trained again.
-    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=PROGRAM_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 already finished" in again.stdout
     assert list(csv.DictReader((root / "comparison.csv").open())) == rows
@@ -417,7 +418,7 @@ def _check_paired_files(root: Path, rows: list[dict]) -> None:
 
 def _check_trial_events(root: Path, rows: list[dict]) -> None:
     """Every trial's TensorBoard events, written by the study's driver, hold its history; Tune wrote none."""
-    from tests.test_runs import read_events
+    from tests.support.runs import read_events
 
     for r in rows:
         folder = root / "trials" / r["trial"]

@@ -31,6 +31,7 @@ import pytest
 
 from service import spec as spec_models
 from service.cli import build_parser, main, overrides_from
+from tests.support.limits import PROGRAM_S
 
 pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")  # legacy names, shown on purpose
 
@@ -235,6 +236,6 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="MkDocs is not installed: pip install -e '.[docs]' (the test extra has it)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROGRAM_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ResolveTheAmi" in (tmp_path / "site" / "cluster" / "index.html").read_text()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from tests.support.limits import PROGRAM_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({WORKER_O
 def test_driver_modules_do_not_import_tensorflow():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=PROGRAM_S)
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing {', '.join(DRIVER_MODULES)} loaded {', '.join(loaded)}"

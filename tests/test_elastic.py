@@ -8,16 +8,12 @@ a subprocess, because logical devices must be set before TensorFlow starts).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from service.model import BatchSplit
-from tests.ray_head import PROJECT_ROOT
+from tests.support.project import program_json, python_env
 
 
 @pytest.mark.parametrize("batch, workers, offsets, sizes", [
@@ -63,69 +59,13 @@ def test_every_world_size_trains_on_the_same_global_batches():
     assert not np.array_equal(np.sort(first, axis=0), first)
 
 
-ONE_STEP = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-
-workers = int(sys.argv[1])
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * workers)
-from service import data as data_lib
-from service.model import BatchSplit, build_model, scale_pixels
-from service.spec import ModelSpec
-
-splits = data_lib.load("sample", "test", warn=lambda m: None)
-x = scale_pixels(splits.x_train[:200])
-y = tf.one_hot(tf.cast(splits.y_train[:200], tf.int32), 10)
-
-def first_moments(model):
-    # Adam's m after one step is 0.1 x the gradient: its first update is lr x sign(gradient)
-    # and would hide a wrong scale.
-    return [v.numpy() for v in model.optimizer.variables if "/m/" in "/" + v.name]
-
-single = build_model(ModelSpec(), seed=7)
-single.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(200), epochs=1, steps_per_epoch=1, verbose=0)
-
-split = BatchSplit.of(200, workers)
-strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(workers)])
-
-def rows(_context):
-    # MirroredStrategy hands a per-replica dataset's elements to the replicas in turn.
-    parts = [tf.data.Dataset.from_tensors((x[o:o + n], y[o:o + n])) for o, n in zip(split.offsets, split.sizes)]
-    dataset = parts[0]
-    for part in parts[1:]:
-        dataset = dataset.concatenate(part)
-    return dataset
-
-def one_step(scaled):
-    with strategy.scope():
-        model = build_model(ModelSpec(), seed=7, split=split if scaled else None)
-    model.layers[1].split = split  # the same dropout rows either way
-    history = model.fit(strategy.distribute_datasets_from_function(rows), epochs=1, steps_per_epoch=1, verbose=0)
-    return model, history.history["loss"][0]
-
-def largest_difference(a, b):
-    return max(float(np.max(np.abs(p - q)) / np.max(np.abs(q))) for p, q in zip(a, b))
-
-model, loss = one_step(scaled=True)
-unscaled, _ = one_step(scaled=False)
-print("@@" + json.dumps({
-    "gradient": largest_difference(first_moments(model), first_moments(single)),
-    "gradient_unscaled": largest_difference(first_moments(unscaled), first_moments(single)),
-    "weights": max(float(np.max(np.abs(p - q))) for p, q in zip(model.get_weights(), single.get_weights())),
-    "loss": loss,
-}))
-"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 3])
 def test_one_step_at_n_workers_is_the_single_process_step_on_the_same_200_images(workers):
-    proc = subprocess.run([sys.executable, "-c", ONE_STEP, str(workers)], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert "@@" in proc.stdout, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.rsplit("@@", 1)[1])
+    """tests/support/programs/one_step.py, in a process of its own (logical devices are set before TensorFlow starts)."""
+    result = program_json("one_step", str(workers), env=python_env(TF_CPP_MIN_LOG_LEVEL="3"))
     print(f"\n{workers} workers: {result}")
     # The gradient (Adam's first moment) equals the single-process one up to float rounding...
     assert result["gradient"] < 1e-5

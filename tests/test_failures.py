@@ -16,7 +16,8 @@ import pytest
 from service import report, train
 from service.signals import EXIT_SIGINT, EXIT_SIGTERM
 from service.spec import dump_spec
-from tests.helpers import DECIDING, make_spec, reference_run, without_seconds
+from tests.support.limits import COMMAND_S, LONG_RUN_S, SIGNAL_EXIT_WITHIN_S
+from tests.support.runs import DECIDING, make_spec, reference_run, without_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
                 break
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-        driver.wait(timeout=60)
+        driver.wait(timeout=COMMAND_S)
         # Ray's actor processes notice their raylet is gone within a second or two; until then
         # the old controller could still register a checkpoint behind the new run's back.
         time.sleep(5)
@@ -69,7 +70,7 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
     assert not (out / "summary.json").exists()
     assert [r["epoch"] for r in report.read_history(out / "history.csv")][:2] == [1, 2]  # saved before printed
 
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     # The kill lands right after the epoch 2 line; epoch 2's checkpoint may or may not have
     # been registered by then (and on a slow machine epoch 3's may have been).
@@ -81,7 +82,7 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
     assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)
     assert report.read_decisions(out / "decisions.jsonl") == reference.decisions
 
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=COMMAND_S)
     assert finished.returncode == 0
     assert "ft already finished: see" in finished.stdout
 
@@ -127,7 +128,7 @@ def _interrupt_after_epoch_2(tmp_path: Path, signum: int, group: bool):
     sent = time.monotonic()
     (os.killpg if group else os.kill)(driver.pid, signum)
     try:
-        _, stderr = driver.communicate(timeout=60)
+        _, stderr = driver.communicate(timeout=COMMAND_S)
     finally:
         os.killpg(driver.pid, signal.SIGKILL) if driver.poll() is None else None
     return command, driver, stderr, processes, time.monotonic() - sent
@@ -135,7 +136,7 @@ def _interrupt_after_epoch_2(tmp_path: Path, signum: int, group: bool):
 
 def _assert_ended_cleanly(driver, stderr: str, processes: list, seconds: float, name: str, code: int, out: Path):
     assert driver.returncode == code, stderr
-    assert seconds < 15, seconds
+    assert seconds < SIGNAL_EXIT_WITHIN_S, seconds
     lines = stderr.splitlines()
     assert re.fullmatch(rf"plateau: interrupted by {name} after epoch (2|3); the checkpoint of epoch [1-3] is in "
                         rf".*/ft/checkpoints/ft: run the same command again to resume", lines[-1]), stderr
@@ -156,7 +157,7 @@ def test_sigterm_ends_the_run_cleanly_and_the_same_command_resumes_it(tmp_path):
     out = tmp_path / "results" / "ft"
     _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGTERM", EXIT_SIGTERM, out)
     before = without_seconds(report.read_history(out / "history.csv"))
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     resumed = re.search(r"^ft: resuming after epoch ([1-3]) from its last checkpoint", again.stdout, re.M)
     assert resumed, again.stdout
@@ -173,7 +174,7 @@ def test_ctrl_c_ends_the_run_and_the_same_command_resumes_it(reference, tmp_path
     command, driver, stderr, processes, seconds = _interrupt_after_epoch_2(tmp_path, signal.SIGINT, group=True)
     out = tmp_path / "results" / "ft"
     _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGINT", EXIT_SIGINT, out)
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"^ft: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
     assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.ray_head import PROJECT_ROOT
+from tests.support.limits import RUN_S
+from tests.support.project import PROJECT_ROOT, program
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def test_an_embedded_ray_without_gpus_refuses_a_gpu_run_at_once(tmp_path):
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "service.cli", "train", SPEC, "--data", "sample", "--gpu",
                            "--epochs", "1", "--output", str(tmp_path)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=RUN_S)
     took = time.monotonic() - started
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert _errors(proc) == [
@@ -37,21 +38,13 @@ def test_an_embedded_ray_without_gpus_refuses_a_gpu_run_at_once(tmp_path):
     print(f"refused in {took:.0f}s")
 
 
-# A Ray that declares two logical GPUs: Ray places the workers, but this TensorFlow (a CPU-only
-# build, the default install) sees no GPU in them.
-WITH_LOGICAL_GPUS = """
-import logging, sys, ray
-ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-from service.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_workers_whose_tensorflow_sees_no_gpu_fail_the_run_before_epoch_1(tmp_path):
+    """On a Ray that declares two GPUs this machine lacks (programs/logical_gpus.py)."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", WITH_LOGICAL_GPUS, "train", SPEC, "--data", "sample", "--gpu",
-                           "--epochs", "2", "--output", str(tmp_path)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    proc = program("logical_gpus", "train", SPEC, "--data", "sample", "--gpu", "--epochs", "2",
+                   "--output", str(tmp_path), timeout=RUN_S)
     took = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if ln.startswith("plateau: "))
@@ -66,9 +59,8 @@ def test_workers_whose_tensorflow_sees_no_gpu_fail_the_run_before_epoch_1(tmp_pa
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="the jax extra is not installed")
 def test_keras_jax_workers_whose_jax_sees_no_gpu_fail_the_run_before_epoch_1(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", WITH_LOGICAL_GPUS, "train", SPEC, "--data", "sample", "--gpu",
-                           "--set", "training.engine=keras_jax", "--epochs", "2", "--output", str(tmp_path)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    proc = program("logical_gpus", "train", SPEC, "--data", "sample", "--gpu", "--set", "training.engine=keras_jax",
+                   "--epochs", "2", "--output", str(tmp_path), timeout=RUN_S)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if ln.startswith("plateau: "))
     assert re.fullmatch(

@@ -1,11 +1,12 @@
 """`plateau submit | status | logs | stop | jobs` against a real Ray head (no mocks).
 
-The head (tests/ray_head.py) is started once per session with token auth on, in a temporary
-HOME and temp dir. Commands run as subprocesses, exactly as a user types them.
+The head (the `ray_head` fixture, tests/support/fixtures.py) is started once per module with token
+auth on, in a temporary HOME and temp dir. Commands run as subprocesses, exactly as a user types them.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -14,7 +15,12 @@ import time
 
 import pytest
 
-from tests.ray_head import HEAD_CPUS, PROJECT_ROOT, RayHead, free_port
+from tests.support.cluster import LocalCluster, free_port
+from tests.support.fixtures import HEAD_CPUS
+from tests.support.jobs import assert_job_views
+from tests.support.limits import COMMAND_S, PROGRAM_S, REFUSED_WITHIN_S, RUN_S
+from tests.support.project import PROJECT_ROOT
+
 SPEC = "jobs/seed-reduce-lr.yaml"
 JOB_ID = re.compile(r"^plateau-seed-reduce-lr-\d{8}-\d{6}(-\d+)?$")
 
@@ -35,7 +41,7 @@ def _job_id(proc: subprocess.CompletedProcess) -> str:
 
 
 def _job_ids(head) -> set[str]:
-    proc = head.plateau("jobs", timeout=60)
+    proc = head.plateau("jobs", timeout=COMMAND_S)
     assert proc.returncode == 0, proc.stderr
     return {line.split()[0] for line in proc.stdout.splitlines()[1:] if line.startswith("plateau-")}
 
@@ -44,7 +50,7 @@ def _wait_status(head, job_id: str, wanted: set[str], timeout: float = 120) -> s
     deadline = time.monotonic() + timeout
     status = ""
     while time.monotonic() < deadline:
-        proc = head.plateau("status", job_id, timeout=60)
+        proc = head.plateau("status", job_id, timeout=COMMAND_S)
         match = re.search(r"^status:\s+(\w+)", proc.stdout, re.M)
         status = match.group(1) if match else ""
         if status in wanted:
@@ -58,7 +64,7 @@ def _wait_status(head, job_id: str, wanted: set[str], timeout: float = 120) -> s
 
 def _plateau(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=COMMAND_S)
 
 
 def test_unreachable_address_is_one_line_exit_2():
@@ -73,7 +79,7 @@ def test_unreachable_address_is_one_line_exit_2():
     assert line.startswith(f"plateau: cannot reach a job server at {url}: it refused connections for 3s; is the "
                            f"cluster up? pass the dashboard address")
     assert proc.stdout == ""
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < REFUSED_WITHIN_S
     status = _plateau("status", "plateau-x", "--address", url)  # only submit waits
     assert status.returncode == 2 and "cannot reach a job server at" in _one_error_line(status)
 
@@ -230,11 +236,11 @@ def test_bad_spec_is_refused_before_submission(ray_head):
 def test_submit_right_after_the_head_starts_waits_for_its_job_server(tmp_path):
     """`ray start --head` launched, and at once `plateau submit`: it waits through the head's
     start (refused connections, then a job server without an agent) and submits."""
-    head = RayHead(head_cpus=HEAD_CPUS)
+    head = LocalCluster(head_cpus=HEAD_CPUS)
     try:
         head.start(wait=False)
         proc = head.plateau("submit", SPEC, "--data", "sample", "--workers", "1", "--epochs", "1",
-                            "--set", f"output={tmp_path}", "--wait-server", "120", timeout=300)
+                            "--set", f"output={tmp_path}", "--wait-server", "120", timeout=PROGRAM_S)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         job_id = _job_id(proc)
         waited = [ln for ln in proc.stderr.splitlines() if ln.startswith("waiting for the job server at ")]
@@ -243,7 +249,7 @@ def test_submit_right_after_the_head_starts_waits_for_its_job_server(tmp_path):
             assert re.fullmatch(rf"waiting for the job server at {re.escape(head.address)}: it (refuses connections|"
                                 rf"has no job agent yet) \(\d+s of --wait-server 120s\)", line), line
         assert "Traceback" not in proc.stderr
-        assert _wait_status(head, job_id, {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=300) == "SUCCEEDED"
+        assert _wait_status(head, job_id, {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=PROGRAM_S) == "SUCCEEDED"
         summary = json.loads((tmp_path / "seed-reduce-lr" / "summary.json").read_text())
         assert (summary["epochs_run"], summary["workers"]) == (1, 1)
     finally:
@@ -267,7 +273,7 @@ def test_unknown_job_id_and_wrong_token_are_one_line_exit_2(ray_head):
 def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     out = tmp_path / "results"
     proc = ray_head.plateau("submit", SPEC, "--data", "sample", "--workers", "2", "--epochs", "2",
-                            "--set", f"output={out}", "--wait", timeout=400)
+                            "--set", f"output={out}", "--wait", timeout=RUN_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = _job_id(proc)
     assert f"{job_id}: SUCCEEDED" in proc.stdout
@@ -277,27 +283,34 @@ def test_submit_wait_succeeds_and_writes_the_summary(ray_head, tmp_path):
     assert_job_views(ray_head, job_id, epochs=2)
 
 
-def assert_job_views(server, job_id: str, epochs: int) -> None:
-    """status, logs, jobs and their --json forms all show the succeeded seed-reduce-lr job."""
-    status = server.plateau("status", job_id)
-    assert status.returncode == 0
-    assert re.search(r"^status:\s+SUCCEEDED", status.stdout, re.M)
-    assert "seed-reduce-lr (train, jobs/seed-reduce-lr.yaml)" in status.stdout
-
-    logs = server.plateau("logs", job_id)
-    assert logs.returncode == 0
-    for epoch in range(1, epochs + 1):
-        assert re.search(rf"^epoch\s+{epoch}/{epochs}\b", logs.stdout, re.M), logs.stdout[-3000:]
-
-    listing = server.plateau("jobs")
-    row = next(ln for ln in listing.stdout.splitlines() if ln.startswith(job_id))
-    assert "seed-reduce-lr" in row and "SUCCEEDED" in row
-
-    as_json = json.loads(server.plateau("status", job_id, "--json").stdout)
-    assert (as_json["job_id"], as_json["status"], as_json["metadata"]["spec"]) == (job_id, "SUCCEEDED", "seed-reduce-lr")
-    assert as_json["duration_s"] > 0 and as_json["started"] and as_json["ended"]
-    listed = {j["job_id"]: j for j in json.loads(server.plateau("jobs", "--json").stdout)}
-    assert listed[job_id]["status"] == "SUCCEEDED"
+@pytest.mark.slow
+@pytest.mark.quick  # the default run's study and its submit to a real head, in one job
+def test_a_submitted_study_trains_every_trial_and_writes_its_tables(ray_head, tmp_path):
+    """`plateau submit` of the seed's study (2 settings x 1 seed, 1 epoch each): the job succeeds,
+    Tune trained both trials on the head, and the job's driver wrote the study's tables from them."""
+    proc = ray_head.plateau("submit", "jobs/seed-comparison.yaml", "--data", "sample", "--workers", "1",
+                            "--epochs", "1", "--set", "seeds=[7]", "--output", str(tmp_path), "--wait",
+                            timeout=RUN_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = proc.stdout.splitlines()[0].strip()
+    assert re.fullmatch(r"plateau-seed-comparison-\d{8}-\d{6}(-\d+)?", job_id), proc.stdout
+    assert f"{job_id}: SUCCEEDED" in proc.stdout
+    study = tmp_path / "seed-comparison"
+    rows = list(csv.DictReader((study / "comparison.csv").open()))
+    assert [(r["reduce_lr"], r["seed"], r["status"], r["epochs_run"]) for r in rows] == [
+        ("off", "7", "ok", "1"), ("on", "7", "ok", "1")]
+    for row in rows:
+        summary = json.loads((study / "trials" / row["trial"] / "summary.json").read_text())
+        assert (summary["workers"], summary["epochs_run"]) == (1, 1)
+        assert summary["test_accuracy"] == float(row["test_accuracy"])
+    settings = list(csv.DictReader((study / "settings.csv").open()))
+    assert [(s["setting"], s["n_seeds"]) for s in settings] == [(r["setting"], "1") for r in rows]
+    assert (study / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    logs = ray_head.plateau("logs", job_id)
+    finished = [ln for ln in logs.stdout.splitlines() if re.match(r"\[\d/2\] .*test_accuracy", ln)]
+    assert len(finished) == 2, logs.stdout[-3000:]
+    status = ray_head.plateau("status", job_id)
+    assert "seed-comparison (compare, jobs/seed-comparison.yaml)" in status.stdout, status.stdout
 
 
 @pytest.mark.slow
@@ -308,7 +321,7 @@ def test_stop_a_running_job(ray_head, tmp_path):
     job_id = _job_id(proc)
     _wait_status(ray_head, job_id, {"RUNNING"})
 
-    stopped = ray_head.plateau("stop", job_id, timeout=120)
+    stopped = ray_head.plateau("stop", job_id, timeout=COMMAND_S)
     assert stopped.returncode == 0, stopped.stderr
     assert f"{job_id}: STOPPED" in stopped.stdout
 
@@ -317,7 +330,7 @@ def test_stop_a_running_job(ray_head, tmp_path):
     assert re.search(r"^status:\s+STOPPED", status.stdout, re.M)
     again = ray_head.plateau("stop", job_id)
     assert again.returncode == 0 and "already STOPPED" in again.stdout
-    follow = ray_head.plateau("logs", job_id, "--follow", timeout=60)
+    follow = ray_head.plateau("logs", job_id, "--follow", timeout=COMMAND_S)
     assert follow.returncode == 1
     assert f"job {job_id} STOPPED" in follow.stderr
 
@@ -326,7 +339,7 @@ def test_stop_a_running_job(ray_head, tmp_path):
 def test_a_job_that_fails_on_the_cluster_reports_failed(ray_head, tmp_path):
     # Passes the local checks (the path may exist on the cluster), fails when the job reads it.
     proc = ray_head.plateau("submit", SPEC, "--data", "no-such-dir/missing-mnist.npz", "--workers", "2",
-                            "--epochs", "1", "--set", f"output={tmp_path}", "--fresh", "--follow", timeout=300)
+                            "--epochs", "1", "--set", f"output={tmp_path}", "--fresh", "--follow", timeout=PROGRAM_S)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     job_id = _job_id(proc)
     line = _one_error_line(proc)

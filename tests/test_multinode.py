@@ -1,4 +1,4 @@
-"""The multi-node test cluster itself (tests/ray_cluster.py), proven with real Ray.
+"""The multi-node test cluster itself (tests/support/cluster.py), proven with real Ray.
 
 A head with 0 CPUs and two 1-CPU worker nodes n1 and n2, each its own raylet. These tests
 pin down what later tests rely on: nodes can be told apart and targeted, placement really
@@ -23,10 +23,13 @@ import pytest
 from service import report, train
 from service.rundir import RunPaths
 from service.spec import load_spec
-from tests.helpers import ENGINES, by_epoch, make_spec, stock_replay_on, stock_trace_on, without_seconds
-from tests.test_jobs import assert_job_views
-
-from tests.ray_cluster import PROJECT_ROOT, LocalCluster, cmdline
+from tests.support.cluster import LocalCluster, cmdline
+from tests.support.engines import ENGINES
+from tests.support.jobs import assert_job_views
+from tests.support.limits import COMMAND_S, LONG_RUN_S, NODE_DEAD_WITHIN_S, REGROWN_WITHIN_S, SIGNAL_EXIT_WITHIN_S
+from tests.support.project import PROJECT_ROOT
+from tests.support.runs import by_epoch, make_spec, without_seconds
+from tests.support.stock import stock_replay_on, stock_trace_on
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +130,7 @@ def test_strict_spread_placement_group_lands_on_two_distinct_nodes(multinode_clu
             return ray.get_runtime_context().get_node_id()
 
         pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
-        ray.get(pg.ready(), timeout=120)
+        ray.get(pg.ready(), timeout=COMMAND_S)
         placed = [ray.get(node_id.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
                       pg, placement_group_bundle_index=i)).remote()) for i in range(2)]
         remove_placement_group(pg)
@@ -181,7 +184,7 @@ def test_remove_node_kills_that_node_only(multinode_cluster):
     assert all(states[i] == "ALIVE" for i in ids_before.values())
     for name, pids in others.items():
         assert pids <= cluster.nodes[name].processes(), f"{name} lost processes"
-    assert removal_s < 30, f"the GCS took {removal_s:.1f}s to declare the node dead"
+    assert removal_s < NODE_DEAD_WITHIN_S, f"the GCS took {removal_s:.1f}s to declare the node dead"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -192,7 +195,7 @@ def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster,
     cluster = multinode_cluster
     proc = cluster.plateau("submit", SPEC, "--data", "sample", "--epochs", "3", "--wait",
                            "--set", "scaling.placement_strategy=STRICT_SPREAD", "--set", f"output={tmp_path}",
-                           "--set", f"training.engine={engine}", timeout=600)
+                           "--set", f"training.engine={engine}", timeout=LONG_RUN_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     submission_id = _submission_id(proc)
     assert f"{submission_id}: SUCCEEDED" in proc.stdout
@@ -269,7 +272,7 @@ def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path, 
         lost = ""
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not lost:
-            logs = cluster.plateau("logs", submission_id, timeout=60).stdout
+            logs = cluster.plateau("logs", submission_id, timeout=COMMAND_S).stdout
             placed = re.search(r"^workers: .*$", logs, re.M)
             if placed and re.search(r"^epoch\s+2/5\b", logs, re.M):
                 lost = _rank_nodes(placed.group(0), cluster)[1]
@@ -277,7 +280,7 @@ def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path, 
             else:
                 time.sleep(1)
         assert lost, "the run never got past epoch 2"
-        finish = cluster.plateau("logs", submission_id, "--follow", timeout=900)
+        finish = cluster.plateau("logs", submission_id, "--follow", timeout=LONG_RUN_S)
         assert cluster.job(submission_id)["status"] == "SUCCEEDED", finish.stdout[-3000:]
 
         placements = re.findall(r"^workers: .*$", finish.stdout, re.M)
@@ -301,7 +304,7 @@ def test_a_study_across_nodes_lands_where_its_driver_runs(multinode_cluster):
     try:
         proc = cluster.plateau("submit", "jobs/seed-comparison.yaml", "--data", "sample", "--workers", "1",
                                "--epochs", "2", "--set", "seeds=[7]", "--set", "max_concurrent_trials=2",
-                               "--wait", timeout=900)
+                               "--wait", timeout=LONG_RUN_S)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     finally:
         for node in extra:
@@ -364,13 +367,13 @@ def test_sigterm_to_a_driver_on_the_cluster_ends_its_actors_and_the_same_command
         assert len(jobs) == 1, jobs   # the driver's own Ray job
         sent = time.monotonic()
         driver.send_signal(signal.SIGTERM)
-        _, stderr = driver.communicate(timeout=60)
+        _, stderr = driver.communicate(timeout=COMMAND_S)
         seconds = time.monotonic() - sent
     finally:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == EXIT_SIGTERM, stderr
-    assert seconds < 15, seconds
+    assert seconds < SIGNAL_EXIT_WITHIN_S, seconds
     assert re.fullmatch(r"plateau: interrupted by SIGTERM after epoch (2|3); the checkpoint of epoch [1-3] is in "
                         r".*/term/checkpoints/term: run the same command again to resume",
                         stderr.splitlines()[-1]), stderr
@@ -384,7 +387,7 @@ def test_sigterm_to_a_driver_on_the_cluster_ends_its_actors_and_the_same_command
     assert not left, left
 
     again = subprocess.run(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, capture_output=True, text=True,
-                           timeout=600)
+                           timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"^term: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
     history = report.read_history(tmp_path / "term" / "history.csv")
@@ -435,7 +438,7 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
             elif re.match(r"epoch +4/", line) and lost is not None and lost not in cluster.nodes:
                 cluster.add_node(lost)   # returns once the GCS has it ALIVE
                 returned_at = time.monotonic()
-        assert driver.wait(timeout=900) == 0, "\n".join(lines[-40:])
+        assert driver.wait(timeout=LONG_RUN_S) == 0, "\n".join(lines[-40:])
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -453,7 +456,7 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
         sizes, "\n".join(lines))
     print(f"\nworkers per epoch: {sizes}; the first epoch at 2 workers again ended {regrown_after:.1f} s "
           f"after the node returned")
-    assert regrown_after < 60, "\n".join(lines)
+    assert regrown_after < REGROWN_WITHIN_S, "\n".join(lines)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resizes"] == [{"epoch": 3, "from": 2, "to": 1}, {"epoch": back, "from": 1, "to": 2}]
     assert any(re.match(r"epoch +3/16 .* workers 2 -> 1", ln) for ln in lines)

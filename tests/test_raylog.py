@@ -18,6 +18,7 @@ import ray._private.worker as ray_worker
 
 from service import raylog
 from service.raylog import RayLines
+from tests.support.limits import LONG_RUN_S
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NODE = "cdddfba7a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718"
@@ -73,7 +74,7 @@ def test_a_real_run_keeps_ray_lines_in_ray_log(tmp_path, verbose):
     argv = [sys.executable, "-m", "service.cli", "train", "jobs/seed-reduce-lr.yaml", "--data", "sample",
             "--workers", "1", "--epochs", "1", "--name", "lines", "--output", str(tmp_path),
             *(["--verbose"] if verbose else [])]
-    proc = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = (tmp_path / "lines" / "ray.log").read_text()
     assert "(TrainController pid=" in log and "\x1b" not in log

@@ -25,6 +25,7 @@ from service import runlock
 from service.errors import BadInput
 from service.runlock import LOCK_FILE, RunLocked
 from service.signals import Interrupted
+from tests.support.limits import COMMAND_S, LONG_RUN_S, REFUSED_WITHIN_S
 
 HOST = socket.gethostname()
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,9 +233,9 @@ def test_two_trains_of_one_name_one_trains_the_other_is_refused_at_once(tmp_path
             time.sleep(0.1)
         began = time.monotonic()
         second = subprocess.run(plateau_cmd("train", "jobs/seed-reduce-lr.yaml", *SAMPLE, "--output", str(out)),
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+                                cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_S)
         refused_in = time.monotonic() - began
-        stdout, stderr = first.communicate(timeout=600)
+        stdout, stderr = first.communicate(timeout=LONG_RUN_S)
     finally:
         if first.poll() is None:
             first.kill()
@@ -245,14 +246,14 @@ def test_two_trains_of_one_name_one_trains_the_other_is_refused_at_once(tmp_path
     assert lines == [f"plateau: {out / 'seed-reduce-lr'} is in use by pid {first.pid} on {HOST} since "
                      f"{lines[0].split(' since ')[1].split(' ')[0]} (plateau train jobs/seed-reduce-lr.yaml "
                      f"{' '.join(SAMPLE)} --output {out}); wait for it to end, or use --name to run under another name"]
-    assert refused_in < 30  # before any data, Ray or worker: the interpreter's start-up, on busy cores
+    assert refused_in < REFUSED_WITHIN_S  # before any data, Ray or worker: the interpreter's start-up, on busy cores
     summary = json.loads((out / "seed-reduce-lr" / "summary.json").read_text())
     assert (summary["epochs_run"], summary["workers"]) == (2, 1)
     assert not (out / "seed-reduce-lr" / LOCK_FILE).exists()
     # --fresh never overrides a live lock, and removes nothing: checked before anything is deleted
     with runlock.hold(out / "seed-reduce-lr", "a live holder", echo=print):
         fresh = subprocess.run(plateau_cmd("train", "jobs/seed-reduce-lr.yaml", *SAMPLE, "--output", str(out),
-                                           "--fresh"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+                                           "--fresh"), cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_S)
     assert fresh.returncode == 2 and "is in use by pid" in fresh.stderr and "(a live holder)" in fresh.stderr
     assert (out / "seed-reduce-lr" / "summary.json").exists()
 
@@ -271,15 +272,15 @@ def test_a_killed_drivers_lock_is_taken_over_and_the_run_resumes(tmp_path):
                 break
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
-        driver.wait(timeout=60)
+        driver.wait(timeout=COMMAND_S)
         time.sleep(5)  # Ray's actors notice their raylet is gone
     folder = out / "seed-reduce-lr"
     left = lock_of(folder)
     assert left["pid"] == driver.pid
     listing = subprocess.run(plateau_cmd("runs", str(out), "--json"), cwd=ROOT, capture_output=True, text=True,
-                             timeout=60)
+                             timeout=COMMAND_S)
     assert json.loads(listing.stdout)[0]["status"] == "interrupted"
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"warning: took over {folder / LOCK_FILE} from pid {driver.pid} on {HOST} since {left['started']} " \
            f"({' '.join(['plateau', *command[3:]])}): its process is gone" in again.stderr.splitlines()
@@ -302,11 +303,11 @@ def test_a_train_aimed_at_a_trial_folder_of_a_running_study_is_refused(tmp_path)
         trial = "seed-comparison-reduce_lr-off-s7"
         aimed = subprocess.run(plateau_cmd("train", "jobs/seed-reduce-lr.yaml", *SAMPLE, "--output",
                                            str(out / "seed-comparison" / "trials"), "--name", trial),
-                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+                               cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_S)
         again = subprocess.run(plateau_cmd("compare", "jobs/seed-comparison.yaml", "--data", "sample", "--epochs",
                                            "2", "--output", str(out), "--set", "seeds=[7]"),
-                               cwd=ROOT, capture_output=True, text=True, timeout=120)
-        stdout, stderr = study.communicate(timeout=900)
+                               cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_S)
+        stdout, stderr = study.communicate(timeout=LONG_RUN_S)
     finally:
         if study.poll() is None:
             study.kill()

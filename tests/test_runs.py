@@ -16,8 +16,9 @@ import pytest
 from service import cli, events, report, runs
 from service.explain import explain, pair, short
 from service.spec import validate_train
-from tests.helpers import make_spec
-from tests.test_sync import PARAMETER_SETS, metric_sequence, run_stack, spec_with
+from tests.support.limits import COMMAND_S
+from tests.support.runs import make_spec
+from tests.support.deciders import metric_sequence, PARAMETER_SETS, run_stack, spec_with
 
 pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")
 
@@ -294,5 +295,5 @@ def test_version():
     from service import __version__
 
     done = subprocess.run([sys.executable, "-m", "service.cli", "--version"], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=COMMAND_S)
     assert done.returncode == 0 and done.stdout == f"plateau {__version__}\n"

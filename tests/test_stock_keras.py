@@ -42,7 +42,7 @@ from ray.util.queue import Queue
 
 from service import data as data_lib
 from service import train
-from tests.helpers import by_epoch, checkpoints, exact_metrics, make_spec, model_at
+from tests.support.runs import by_epoch, checkpoints, exact_metrics, make_spec, model_at
 
 pytestmark = pytest.mark.slow
 

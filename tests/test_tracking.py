@@ -22,7 +22,10 @@ from service import report, train
 from service.cli import load_with_tracking
 from service.compare.grid import expand_settings
 from service.spec import SpecError, dump_spec
-from tests.helpers import NEEDS_JAX, make_spec, plateau
+from tests.support.engines import NEEDS_JAX
+from tests.support.limits import COMMAND_S, LONG_RUN_S, PROGRAM_S
+from tests.support.project import plateau
+from tests.support.runs import make_spec
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
@@ -176,7 +179,7 @@ def test_a_study_is_a_parent_run_with_a_nested_run_per_trial(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = [sys.executable, "-m", "service.cli", "compare", str(spec), "--data", "sample", "--workers", "1",
             "--epochs", "1", "--output", str(tmp_path / "out"), "--mlflow", uri]
-    done = subprocess.run(argv, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=LONG_RUN_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning: MLflow" not in done.stderr
     root = tmp_path / "out" / "mstudy"
@@ -263,7 +266,7 @@ def test_a_run_logs_over_http_and_outlives_the_server(tmp_path: Path):
         assert [(m.step, m.value) for m in live.get_metric_history(run_id, "val_accuracy")] == [
             (1, report.read_history(out / "history.csv")[0]["val_accuracy"])]
         _stop(server)  # mid-run: epochs 2 and 3 are still to come
-        rest, stderr = driver.communicate(timeout=300)
+        rest, stderr = driver.communicate(timeout=PROGRAM_S)
     finally:
         _stop(server)
         if driver.poll() is None:
@@ -294,13 +297,13 @@ def test_a_resumed_run_continues_its_mlflow_run_without_duplicate_steps(tmp_path
         if line.startswith("epoch 2/"):
             break
     os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C
-    driver.communicate(timeout=60)
+    driver.communicate(timeout=COMMAND_S)
     assert driver.returncode == 130
     out = tmp_path / "results" / "again"
     run_id = _run_id(out)
     client = _client(uri)
     assert client.get_run(run_id).info.status == "KILLED"
-    again = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming after epoch" in again.stdout
     assert _run_id(out) == run_id

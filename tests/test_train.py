@@ -1,10 +1,11 @@
 """`plateau train` end to end: real Ray, real TensorFlow or JAX, two workers, real MNIST images.
 
 One module-scoped run on uneven shards per engine (tf_keras, keras_jax) backs G1-G3 and the
-exported model (it is the expensive part); G4 gets its own run in which the ranks deliberately see
-different metrics. The references are engine-independent: each epoch's checkpointed weights are
-scored by a tf_keras model in this process, and the decisions are replayed through the stock
-callbacks of the run's own Keras.
+exported model (it is the expensive part, and the default run's real training: `quick`); G4 gets
+its own run in which the ranks deliberately see different metrics. The references are
+engine-independent: each epoch's checkpointed weights are scored by a tf_keras model in this
+process, and the decisions are replayed through the stock callbacks of the run's own Keras.
+The module's in-process runs share one Ray (`module_ray`): their subject is not Ray's start.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import pytest
 from service import data as data_lib
 from service import report, train
 from service.spec import load_spec
-from tests.helpers import (ENGINES, by_epoch, checkpoints, exact_metrics, make_spec, model_at, plateau, score_model_file,
-                           stock_replay_on)
+from tests.support.engines import ENGINES
+from tests.support.project import plateau
+from tests.support.runs import by_epoch, checkpoints, exact_metrics, make_spec, model_at, score_model_file
+from tests.support.stock import stock_replay_on
 
-pytestmark = pytest.mark.slow
 
 DECIDING = (
     "reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, min_delta: 0.02, cooldown: 0, min_lr: 0.002}",
@@ -31,7 +33,7 @@ DECIDING = (
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def uneven_run(request, tmp_path_factory, odd_mnist):
+def uneven_run(request, tmp_path_factory, odd_mnist, module_ray):
     tmp = tmp_path_factory.mktemp("uneven")
     spec = make_spec(tmp, f"data.source={odd_mnist}", "training.epochs=8", "checkpoint.keep=null",
                      f"training.engine={request.param}", *DECIDING, name="uneven")
@@ -41,6 +43,15 @@ def uneven_run(request, tmp_path_factory, odd_mnist):
     return spec, result, lines
 
 
+@pytest.fixture(scope="module")
+def uneven_replay(uneven_run):
+    """Stock callbacks of the run's own Keras fed rank 0's global metrics: (lrs, stop epoch, best epoch)."""
+    spec, result, _ = uneven_run
+    return stock_replay_on(spec.training.engine, spec, [r["values"] for r in result.decisions if r["rank"] == 0])
+
+
+@pytest.mark.slow
+@pytest.mark.quick
 def test_files_follow_the_contract(uneven_run):
     spec, result, _ = uneven_run
     out = result.out_dir
@@ -65,6 +76,8 @@ def test_files_follow_the_contract(uneven_run):
                 "plateau_wait", "stopping_wait"} <= set(row)
 
 
+@pytest.mark.slow
+@pytest.mark.quick
 def test_the_run_exercised_both_callbacks(uneven_run):
     """Guards the tests below against vacuity: an LR reduction and an early stop happened."""
     _, result, _ = uneven_run
@@ -72,12 +85,14 @@ def test_the_run_exercised_both_callbacks(uneven_run):
     assert result.summary["stopped_early"], "no early stop: the deciding parameters need retuning"
 
 
+@pytest.mark.slow
+@pytest.mark.quick
 def test_progress_events_and_words_of_a_real_run(uneven_run):
     """Epoch lines carry elapsed time and an ETA; TensorBoard holds every epoch's global metrics and
     decisions; `plateau show`'s words find every recorded decision; the index calls it finished."""
     from service import runs
     from service.explain import explain
-    from tests.test_runs import read_events
+    from tests.support.runs import read_events
 
     spec, result, lines = uneven_run
     history, decisions = result.history, result.decisions
@@ -106,6 +121,8 @@ def test_progress_events_and_words_of_a_real_run(uneven_run):
     assert shown.endswith("\n".join(words) + "\n")
 
 
+@pytest.mark.slow
+@pytest.mark.quick
 def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
     spec, result, _ = uneven_run
     splits = data_lib.load(spec.data.source, "holdout")
@@ -125,8 +142,9 @@ def test_g1_every_rank_sees_the_exact_global_validation_metric(uneven_run):
                 assert row["values"]["val_accuracy"] != np.mean(shard_means)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_g1_three_workers_see_the_exact_metric_of_1999_validation_images(engine, tmp_path):
+def test_g1_three_workers_see_the_exact_metric_of_1999_validation_images(engine, tmp_path, module_ray):
     """667 + 666 + 666 validation images, and the global batch of 200 as 67 + 67 + 66 rows."""
     sample = data_lib.load("sample", "test")
     source = tmp_path / "n1999.npz"
@@ -147,6 +165,8 @@ def test_g1_three_workers_see_the_exact_metric_of_1999_validation_images(engine,
             assert row["values"]["val_loss"] == pytest.approx(loss, rel=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.quick
 def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
     _, result, _ = uneven_run
     epochs = by_epoch(result.decisions)
@@ -165,22 +185,25 @@ def test_g2_ranks_apply_the_same_lr_and_stop_together(uneven_run):
     assert result.summary["replicas_identical"] is True  # G5's clean verdict, on every rank at every epoch
 
 
-def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_run):
+@pytest.mark.slow
+@pytest.mark.quick
+def test_g3_decisions_equal_stock_keras_replayed_on_the_global_metrics(uneven_run, uneven_replay):
     spec, result, _ = uneven_run
     rank0 = [r for r in result.decisions if r["rank"] == 0]
-    lrs, stop_epoch, _ = stock_replay_on(spec.training.engine, spec, [r["values"] for r in rank0])
+    lrs, stop_epoch, _ = uneven_replay
     assert [r["lr_after"] for r in rank0] == lrs
     assert result.summary["stop_epoch"] == stop_epoch
     assert result.summary["lr_reductions"] == [
         {"epoch": r["epoch"], "lr": r["lr_after"]} for r in rank0 if r["reduced"]]
 
 
-def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run):
+@pytest.mark.slow
+@pytest.mark.quick
+def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run, uneven_replay):
     """The test metric is a sum over both ranks' shards of the final weights: it equals the
     best epoch's checkpoint on the whole test set only if both ranks restored that epoch."""
     spec, result, _ = uneven_run
-    rank0 = [r for r in result.decisions if r["rank"] == 0]
-    _, stop_epoch, best_epoch = stock_replay_on(spec.training.engine, spec, [r["values"] for r in rank0])
+    _, stop_epoch, best_epoch = uneven_replay
     splits = data_lib.load(spec.data.source, "holdout")
     model = model_at(spec, checkpoints(spec)[best_epoch])
     test_loss, test_accuracy = exact_metrics(model, splits.x_test, splits.y_test)
@@ -189,6 +212,8 @@ def test_g3_restored_weights_are_the_global_best_epochs_on_every_rank(uneven_run
     assert best_epoch != stop_epoch  # otherwise restoring would prove nothing
 
 
+@pytest.mark.slow
+@pytest.mark.quick
 def test_the_model_file_loads_in_a_fresh_process_and_scores_the_summarys_test_accuracy(uneven_run):
     """model.keras is stock layers of the engine's Keras (tf_keras 2.21, or Keras 3 for keras_jax)."""
     spec, result, _ = uneven_run
@@ -198,9 +223,9 @@ def test_the_model_file_loads_in_a_fresh_process_and_scores_the_summarys_test_ac
     assert scored["accuracy"] == result.summary["test_accuracy"]
 
 
-@pytest.mark.heavy  # a run of its own; consensus itself is unit-tested in test_sync.py by default
+@pytest.mark.heavy  # a run of its own; consensus itself is unit-tested in test_deciding.py by default
 @pytest.mark.parametrize("engine", ENGINES)
-def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path, engine):
+def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path, engine, module_ray):
     """Rank-local metrics (the naive setup): views differ, yet LR and stop stay common."""
     spec = make_spec(tmp_path, "debug.rank_local_metrics=true", "training.epochs=6", f"training.engine={engine}",
                      "reduce_lr={monitor: val_accuracy, factor: 0.5, patience: 0, min_delta: 0.004}",
@@ -216,6 +241,7 @@ def test_g4_consensus_holds_even_when_ranks_see_different_metrics(tmp_path, engi
     assert result.summary["ranks_agree"] is False  # the trace shows the views differed
 
 
+@pytest.mark.slow
 def test_local_mode_trains_in_process(tmp_path):
     spec = make_spec(tmp_path, "scaling.num_workers=0", "training.epochs=2", name="inproc")
     result = train.run(spec, echo=lambda line: None)

@@ -10,23 +10,24 @@ ulp backs the replica check firing. Signals are in test_failures.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from datetime import datetime
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
 from service import report
 from service.lint import SEED_ADVICE
-from tests.helpers import ENGINES, NEEDS_JAX
+from tests.support.engines import ENGINES, NEEDS_JAX
+from tests.support.limits import COMMAND_S, LONG_RUN_S, PROGRAM_S
+from tests.support.project import PROJECT_ROOT
+from tests.support.project import plateau as run_plateau
+from tests.support.runs import score_model_file
 
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPEC = "jobs/seed-reduce-lr.yaml"
 # The quickstart's run (val_accuracy 0.9105, 0.9195, 0.9305, 0.9340, 0.9365, 0.9340, ...) with
 # EarlyStopping's patience cut to 1 and best-weight restore: it stops at epoch 6 of 8 on patience
@@ -40,10 +41,8 @@ STRICT = dict(parse_constant=lambda c: pytest.fail(f"summary.json holds the non-
 DIVERGING_LR = "1e16"
 
 
-def plateau(*args: str, umask: int | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=timeout,
-                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+def plateau(*args: str, umask: int | None = None) -> subprocess.CompletedProcess:
+    return run_plateau(*args, umask=umask, timeout=LONG_RUN_S)
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +102,7 @@ def test_output_files_follow_the_umask(early):
 
 def test_the_exported_model_loads_in_plain_tf_keras_and_scores_the_summarys_test_accuracy(early):
     _, _, folder = early
-    code = """
-import json, sys
-import numpy as np, tf_keras
-from service import data
-model = tf_keras.models.load_model(sys.argv[1])
-test = data.load("sample", "test")
-probs = model.predict(test.x_test.reshape(-1, 784).astype("float32") / 255.0, batch_size=4096, verbose=0)
-print(json.dumps({"layers": [type(l).__name__ for l in model.layers],
-                  "accuracy": float((probs.argmax(axis=1) == test.y_test).mean())}))
-"""
-    done = subprocess.run([sys.executable, "-c", code, str(folder / "model.keras")], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert done.returncode == 0, done.stderr
-    loaded = json.loads(done.stdout.splitlines()[-1])
+    loaded = score_model_file("tf_keras", folder / "model.keras", "sample")  # tf_keras as installed
     assert loaded["layers"] == ["Dense", "Dropout", "Dense"]  # stock layers: no custom objects needed
     summary = json.loads((folder / "summary.json").read_text())
     assert loaded["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
@@ -125,16 +111,16 @@ print(json.dumps({"layers": [type(l).__name__ for l in model.layers],
 
 def test_a_name_is_the_same_run_only_with_the_same_spec(early):
     args, _, folder = early
-    again = plateau(*args, timeout=300)
+    again = plateau(*args, timeout=PROGRAM_S)
     assert (again.returncode, again.stderr.count("plateau:")) == (0, 0)
     assert again.stdout.splitlines()[-1] == (f"early already finished: see {folder}/summary.json "
                                              "(use --fresh to train it again)")
-    changed = plateau(*args, "--epochs", "30", "--set", "reduce_lr.factor=0.5", timeout=300)
+    changed = plateau(*args, "--epochs", "30", "--set", "reduce_lr.factor=0.5", timeout=PROGRAM_S)
     assert (changed.returncode, changed.stdout) == (2, "")
     assert changed.stderr.splitlines()[-1] == (
         f"plateau: {folder} holds a run of another spec (training.epochs 8 -> 30, reduce_lr.factor 0.1 -> 0.5); "
         "use --fresh to discard it, or --name to train this spec under another name")
-    check = plateau("check", *args[1:], timeout=120)
+    check = plateau("check", *args[1:], timeout=COMMAND_S)
     assert check.returncode == 0 and check.stdout.splitlines()[-1] == (
         f"# {folder}: finished; train says so and hands back its result (--fresh trains it again)")
 
@@ -167,7 +153,7 @@ def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path, engi
         (0, True, "non_finite"), (1, True, "non_finite")]
     assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG" and (folder / "model.keras").is_file()
     # Not trusted as finished: the same command says what happened, again with exit 1.
-    again = plateau(*args, timeout=300)
+    again = plateau(*args, timeout=PROGRAM_S)
     assert again.returncode == 1 and again.stderr.splitlines()[-1] == done.stderr.splitlines()[-1]
 
 

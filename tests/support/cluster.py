@@ -1,7 +1,7 @@
 r"""A real multi-node Ray cluster on one machine, for tests: a head plus worker nodes, each its
 own `ray start --block` process with its own raylet, ports, Ray temp dir and HOME.
 
-Fixtures (registered for every test module by tests/conftest.py's `pytest_plugins`):
+Fixtures (tests/support/fixtures.py, registered for every test module by tests/conftest.py):
 
 - `multinode_cluster` (module scope): a head with 0 CPUs and two 1-CPU worker nodes "n1" and
   "n2". The head runs the GCS, the job server and the job drivers (plateau submits with
@@ -11,8 +11,7 @@ Fixtures (registered for every test module by tests/conftest.py's `pytest_plugin
   worker beside the driver, and a test about nodes would prove nothing. Caveat: an actor
   created with Ray's defaults (`ray.util.queue.Queue()` is one) needs 1 CPU to be *scheduled*,
   so it lands on a worker node too, and dies with that node.
-- `ray_head` lives in tests/ray_head.py: the same `LocalCluster` with 4 head CPUs and no
-  worker nodes.
+- `ray_head`: the same `LocalCluster` with 4 head CPUs and no worker nodes.
 
 API: `LocalCluster(head_cpus).start()` (`.start(wait=False)`: a head still starting); `.address`
 (job server), `.gcs_address` (for `ray.init`), `.env` / `.driver_env` (client environments),
@@ -114,11 +113,9 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator
 
-import pytest
+from tests.support.project import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 NODE_DEAD_TIMEOUT_S = 60
 START_ATTEMPTS = 3
@@ -614,22 +611,11 @@ def _write_token(home: Path, token: str) -> None:
     path.chmod(0o600)
 
 
-@pytest.fixture(scope="module")
-def multinode_cluster() -> Iterator[LocalCluster]:
-    """A head with 0 CPUs and worker nodes "n1" and "n2" with 1 CPU each (see the module doc)."""
-    cluster = LocalCluster(head_cpus=0).start()
-    try:
-        cluster.add_nodes(["n1", "n2"])
-        yield cluster
-    finally:
-        cluster.shutdown()
-
-
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tests.ray_cluster [--nodes N]`: the test cluster, by hand, until Ctrl-C."""
+    """`python -m tests.support.cluster [--nodes N]`: the test cluster, by hand, until Ctrl-C."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tests.ray_cluster",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster",
                                      description="A Ray head and worker nodes on this machine, each its own raylet; "
                                                  "Ctrl-C ends exactly their processes.")
     parser.add_argument("--nodes", type=int, default=2, help="worker nodes n1..nN (default 2)")

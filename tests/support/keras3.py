@@ -1,18 +1,16 @@
-"""Keras 3 (the keras_jax engine's Keras) in a process of its own: stock Keras 3 ReduceLROnPlateau and
-EarlyStopping fed a metric sequence, and plateau's stack on Keras 3's classes fed the same. Imported
-only by processes that set KERAS_BACKEND=jax first (the test process has tf_keras); run as a script
-it replays one sequence (argv: spec JSON, sequence JSON) and prints `@@{"rows": ..., "best_epoch": ...}`.
+"""Keras 3 (the keras_jax engine's Keras): stock Keras 3 ReduceLROnPlateau and EarlyStopping fed a
+metric sequence, and plateau's stack on Keras 3's classes fed the same. Imported only by processes
+that set KERAS_BACKEND=jax first (the test process has tf_keras): programs/keras3_replay.py and
+programs/keras3_stack.py.
 
 Example::
 
-    python tests/keras3_stack.py "$(spec json)" '[{"loss": 0.3, ...}, ...]'
+    rows, best_epoch = stock_trace(spec, sequence)
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Optional
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -33,7 +31,7 @@ def tiny_model(lr: float = 0.01) -> keras.Model:
 
 
 def stock_trace(spec: TrainSpec, sequence: list[dict]) -> tuple[list[dict], Optional[int]]:
-    """Stock Keras 3 callbacks fed `sequence` in one uninterrupted run, as tests/helpers.py's
+    """Stock Keras 3 callbacks fed `sequence` in one uninterrupted run, as stock.py's
     `stock_trace` on tf_keras: a row per epoch (lr after it, plateau_wait, stopping_wait, stop), and
     EarlyStopping's best epoch (1-based; None without it). `mode: auto` resolved as the engine does
     (KERAS_JAX.arguments)."""
@@ -90,8 +88,3 @@ def run_stack(spec: TrainSpec, sequence: list[dict], model: keras.Model | None =
             break
     callbacks.on_train_end()
     return trace, deciders, model
-
-
-if __name__ == "__main__":
-    rows, best_epoch = stock_trace(TrainSpec.model_validate_json(sys.argv[1]), json.loads(sys.argv[2]))
-    print("@@" + json.dumps({"rows": rows, "best_epoch": best_epoch}))

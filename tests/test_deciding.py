@@ -13,89 +13,10 @@ import pytest
 import tf_keras as keras
 
 from service import sync
-from service.spec import apply_overrides, validate_train
-from tests.helpers import NEEDS_JAX, stock_replay, tiny_model
-
-
-class ScriptedShard:
-    """Stands in for ShardEvaluator: returns scripted (loss sum, correct, count) per epoch."""
-
-    def __init__(self, sums_per_epoch):
-        self.sums_per_epoch = list(sums_per_epoch)
-        self.epoch = -1
-
-    def sums(self):
-        self.epoch += 1
-        return np.asarray(self.sums_per_epoch[self.epoch], dtype=np.float64)
-
-
-class PairedCollective:
-    """Two ranks in one process: this rank's row, then the other rank's scripted rows."""
-
-    def __init__(self, rank: int, other_rows):
-        self.rank, self.other_rows = rank, list(other_rows)
-        self.calls = 0
-        self.world_size = 2
-
-    def all_gather(self, values):
-        mine = np.asarray(values, dtype=np.float64).reshape(1, -1)
-        other = np.asarray(self.other_rows[self.calls], dtype=np.float64).reshape(1, -1)
-        self.calls += 1
-        return np.vstack([mine, other] if self.rank == 0 else [other, mine])
-
-    def sum(self, values):
-        return self.all_gather(values).sum(axis=0)
-
-
-def spec_with(*overrides):
-    return validate_train(apply_overrides({"scaling": {"num_workers": 1}}, list(overrides)))
-
-
-def run_stack(spec, sequence, model=None, state=None, start=0):
-    """Drive our decision stack (world of one) through scripted epochs, as model.fit would."""
-    model = model or tiny_model(spec.model.learning_rate)
-    sums = [(v["val_loss"] * 1000, v["val_accuracy"] * 1000, 1000) for v in sequence]
-    deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard(sums[start:]), state)
-    callbacks = keras.callbacks.CallbackList(deciders.as_list(), model=model)
-    callbacks.on_train_begin()
-    trace = []
-    for epoch in range(start, len(sequence)):
-        callbacks.on_epoch_begin(epoch)
-        logs = {"loss": sequence[epoch]["loss"], "accuracy": sequence[epoch]["accuracy"]}
-        callbacks.on_epoch_end(epoch, logs)
-        trace.append(deciders.consensus.last)
-        if model.stop_training:
-            break
-    callbacks.on_train_end()
-    return trace, deciders, model
-
-
-def metric_sequence(seed: int, epochs: int = 14):
-    """A noisy, plateauing learning curve (the shape that makes the callbacks act)."""
-    rng = np.random.default_rng(seed)
-    acc = np.minimum(0.99, 0.9 + 0.08 * (1 - np.exp(-np.arange(epochs) / 3)) + rng.normal(0, 0.004, epochs))
-    acc = np.round(acc * 1000) / 1000  # accuracies are counts / 1000
-    loss = 0.4 * np.exp(-np.arange(epochs) / 4) + 0.08 + rng.normal(0, 0.01, epochs)
-    return [{"loss": float(loss[i] + 0.05), "accuracy": float(acc[i] - 0.01),
-             "val_loss": float(loss[i]), "val_accuracy": float(acc[i])} for i in range(epochs)]
-
-
-PARAMETER_SETS = [
-    ("reduce_lr={}",),
-    ("reduce_lr={monitor: val_accuracy, factor: 0.1, patience: 1, min_delta: 1.0e-4}",
-     "early_stopping={monitor: val_accuracy, patience: 2}"),
-    ("reduce_lr={monitor: val_loss, mode: min, factor: 0.5, patience: 0, cooldown: 2, min_lr: 0.002}",),
-    ("reduce_lr={monitor: val_accuracy, mode: max, factor: 0.2, patience: 2, min_delta: 0.002, cooldown: 1}",),
-    ("reduce_lr={monitor: loss, factor: 0.3, patience: 1, min_lr: 0.005}",),
-    ("early_stopping={monitor: val_loss, patience: 0}",),
-    ("early_stopping={monitor: val_loss, min_delta: 0.01, patience: 1}",),
-    ("early_stopping={monitor: val_accuracy, patience: 1, baseline: 0.97}",),
-    ("early_stopping={monitor: val_accuracy, patience: 2, start_from_epoch: 4}",),
-    ("early_stopping={monitor: val_accuracy, mode: max, patience: 3, min_delta: 0.003, restore_best_weights: true}",),
-    ("early_stopping={monitor: accuracy, patience: 1}",),
-    ("reduce_lr={monitor: val_loss, factor: 0.5, patience: 1, cooldown: 1}",
-     "early_stopping={monitor: val_loss, patience: 3, restore_best_weights: true, start_from_epoch: 2}"),
-]
+from tests.support.deciders import PARAMETER_SETS, PairedCollective, ScriptedShard, metric_sequence, run_stack, spec_with
+from tests.support.engines import NEEDS_JAX
+from tests.support.project import program_json
+from tests.support.stock import stock_replay, tiny_model
 
 
 @pytest.mark.parametrize("overrides", PARAMETER_SETS, ids=lambda o: " ".join(o)[:60])
@@ -206,58 +127,15 @@ def test_parameter_sets_cover_every_callback_parameter():
         assert name in used, name
 
 
-# The same checks on Keras 3's classes (the keras_jax engine's stack), in a process of its own.
-KERAS3_STACK = r"""
-import json, os, sys
-os.environ["KERAS_BACKEND"] = "jax"
-from tests.keras3_stack import run_stack, stock_replay, tiny_model
-from service.keras_jax.callbacks import get_lr
-from tests.test_sync import PARAMETER_SETS, metric_sequence, spec_with
-
-differ, checked = [], 0
-for overrides in PARAMETER_SETS:
-    for seed in (1, 2, 3):
-        spec, sequence = spec_with(*overrides), metric_sequence(seed)
-        trace, _, _ = run_stack(spec, sequence)
-        lrs, stop_epoch, _ = stock_replay(spec, sequence)
-        mine = ([d.lr_after for d in trace], trace[-1].epoch if trace[-1].stop else None)
-        checked += 1
-        if mine != (lrs, stop_epoch):
-            differ.append([list(overrides), seed, mine, [lrs, stop_epoch]])
-
-spec = spec_with("reduce_lr={monitor: val_accuracy, factor: 0.5, patience: 2, cooldown: 2}",
-                 "early_stopping={monitor: val_accuracy, patience: 5, restore_best_weights: true}")
-sequence = metric_sequence(5, epochs=20)
-full, _, _ = run_stack(spec, sequence)
-key = lambda trace: [(d.epoch, d.lr_after, d.stop, d.plateau_wait, d.stopping_wait) for d in trace]
-resumed_differ = []
-for k in range(1, len(full)):
-    first, deciders, model = run_stack(spec, sequence[:k])
-    rest, _, _ = run_stack(spec, sequence, model=tiny_model(get_lr(model)), state=deciders.state_dicts(), start=k)
-    if key(first + rest) != key(full):
-        resumed_differ.append(k)
-print("@@" + json.dumps({"checked": checked, "differ": differ, "resumed_differ": resumed_differ,
-                         "reductions": sum(d.reduced for d in full)}))
-"""
 
 
 @NEEDS_JAX
 @pytest.mark.slow  # a Keras 3 process of its own: ~12 s
 def test_keras3_stack_decides_exactly_as_stock_keras3_and_resumes_alike():
     """G3 on the keras_jax engine's classes: every parameter set and sequence above gives stock
-    Keras 3's LR schedule and stop epoch; state saved at any epoch and restored decides the rest alike."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", KERAS3_STACK], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert "@@" in done.stdout, done.stderr[-3000:]
-    found = json.loads(done.stdout.rsplit("@@", 1)[1])
+    Keras 3's LR schedule and stop epoch; state saved at any epoch and restored decides the rest alike
+    (programs/keras3_stack.py, in a Keras 3 process of its own)."""
+    found = program_json("keras3_stack")
     assert found["checked"] == 3 * len(PARAMETER_SETS)
     assert found["differ"] == []
     assert found["resumed_differ"] == [] and found["reductions"] > 0
