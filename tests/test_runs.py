@@ -17,7 +17,7 @@ from service import cli, events, report, runs
 from service.explain import explain, pair, short
 from service.spec import validate_train
 from tests.support.limits import COMMAND_S
-from tests.support.runs import make_spec
+from tests.support.runs import make_spec, read_events
 from tests.support.deciders import metric_sequence, PARAMETER_SETS, run_stack, spec_with
 
 pytestmark = pytest.mark.filterwarnings("ignore::service.spec.SpecWarning")
@@ -132,18 +132,6 @@ def test_the_words_agree_with_the_real_decision_stack(overrides, seed):
 
 
 # --- TensorBoard --------------------------------------------------------------------------------
-
-
-def read_events(logdir: Path) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] from every event file in logdir (TensorFlow's own reader)."""
-    import tensorflow as tf
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(logdir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                out.setdefault(value.tag, []).append((event.step, round(value.simple_value, 6)))
-    return out
 
 
 HISTORY = [{"epoch": 1, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.3, "val_accuracy": 0.9, "lr": 0.01, "seconds": 1},

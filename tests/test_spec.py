@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-import tf_keras as keras
 import yaml
 
 from service import report
@@ -82,6 +81,8 @@ def test_higher_is_better_is_what_each_stock_callback_decides(monitor, mode):
     """One definition, checked against the callbacks themselves: tf_keras's ReduceLROnPlateau and
     EarlyStopping read `mode: auto` differently ("acc" anywhere in the name, against a name that
     ends in acc/accuracy/auc), and each spec section follows its own callback's rule."""
+    import tf_keras as keras
+
     reduce = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode)
     stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode)
     assert higher_is_better(monitor, mode, "ReduceLROnPlateau") == bool(reduce.monitor_op(2.0, 1.0))
