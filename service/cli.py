@@ -311,10 +311,12 @@ def _check(args: argparse.Namespace) -> int:
     address = cluster_address(args.address)
     output = Path(spec.output) / spec.name
     runlock.check_free(output, also=("trials/*",) if study is not None else ())
-    if address:
-        from service.cluster import check_gcs_address
+    from service import cluster
 
-        check_gcs_address(address)
+    if address:
+        cluster.check_gcs_address(address)
+    else:
+        cluster.check_no_local_cluster()
     if spec.tracking is not None:
         from service.tracking import check_available
 

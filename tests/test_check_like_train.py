@@ -222,3 +222,25 @@ def test_full_mnist_not_cached_is_skipped_and_said(tmp_path, monkeypatch, capsys
     code, out, lines = _check([SPEC, "--data", "mnist"], tmp_path, {"KERAS_HOME": str(tmp_path / "keras")},
                               monkeypatch, capsys)
     assert (code, out) == (2, "") and len(lines) == 1 and "mnist.npz: not an .npz archive" in lines[0]
+
+
+def test_a_cluster_ray_start_left_running_is_refused_by_check_and_train_alike(tmp_path, monkeypatch, capsys):
+    """Without an address, an embedded Ray cannot run beside a `ray start` cluster of this machine
+    (ray.init would join it; Ray Train's helpers would find it): one line, exit 2, from both.
+    A file such a cluster left behind, with nothing answering, is no cluster."""
+    ray_tmp = tmp_path / "raytmp"
+    (ray_tmp / "ray").mkdir(parents=True)
+    argv = [SPEC, "--data", "sample", "--output", str(tmp_path / "results")]
+    with socket.socket() as head:  # what answers at the recorded address
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(address + "\n")
+        train = _plateau(["train", *argv], tmp_path, {"RAY_TMPDIR": str(ray_tmp)})
+        code, out, lines = _check(argv, tmp_path, {"RAY_TMPDIR": str(ray_tmp)}, monkeypatch, capsys)
+    expected = [f"plateau: a Ray cluster started with 'ray start' runs on this machine ({address}); train on it "
+                "with --address auto, or stop it with 'ray stop' to train on an embedded Ray"]
+    assert train.returncode == 2 and [ln for ln in train.stderr.splitlines() if ln.startswith("plateau:")] == expected
+    assert (code, out, lines) == (2, "", expected)
+    code, out, lines = _check(argv, tmp_path, {"RAY_TMPDIR": str(ray_tmp)}, monkeypatch, capsys)  # nothing answers now
+    assert (code, lines) == (0, [])
