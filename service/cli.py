@@ -3,7 +3,8 @@
 Exit codes (`service.errors`): 0 success, 1 the run failed, 2 bad input found before anything
 started (any `BadInput`: a spec, data, an address, a job server, the run's folder; one
 `plateau: ...` line per problem on stderr), 130 / 143 when Ctrl-C / SIGTERM ended a run
-(`service.signals`). `plateau check` validates a spec and starts nothing.
+(`service.signals`), for a run and a study. `plateau check` exits 2 with the line `train`,
+`compare` or (with --submit) `submit` would print, and starts nothing.
 
 What it reads from the environment, and hands down as parameters:
 

@@ -270,8 +270,8 @@ def test_every_extra_the_cluster_names_exists():
 
 def test_the_documented_extras_install_the_engine_and_tracking_where_jobs_need_them(raw):
     """docs/cluster.md's setup lines for keras_jax and tracked jobs, put in cluster.yaml, still pass
-    Ray's schema; the head gets JAX's CPU build and MLflow, never CUDA; the GPU workers keep the
-    gpu extra and add JAX's CUDA build and MLflow."""
+    Ray's schema; the head (whose job drivers check the engine and log to MLflow) gets JAX's CPU
+    build and MLflow, never CUDA; the GPU workers keep the gpu extra and add JAX's CUDA build."""
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     documented = _documented_setup()
@@ -282,7 +282,7 @@ def test_the_documented_extras_install_the_engine_and_tracking_where_jobs_need_t
     assert head == {"jax", "mlflow"}, head
     assert "boto3" in " ".join(config["head_setup_commands"]), "the head's autoscaler needs boto3"
     for name in _worker_types(config):
-        assert _extras(_setup(config, name)) == {"gpu", "jax-gpu", "mlflow"}
+        assert _extras(_setup(config, name)) == {"gpu", "jax-gpu"}
     # the shipped file: the head without CUDA, the workers with TensorFlow's CUDA build
     assert _extras(" ".join(raw["head_setup_commands"])) == set()
     assert _extras(" ".join(raw["worker_setup_commands"])) == {"gpu"}
@@ -291,5 +291,5 @@ def test_the_documented_extras_install_the_engine_and_tracking_where_jobs_need_t
 def test_cluster_yaml_says_how_to_add_the_extras():
     comments = " ".join(line.strip().lstrip("#").strip() for line in CLUSTER_YAML.read_text().splitlines()
                         if line.lstrip().startswith("#"))
-    for words in ("`jax` on the head", "`jax-gpu` on the workers", "`mlflow` on both", "ray up cluster.yaml"):
+    for words in ("`jax` on the head", "`jax-gpu` on the workers", "`mlflow` on the head", "ray up cluster.yaml"):
         assert words in comments, words
