@@ -316,6 +316,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if address:
         cluster.check_gcs_address(address)
+        if address == "auto":
+            skipped.append("which cluster --address auto finds (Ray looks for it as it joins)")
     else:
         cluster.check_no_local_cluster()
     if spec.tracking is not None:

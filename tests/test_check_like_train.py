@@ -187,7 +187,8 @@ def test_check_takes_every_flag_train_compare_and_submit_take(tmp_path, monkeypa
                               tmp_path, {}, monkeypatch, capsys)
     assert (code, lines) == (0, [])
     comments = [ln for ln in out.splitlines() if ln.startswith("# ")]
-    assert comments == ["# not checked offline: whether the cluster at auto can place the workers (its resources)",
+    assert comments == ["# not checked offline: which cluster --address auto finds (Ray looks for it as it joins); "
+                        "whether the cluster at auto can place the workers (its resources)",
                         "# results/seed-reduce-lr: a new run"]
     code, out, lines = _check([SPEC, "--set", "scaling.storage_path=s3://team-ml-data/plateau", "--wait",
                                "--follow", "--wait-server", "5", "--address", "http://127.0.0.1:8265"],
@@ -244,3 +245,23 @@ def test_a_cluster_ray_start_left_running_is_refused_by_check_and_train_alike(tm
     assert (code, out, lines) == (2, "", expected)
     code, out, lines = _check(argv, tmp_path, {"RAY_TMPDIR": str(ray_tmp)}, monkeypatch, capsys)  # nothing answers now
     assert (code, lines) == (0, [])
+
+
+@pytest.mark.parametrize("flags", [["--data", "PARQUET"], ["--submit", "--address", "http://127.0.0.1:8265"],
+                                   ["--data", "sample", "--address", "auto"]], ids=["parquet", "submit", "address"])
+def test_check_reads_and_checks_without_ray_tensorflow_or_jax(flags, tmp_path):
+    """Every path of check (the data read with pyarrow, a submission, an address, a study's trials)
+    leaves Ray, TensorFlow and JAX unimported."""
+    from service import data as data_lib
+
+    data_lib.export_parquet(_arrays(), tmp_path / "pq")
+    flags = [str(tmp_path / "pq") if f == "PARQUET" else f for f in flags]
+    code = ("import sys; from service.cli import main; rc = main(sys.argv[1:]); "
+            "print('IMPORTED', sorted(m for m in ('ray', 'tensorflow', 'tf_keras', 'keras', 'jax') if m in sys.modules),"
+            " file=sys.stderr); sys.exit(rc)")
+    for spec in (SPEC, str(ROOT / "jobs" / "seed-comparison.yaml")):
+        done = subprocess.run([sys.executable, "-c", code, "check", spec, *flags, "--set", "training.batch_size=10",
+                               "--output", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[-1] == "IMPORTED []", done.stderr
