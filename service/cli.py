@@ -3,7 +3,8 @@
 Exit codes (`service.errors`): 0 success, 1 the run failed, 2 bad input found before anything
 started (any `BadInput`: a spec, data, an address, a job server, the run's folder; one
 `plateau: ...` line per problem on stderr), 130 / 143 when Ctrl-C / SIGTERM ended a run
-(`service.signals`). `plateau check` validates a spec and starts nothing.
+(`service.signals`), for a run and a study. `plateau check` exits 2 with the line `train`,
+`compare` or (with --submit) `submit` would print, and starts nothing.
 
 What it reads from the environment, and hands down as parameters:
 
@@ -135,10 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quiet-trials", action="store_true",
                            help="a study prints a status line at most every 10 s instead of a line per trial epoch")
 
-    p = sub.add_parser("check", help="validate a spec and print it resolved, with warnings; starts nothing",
+    p = sub.add_parser("check", help="what train, compare, run or submit would refuse, without starting anything: "
+                                     "the resolved spec, warnings, the data, the run's folder",
                        parents=[flags])
     p.add_argument("spec", help="spec YAML")
+    p.add_argument("--address", help="as train/compare/run take it (HOST:PORT or 'auto'), or as submit takes it "
+                                     "(http://HOST:8265) with --submit")
     _add_overrides(p)
+    p.add_argument("--quiet-trials", action="store_true", help="accepted as compare and run take it; checks nothing")
+    p.add_argument("--submit", action="store_true",
+                   help="check as 'plateau submit' would: --address is a job server's, the data is read on the cluster")
+    p.add_argument("--wait", action="store_true", help="submit's flag (implies --submit)")
+    p.add_argument("-f", "--follow", action="store_true", help="submit's flag (implies --submit)")
+    p.add_argument("--wait-server", type=_seconds, default=None, metavar="SECONDS",
+                   help="submit's flag (implies --submit)")
 
     p = sub.add_parser("submit", help="submit a spec as a Ray job to a cluster", parents=[flags])
     p.add_argument("spec", help="spec YAML")
@@ -272,32 +283,114 @@ def _run_spec(args: argparse.Namespace, kind: Optional[str], command: str) -> in
 
 
 def _check(args: argparse.Namespace) -> int:
-    """`plateau check`: the resolved spec on stdout, warnings on stderr; no Ray, no TensorFlow."""
-    spec = load_with_tracking(args)
-    from service import engines
+    """`plateau check`: what `train`/`compare`/`run` (or, with --submit or submit's flags,
+    `submit`) would refuse before starting, the same line and exit 2, without Ray, TensorFlow or
+    JAX: the spec and every trial spec, the engine's and MLflow's packages, example buckets, the
+    address, the data (read here, as the driver reads it), the run's folder. On stdout: the
+    resolved spec, then YAML comments: what it could not check offline, what train would do
+    with the run's folder."""
+    from service import engines, rundir, runlock
+    from service.submitting import check_job_server_address, refuse_placeholder_buckets
 
+    submitting = bool(args.submit or args.wait or args.follow or args.wait_server is not None)
+    spec = load_spec(args.spec, overrides_from(args)) if submitting else load_with_tracking(args)
+    skipped: list[str] = []
+    trial_specs = [spec]
+    study = None
     if spec.kind == "compare":
-        from service.compare.grid import expand
+        study = _study_trials(spec)
+        trial_specs = [trial.spec for trial in study]
+    if submitting:
+        refuse_placeholder_buckets(spec)
+        check_job_server_address(args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
+                                 or os.environ.get("RAY_ADDRESS"))
+        sys.stdout.write(dump_spec(spec))
+        _warn(spec)
+        print("# not checked offline: whether the job server answers, and what the cluster has: its packages "
+              "(the engine's, MLflow's), the data, the run's folder and resources are the cluster's")
+        return EXIT_OK
+    address = cluster_address(args.address)
+    output = Path(spec.output) / spec.name
+    runlock.check_free(output, also=("trials/*",) if study is not None else ())
+    from service import cluster
 
-        # every trial's spec validated, as compare would before starting
-        engines.check_available(*(trial.spec for trial in expand(spec)))
+    if address:
+        cluster.check_gcs_address(address)
+        if address == "auto":
+            skipped.append("which cluster --address auto finds (Ray looks for it as it joins)")
     else:
-        engines.check_available(spec)
+        cluster.check_no_local_cluster()
     if spec.tracking is not None:
         from service.tracking import check_available
 
         check_available(spec.tracking)
+    engines.check_available(*trial_specs)
+    refuse_placeholder_buckets(spec)
+    skipped += _check_data(trial_specs, train=study is None)
+    if study is None:
+        if not args.fresh:
+            rundir.check_same_spec(spec)
+        if not (output / "summary.json").exists() or args.fresh:
+            paths = rundir.RunPaths.of(spec)
+            rundir.check_could_write(paths.out_dir, paths.storage)
+    elif not args.fresh:
+        from service.compare.study import _count_finished
+
+        _count_finished(study)
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
-    from service.runlock import check_free
-
-    check_free(Path(spec.output) / spec.name, also=("trials/*",) if spec.kind == "compare" else ())
-    if spec.kind == "train" and not args.fresh:
-        from service.rundir import check_same_spec, state_line
-
-        check_same_spec(spec)
-        print(f"# {state_line(spec)}")  # a YAML comment: stdout stays a spec
+    skipped.append(f"whether {'the cluster at ' + address if address else 'an embedded Ray'} can place the "
+                   "workers (its resources)")
+    print(f"# not checked offline: {'; '.join(skipped)}")  # YAML comments: stdout stays a spec
+    print(f"# {_folder_line(spec, output, study is not None, args.fresh)}")
     return EXIT_OK
+
+
+def _study_trials(spec: Spec) -> list:
+    """Every trial of the study, planned and validated as `compare` would before starting."""
+    from service.compare.grid import expand
+    from service.compare.plan import plan_workers, with_workers
+    from service.compare.seeding import SeedPlan, check_plan
+
+    workers, _ = plan_workers(spec)
+    spec = with_workers(spec, workers)
+    plan = SeedPlan.of(spec)
+    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(plan.seeds))
+    check_plan(plan, len({t.setting.index for t in trials}))
+    return trials
+
+
+def _check_data(specs: list, train: bool) -> list[str]:
+    """Each distinct data source read as the driver reads it (and, for a train run, split into
+    its batches); what could not be read offline, in words."""
+    from service import data as data_lib
+
+    skipped, seen = [], set()
+    for spec in specs:
+        key = (spec.data.source, spec.data.validation)
+        if key in seen:
+            continue
+        seen.add(key)
+        splits = data_lib.load_offline(*key, cache_dir=data_cache_dir())
+        if splits is None:
+            where = data_cache_dir() or data_lib.default_cache_dir()
+            skipped.append(f"the data {key[0]} (full MNIST is not in {where} yet: train downloads it"
+                           f"{', or uses the bundled sample if it cannot' if key[0] == 'auto' else ''})"
+                           if "://" not in key[0] else f"the data at {key[0]} (remote)")
+        elif train:
+            data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
+    return skipped
+
+
+def _folder_line(spec: Spec, output: Path, study: bool, fresh: bool) -> str:
+    """What train (compare) would do with the run's (study's) folder, in words."""
+    if fresh:
+        return f"{output}: {'--fresh discards what it holds; ' if output.exists() else ''}a new run"
+    if study:
+        return f"{output}: a study; compare reuses the trials already finished there"
+    from service.rundir import state_line
+
+    return state_line(spec)
 
 
 def _job_command(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ import contextlib
 import logging
 import os
 import socket
+import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator, Optional
@@ -85,6 +87,37 @@ def check_gcs_address(address: str) -> None:
                            f"start the cluster with 'ray start --head' or check the address") from None
 
 
+def local_cluster_file() -> Path:
+    """Where `ray start` records the cluster it started on this machine (Ray's own rule: RAY_TMPDIR,
+    else TMPDIR on Linux, else /tmp; then ray/ray_current_cluster)."""
+    if "RAY_TMPDIR" in os.environ:
+        base = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        base = os.environ["TMPDIR"]
+    else:
+        base = "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
+    return Path(base) / "ray" / "ray_current_cluster"
+
+
+def check_no_local_cluster() -> None:
+    """An embedded Ray cannot run beside a cluster that `ray start` runs on this machine: without an
+    address ray.init joins that cluster, and with its own Ray, Ray Train's helpers still find the
+    other one and end the run's workers. So a live one is one line (AddressError), before Ray starts."""
+    try:
+        address = local_cluster_file().read_text().strip()
+    except OSError:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return   # a file `ray stop` left behind: nothing runs there
+    raise AddressError(f"a Ray cluster started with 'ray start' runs on this machine ({address}); train on it "
+                       f"with --address auto, or stop it with 'ray stop' to train on an embedded Ray")
+
+
 def worker_runtime_env(verbose: bool) -> dict:
     """The runtime environment of every training worker (RunConfig.worker_runtime_env)."""
     return {"env_vars": dict(WORKER_ENV, **({} if verbose else QUIET_ENV))}
@@ -139,7 +172,9 @@ def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose
         except (ConnectionError, RuntimeError) as exc:
             raise AddressError(f"{_named(address)}: cannot join that Ray cluster ({first_line(exc)})") from None
         return
-    ray.init(num_cpus=max(int(cpus + 0.999), os.cpu_count() or 1), include_dashboard=False, **quiet)
+    check_no_local_cluster()
+    ray.init(address="local", num_cpus=max(int(cpus + 0.999), os.cpu_count() or 1), include_dashboard=False,
+             **quiet)
 
 
 def tune_console(verbose: bool):

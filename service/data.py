@@ -132,6 +132,22 @@ def load(
     return _split(arrays, used, validation)
 
 
+def load_offline(source: str = "auto", validation: str = "holdout", *,
+                 cache_dir: Optional[Path] = None) -> Optional[MnistSplits]:
+    """`load` without the network, for `plateau check`: the same splits, or the same DataError,
+    or None when reading the data needs the network (full MNIST not in the cache yet, a remote
+    Parquet URI). No warning: "auto" without a cached MNIST is None, not the sample."""
+    if validation not in VALIDATIONS:
+        raise DataError(f"validation must be 'holdout' or 'test', got {validation!r}")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    name = source.strip() if isinstance(source, str) else source
+    if name in ("mnist", "auto") and not (cache / "mnist.npz").is_file():
+        return None
+    if isinstance(name, str) and "://" in name and not name.lower().startswith("file://"):
+        return None
+    return load(source, validation, warn=lambda message: None, cache_dir=cache)
+
+
 def _read_source(source: str, warn: Callable[[str], object], cache_dir: Path) -> tuple[dict[str, np.ndarray], str]:
     """Dispatch on `source`; return the checked Keras-layout arrays and the name to record."""
     if not isinstance(source, str) or not source.strip():

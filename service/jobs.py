@@ -59,14 +59,15 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
-from urllib.parse import urlparse
 
 from ray.job_submission import JobSubmissionClient
 
 from service.console import text_table
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
-from service.spec import CompareSpec, Spec, TrainSpec, load_spec
-from service.storage import is_node_local, placeholder_bucket
+from service.spec import Spec, load_spec
+from service.storage import is_node_local
+from service.submitting import (ADDRESS_HINT, JobError, _suggest, check_job_server_address,  # noqa: F401 - jobs.X
+                                refuse_placeholder_buckets, storage_of)
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails
@@ -96,14 +97,8 @@ EXCLUDES = [
     "dist/",
 ]
 
-ADDRESS_HINT = ("pass the dashboard address, --address http://HEAD:8265 (for a cluster.yaml "
-                "cluster: run `ray dashboard cluster.yaml`, then use http://127.0.0.1:8265)")
 TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (print it on the head with `ray get-auth-token`) "
               "or save it in ~/.ray/auth_token")
-
-
-class JobError(BadInput):
-    """Bad input found before or while talking to the job server (exit 2), as one line."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,36 +118,6 @@ def _command(fn: Callable[..., int]) -> Callable[..., int]:
             return EXIT_BAD_INPUT
 
     return wrapper
-
-
-def _suggest(address: str) -> str:
-    """`ray://h:10001`, `h:6379`, `h` -> `http://h:8265`; `h:8265` -> `http://h:8265`."""
-    hostport = address.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
-    if not host or host == "auto":
-        return ""
-    port = port if port and port not in ("6379", "10001") else "8265"
-    return f"; did you mean --address http://{host}:{port}?"
-
-
-def check_job_server_address(address: str | None) -> str:
-    """The job server's URL (http://HOST:8265), or a JobError saying what to pass instead."""
-    if not address or not address.strip():
-        raise JobError(f"no cluster address; {ADDRESS_HINT} or set RAY_API_SERVER_ADDRESS")
-    address = address.strip()
-    if address.startswith("ray://"):
-        raise JobError(f"{address} is a Ray Client address, but jobs go to the dashboard's job server; "
-                       f"{ADDRESS_HINT}{_suggest(address)}")
-    if not re.match(r"^https?://", address):
-        raise JobError(f"{address!r} is not a job server address; {ADDRESS_HINT}{_suggest(address)}")
-    parsed = urlparse(address)
-    try:
-        parsed.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise JobError(f"{address!r} has a bad port; {ADDRESS_HINT}") from None
-    if not parsed.hostname:
-        raise JobError(f"{address!r} names no host; {ADDRESS_HINT}")
-    return address.rstrip("/")
 
 
 def _quiet_ray_logs() -> None:
@@ -349,7 +314,7 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     `python` is the interpreter the job runs on the cluster; `fresh` passes `--fresh` on.
     """
     spec = load_spec(spec_path, overrides)  # SpecError -> exit 2, nothing submitted
-    _refuse_placeholder_buckets(spec)
+    refuse_placeholder_buckets(spec)
     root = find_project_root(spec_path)
     resolved = Path(spec_path).resolve()
     try:
@@ -388,25 +353,10 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     }
 
 
-def _storage_of(spec: Spec) -> tuple[str, TrainSpec]:
-    """(what `output` the spec names, the train spec whose workers write checkpoints)."""
-    return spec.output, (spec.base if isinstance(spec, CompareSpec) else spec)
-
-
-def _refuse_placeholder_buckets(spec: Spec) -> None:
-    """The cluster specs ship `s3://YOUR-BUCKET/...`: refuse it here, not after the GPU nodes booted."""
-    output, train_spec = _storage_of(spec)
-    fields = {"output": output, "scaling.storage_path": train_spec.scaling.storage_path or ""}
-    for field, value in fields.items():
-        if value and placeholder_bucket(value):
-            raise JobError(f"{field} {value} names an example bucket; put your own bucket there "
-                           f"(e.g. --set {field}=s3://my-team-ml/plateau/...) and submit again")
-
-
 def warn_if_checkpoints_stay_on_one_node(spec: Spec, nodes: int) -> None:
     """One line when a multi-worker run on a multi-node cluster keeps checkpoints on a node's own
     disk: a worker restarted on another node could not resume from them."""
-    output, train_spec = _storage_of(spec)
+    output, train_spec = storage_of(spec)
     scaling = train_spec.scaling
     where = scaling.storage_path or f"{output}/{train_spec.name}/checkpoints"
     shared = [scaling.storage_path] if scaling.storage_shared and scaling.storage_path else []

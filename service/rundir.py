@@ -148,3 +148,25 @@ def check_writable(*folders: Path | str) -> None:
             reason = exc.strerror or type(exc).__name__
             raise RunFolderError(f"cannot write the run's folder {folder} ({reason}); choose a writable "
                                  f"place with --output (or the spec's output)") from None
+
+
+def check_could_write(*folders: Path | str) -> None:
+    """`check_writable`'s verdict without creating anything (what `plateau check` uses): the
+    nearest folder that exists must be a writable directory."""
+    import errno
+    import os
+
+    for folder in folders:
+        if "://" in str(folder):
+            continue
+        here = Path(folder).absolute()
+        while not here.exists() and here != here.parent:
+            here = here.parent
+        problem = None
+        if not here.is_dir():
+            problem = os.strerror(errno.ENOTDIR)
+        elif not os.access(here, os.W_OK | os.X_OK):
+            problem = os.strerror(errno.EACCES)
+        if problem:
+            raise RunFolderError(f"cannot write the run's folder {folder} ({problem}); choose a "
+                                 f"writable place with --output (or the spec's output)")

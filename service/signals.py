@@ -57,6 +57,14 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def received() -> int | None:
+    """The signal `interruptible()` received, if any. A signal that lands while Ray's compiled
+    code runs (a `ray.wait` inside Tune) can surface as another error (a SystemError "returned a
+    result with an exception set") instead of `Interrupted`: a caller that catches errors asks
+    this first."""
+    return _received[0] if _active and _received else None
+
+
 def take_over() -> None:
     """(Re)install our handlers, inside `interruptible()` and on the main thread only."""
     if _active and threading.current_thread() is threading.main_thread():

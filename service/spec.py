@@ -94,7 +94,9 @@ class ScalingSpec(_Section):
     resize_interval_s: float = Field(10.0, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)  # only read when use_gpu; 0.5 = two workers per GPU
+    # Only read when use_gpu; a whole number: two ranks on one GPU is what NCCL refuses ("Duplicate GPU
+    # detected"), and keras_jax has no other collective between GPUs, so a fraction is refused.
+    gpus_per_worker: float = Field(1.0, ge=0)
     # How gradients are all-reduced between workers: NCCL between GPUs, gRPC RING between CPU
     # processes; auto picks NCCL with use_gpu and RING otherwise.
     collective: Literal["auto", "ring", "nccl"] = "auto"
@@ -141,7 +143,12 @@ class ScalingSpec(_Section):
         if self.collective == "nccl" and not self.use_gpu:
             raise ValueError("collective nccl runs between GPUs; set use_gpu: true (or --gpu), or use ring")
         if self.use_gpu and self.gpus_per_worker == 0:
-            raise ValueError("use_gpu with gpus_per_worker 0 gives the workers no GPU; use e.g. 1 or 0.5")
+            raise ValueError("use_gpu with gpus_per_worker 0 gives the workers no GPU; use 1")
+        if self.use_gpu and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ValueError(f"gpus_per_worker {self.gpus_per_worker:g} would put two workers on one GPU, which "
+                             "NCCL refuses (and keras_jax has no other collective between GPUs); give each worker "
+                             "a whole GPU (gpus_per_worker: 1) and as many workers as there are GPUs "
+                             "(--workers N), or train on CPUs without --gpu")
         return self
 
     @property
@@ -494,7 +501,12 @@ def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def _lines(exc: ValidationError, model: type[BaseModel], where: str) -> str:
     """Every error of a validation, one line each (in the order of the spec's fields)."""
-    return "\n".join(dict.fromkeys(_one_line(err, model, where) for err in exc.errors()))
+    errors = exc.errors()
+    # `base: Union[TrainSpec, str]`: a mapping that fails as a TrainSpec also "fails" as a string;
+    # that second branch says nothing the first did not.
+    errors = [e for e in errors if not (e["loc"][:2] == ("base", "str") and e["type"] == "string_type"
+                                        and len(errors) > 1)]
+    return "\n".join(dict.fromkeys(_one_line(err, model, where) for err in errors))
 
 
 def _one_line(err: dict, model: type[BaseModel], where: str) -> str:

@@ -46,8 +46,8 @@ def prepare_devices(use_gpu: bool, rank: int) -> str:
     """The device this worker trains on: "CPU", or its GPU's name (with memory growth on).
 
     Checked on every worker before anything is built, so a GPU run on a node whose TensorFlow
-    cannot see a GPU fails at once instead of training on the CPU. Memory growth lets several
-    workers share one GPU (gpus_per_worker: 0.5): by default the first would take it all.
+    cannot see a GPU fails at once instead of training on the CPU. Memory growth: the worker takes
+    GPU memory as it needs it, not the whole card up front (never run on a GPU so far).
     """
     if not use_gpu:
         return "CPU"

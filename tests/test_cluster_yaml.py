@@ -150,19 +150,19 @@ def test_every_node_has_its_own_instance_profile(config):
 
 
 def _readme_policy(sid_text: str) -> dict:
-    """The IAM policy in README.md whose JSON block mentions `sid_text`."""
+    """The IAM policy in docs/cluster.md whose JSON block mentions `sid_text`."""
     import json
 
-    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "docs" / "cluster.md").read_text(), re.S)
     found = [json.loads(b) for b in blocks if sid_text in b]
-    assert len(found) == 1, f"README.md should hold one IAM policy mentioning {sid_text!r}"
+    assert len(found) == 1, f"docs/cluster.md should hold one IAM policy mentioning {sid_text!r}"
     return found[0]
 
 
 def test_image_ids_need_no_permission_the_launching_role_lacks(raw):
     """A pinned AMI id needs nothing; `resolve:ssm:` is resolved by EC2 with the launcher's
     credentials, and the head launches the workers with its role: the head's policy in the
-    README must grant ssm:GetParameters on that parameter."""
+    docs/cluster.md must grant ssm:GetParameters on that parameter."""
     head_policy = _readme_policy("ssm:GetParameters")
     granted = [r for st in head_policy["Statement"] if "ssm:GetParameters" in st["Action"]
                for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])]
@@ -235,3 +235,61 @@ def test_cluster_can_run_the_spec(spec_path, config):
         assert scaling.storage_path and re.match(r"^[a-z][a-z0-9+.-]*://", scaling.storage_path), (
             f"{spec_path.name}: multi-node runs need scaling.storage_path on shared storage (s3://...)")
     assert spec.data.source == "mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# The extras a job needs (engine, tracking), installed on the head and the workers
+
+
+def _extras(line: str) -> set[str]:
+    """The project's extras a pip line installs: `-e '/home/ray/plateau[gpu,mlflow]'` -> {gpu, mlflow}."""
+    match = re.search(r"-e '?/home/ray/plateau(?:\[([^\]]*)\])?'?(\s|$)", line)
+    assert match, f"not an install of the project: {line!r}"
+    return {e.strip() for e in (match.group(1) or "").split(",") if e.strip()}
+
+
+def _documented_setup() -> dict[str, list[str]]:
+    """The setup commands docs/cluster.md tells an operator to use for keras_jax and MLflow jobs."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "setup_commands" in b]
+    assert len(blocks) == 1, "docs/cluster.md should show one block of setup commands"
+    return blocks[0]
+
+
+def test_every_extra_the_cluster_names_exists():
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named = set()
+    for line in CLUSTER_YAML.read_text().splitlines() + [c for cmds in _documented_setup().values() for c in cmds]:
+        for group in re.findall(r"/home/ray/plateau\[([^\]]*)\]", line):
+            named |= {e.strip() for e in group.split(",")}
+    assert {"gpu", "jax", "jax-gpu", "mlflow"} <= named, named
+    assert named <= extras, f"cluster.yaml or docs/cluster.md name extras pyproject.toml lacks: {named - extras}"
+
+
+def test_the_documented_extras_install_the_engine_and_tracking_where_jobs_need_them(raw):
+    """docs/cluster.md's setup lines for keras_jax and tracked jobs, put in cluster.yaml, still pass
+    Ray's schema; the head (whose job drivers check the engine and log to MLflow) gets JAX's CPU
+    build and MLflow, never CUDA; the GPU workers keep the gpu extra and add JAX's CUDA build."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    documented = _documented_setup()
+    assert set(documented) == {"head_setup_commands", "worker_setup_commands"}
+    config = prepare_config({**raw, **documented})
+    validate_config(config)
+    head = _extras(" ".join(config["head_setup_commands"]))
+    assert head == {"jax", "mlflow"}, head
+    assert "boto3" in " ".join(config["head_setup_commands"]), "the head's autoscaler needs boto3"
+    for name in _worker_types(config):
+        assert _extras(_setup(config, name)) == {"gpu", "jax-gpu"}
+    # the shipped file: the head without CUDA, the workers with TensorFlow's CUDA build
+    assert _extras(" ".join(raw["head_setup_commands"])) == set()
+    assert _extras(" ".join(raw["worker_setup_commands"])) == {"gpu"}
+
+
+def test_cluster_yaml_says_how_to_add_the_extras():
+    comments = " ".join(line.strip().lstrip("#").strip() for line in CLUSTER_YAML.read_text().splitlines()
+                        if line.lstrip().startswith("#"))
+    for words in ("`jax` on the head", "`jax-gpu` on the workers", "`mlflow` on the head", "ray up cluster.yaml"):
+        assert words in comments, words

@@ -138,6 +138,8 @@ def test_shown_command_parses_and_checks(page: str, command: str, tmp_path: Path
     check = ["check", str(spec_path), *[w for o in overrides_from(args) for w in ("--set", o)]]
     if args.fresh:
         check.append("--fresh")
+    if getattr(args, "submit", False):  # checked as submit would: a job server address (or the page's export)
+        check += ["--submit", "--address", args.address or "http://127.0.0.1:8265"]
     monkeypatch.chdir(tmp_path)  # a fresh results/ folder: the check's run-folder line says "a new run"
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() shortens it
     code = main(check)

@@ -42,7 +42,7 @@ def test_nccl_without_gpus_and_gpus_of_zero_are_spec_errors():
 
 def test_resources_per_worker_follow_the_spec():
     assert scaling().resources_per_worker == {"CPU": 1.0}
-    assert scaling("scaling.use_gpu=true", "scaling.gpus_per_worker=0.5").resources_per_worker == {"CPU": 1.0, "GPU": 0.5}
+    assert scaling("scaling.use_gpu=true", "scaling.gpus_per_worker=2").resources_per_worker == {"CPU": 1.0, "GPU": 2.0}
 
 
 NODE_4CPU = {"CPU": 4.0, "memory": 1e9}

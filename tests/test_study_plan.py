@@ -51,9 +51,9 @@ def test_the_study_fixes_what_it_names():
 def test_gpu_trials_keep_the_base_workers_and_fill_the_gpus():
     gpu = plan(["base.scaling.use_gpu=true", "base.scaling.num_workers=2"], {"CPU": 16.0, "GPU": 8.0}, trials=12)
     assert (gpu.workers, gpu.concurrent) == (2, 4)
-    half = plan(["base.scaling.use_gpu=true", "base.scaling.num_workers=2", "base.scaling.gpus_per_worker=0.5"],
-                {"CPU": 16.0, "GPU": 3.0}, trials=12)
-    assert half.concurrent == 3
+    double = plan(["base.scaling.use_gpu=true", "base.scaling.num_workers=2", "base.scaling.gpus_per_worker=2"],
+                  {"CPU": 16.0, "GPU": 8.0}, trials=12)
+    assert double.concurrent == 2
     assert plan(["base.scaling.use_gpu=true"], {"CPU": 16.0, "GPU": 1.0}).concurrent == 1   # at least one
 
 

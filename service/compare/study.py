@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, engines, events, progress, raylog, report, runlock, runs
+from service import cluster, engines, events, progress, raylog, report, runlock, runs, signals
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
@@ -76,7 +76,12 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         tracker = _tracker(spec, study_dir, echo)
         session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why))
         try:
-            outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
+            try:
+                outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
+            except Exception:
+                if signals.received() is None:
+                    raise
+                raise signals.Interrupted(signals.received()) from None  # it landed inside Ray's compiled code
         except BadInput:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever Ray or Tune raises ends the study in one line, marked failed
@@ -85,7 +90,12 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
             if tracker is not None:
                 tracker.finish(settings, "FAILED")
             return EXIT_FAILED
-        except BaseException:  # Ctrl-C, SIGTERM: the same command resumes the same MLflow runs
+        except signals.Interrupted as exc:  # Ctrl-C, SIGTERM: what finished is kept, the same command resumes
+            if tracker is not None:
+                tracker.end("KILLED")  # the same command resumes the same MLflow runs
+            exc.message = _interrupted(exc, spec, every, settings, session, study_dir, echo, command)
+            raise
+        except BaseException:
             if tracker is not None:
                 tracker.end("KILLED")
             raise
@@ -104,6 +114,25 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
             return EXIT_FAILED
         runs.mark_finished(study_dir, step.line)
         return EXIT_OK
+
+
+def _interrupted(exc: signals.Interrupted, spec: CompareSpec, every: list[Trial], settings: list[Setting],
+                 session: "Session", study_dir: Path, echo: Echo, command: Optional[str]) -> str:
+    """After a signal: the trials that ended keep their folders (so the same command reuses the
+    finished ones), the comparison files say they are partial, and one line says so."""
+    ended = {name: outcome for name, outcome in session.ended.items()}
+    trials = [t for t in every if t.name in ended]
+    finished = sum(outcome.status == "ok" for outcome in ended.values())
+    planned = len(every) if not SeedPlan.of(spec).sequential else f"at least {len(session.first_round)}"
+    again = f"resume with: {command}" if command else "run the same command again to resume"
+    line = (f"interrupted by {exc.name} after {finished} of {planned} trials finished; {again} "
+            f"(the finished trials are reused)")
+    if trials:
+        partial = (f"**Partial**: the study was interrupted by {exc.name} after {finished} of {planned} trials "
+                   f"finished; these tables hold only the trials that ended. Run the same command again to "
+                   f"resume: the finished trials are reused.")
+        _write_results(spec, trials, settings, ended, study_dir, echo, study_plan=None, partial=partial)
+    return line
 
 
 def _tracker(spec: CompareSpec, study_dir: Path, echo: Echo):
@@ -132,6 +161,8 @@ class Session:
     ray_open: bool = False
     embedded: bool = False   # the study started its Ray (one machine) rather than joining a cluster
     trained: int = 0   # trials trained (not reused) so far
+    ended: dict = field(default_factory=dict)   # trial name -> outcome, as each trial ends (reused ones too)
+    first_round: list = field(default_factory=list)   # the first round's trials
 
 
 def _run_rounds(spec: CompareSpec, plan: SeedPlan, every: list[Trial], study_dir: Path, session: Session,
@@ -145,6 +176,8 @@ def _run_rounds(spec: CompareSpec, plan: SeedPlan, every: list[Trial], study_dir
             planned = [t for t in every if t.seed in seeds]
             pace.total = len(planned)
             watch = StudyWatch(planned, pace, quiet_trials)
+            watch.outcomes = session.ended   # what ended is known if a signal ends the study mid-round
+            session.first_round = session.first_round or planned
             outcomes.update(_run_round(spec, [t for t in planned if t.name not in outcomes], every, study_dir,
                                        session, watch))
             if not plan.sequential:
@@ -252,9 +285,11 @@ def _finished(trial: Trial) -> TrialOutcome:
 
 
 def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Setting], outcomes: dict,
-                   study_dir: Path, echo: Echo, outcome_line: str = "", study_plan: Optional[StudyPlan] = None) -> int:
+                   study_dir: Path, echo: Echo, outcome_line: str = "", study_plan: Optional[StudyPlan] = None,
+                   partial: str = "") -> int:
     """comparison.csv/.md/.png, settings.csv and the ranked table on the terminal; returns the
-    trials that finished."""
+    trials that finished. `partial`: the study was interrupted; comparison.md says so first, and
+    nothing is printed (the interrupted line is the study's last word)."""
     rows, curves = [], {s.label: [] for s in settings}
     for t in trials:
         outcome = outcomes.get(t.name) or TrialOutcome("failed", error="no result from Tune")
@@ -275,8 +310,15 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
         outcome_text = f"{outcome_text}\n\nHow the trials ran: {study_plan.line()}.".strip()
     report.write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
     report.write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
-    report.write_atomic(study_dir / "comparison.md", markdown(spec, records, rows, settings, trials, outcome_text))
-    plot_comparison(study_dir / "comparison.png", curves, title=spec.name, rows=rows, baseline=settings[0].label)
+    text = markdown(spec, records, rows, settings, trials, outcome_text)
+    if partial:
+        title, _, rest = text.partition("\n")
+        text = f"{title} (partial)\n\n{partial}\n{rest}"
+    report.write_atomic(study_dir / "comparison.md", text)
+    plot_comparison(study_dir / "comparison.png", curves, title=f"{spec.name}{' (partial)' if partial else ''}",
+                    rows=rows, baseline=settings[0].label)
+    if partial:
+        return sum(r["status"] == "ok" for r in rows)
     progress.final(echo, "")
     progress.final(echo, text_table(TABLE_HEADER, table_rows(records)))
     return sum(r["status"] == "ok" for r in rows)

@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster, progress, raylog
+from service import cluster, progress, raylog, signals
 from service.compare.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
@@ -206,6 +206,7 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
     import ray
 
     with cluster.ray_session(address, study_cpus(trials), verbose, log, echo) as started_here:
+        signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling
             cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
@@ -230,7 +231,9 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
         tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, embedded)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)
-        with cluster.tune_console(verbose):
+        # Tune's own SIGINT handler would end the study as if it had finished (exit 0); without it
+        # Ctrl-C reaches `signals`, as SIGTERM does, and the study ends as an interrupted run.
+        with cluster.tune_console(verbose), cluster.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
             results = tuner.fit()
         outcomes = {}
         for result in results:

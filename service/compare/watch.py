@@ -33,6 +33,7 @@ class StudyWatch:
         self.index = {t.name: i for i, t in enumerate(trials, 1)}
         self.pace, self.quiet_trials, self.clock = pace, quiet_trials, clock
         self.latest: dict[str, dict] = {}   # running trial -> its last epoch's metrics
+        self.outcomes: dict[str, TrialOutcome] = {}   # trials that ended (reused ones too) -> outcome
         self._said: Optional[float] = None
 
     def _head(self, name: str) -> str:
@@ -58,6 +59,7 @@ class StudyWatch:
         """The line for a finished trial, with the study's progress."""
         if name not in self.by_name:
             return None
+        self.outcomes[name] = outcome
         self.pace.finish(name, reused=outcome.reused)
         self.latest.pop(name, None)
         k, total = self.index[name], len(self.by_name)

@@ -42,9 +42,9 @@ def use_jax(use_gpu: bool) -> None:
     if not use_gpu:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     else:
-        # JAX takes 75% of a GPU's memory up front by default: workers sharing a GPU
-        # (gpus_per_worker: 0.5) would not fit. Allocating as needed is what the tf_keras engine's
-        # memory growth does.
+        # JAX takes 75% of a GPU's memory up front by default; allocating as needed is what the
+        # tf_keras engine's memory growth does. (A GPU is never shared: the spec refuses a
+        # fractional gpus_per_worker.)
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import keras
 
