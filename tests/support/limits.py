@@ -30,6 +30,7 @@ NODE_DEAD_WITHIN_S = 30
 # An elastic run regrows to 2 workers after the node returns: Ray Train's resize check every
 # scaling.resize_interval_s, a new worker group and a restore; far below a full restart's time.
 REGROWN_WITHIN_S = 60
-# A killed keras_jax worker: the survivor must not wait out JAX's 90-s heartbeat timeout. The
-# whole run with its restart takes about 60 s on 2 cores; 85 s is below the 90 s it would wait.
+# A killed keras_jax worker, from its failure to the new worker group's placement: the survivor
+# must not wait out JAX's 90-s heartbeat timeout (a wait would take 90 s and more). The restart
+# itself (new processes, TensorFlow's and JAX's imports, the join) takes 15-30 s on 2 cores.
 JAX_RESTART_WITHIN_S = 85
