@@ -27,9 +27,6 @@ from service.console import say
 from service.errors import BadInput, first_line
 from service.raylog import RayLines
 
-# Every training worker's environment. tf_keras is what we import, but Ray's TF helpers and any
-# `tf.keras` reference must resolve to Keras 2 as well; Keras 3 cannot run MWMS.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "1"}
 
 # Ray Train's controller collects reports when it polls its workers (every 2 s by default), and a
@@ -86,8 +83,9 @@ def check_gcs_address(address: str) -> None:
 
 
 def worker_runtime_env(verbose: bool) -> dict:
-    """The runtime environment of every training worker (RunConfig.worker_runtime_env)."""
-    return {"env_vars": dict(WORKER_ENV, **({} if verbose else QUIET_ENV))}
+    """The runtime environment of every training worker (RunConfig.worker_runtime_env), before its
+    engine's variables (`Engine.runtime_env`)."""
+    return {"env_vars": {} if verbose else dict(QUIET_ENV)}
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
 
 HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
 INTEGER_COLUMNS = ("epoch", "workers")
-MODEL_FILE = "model.keras"  # the final model, stock tf_keras layers (service.export)
+MODEL_FILE = "model.keras"  # the final model, stock tf_keras layers (each engine's export.py)
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:

@@ -26,9 +26,9 @@ from ray.train.backend import BaseWorkerGroup
 
 
 def train_loop_per_worker(config: dict):
-    """What every worker runs (service.worker's loop, imported there: that is where TensorFlow
+    """What every worker runs (the worker module's loop, imported there: that is where TensorFlow
     is first imported)."""
-    from service.worker import train_loop_per_worker as loop
+    from service.engines.tf_keras.worker import train_loop_per_worker as loop
 
     return loop(config)
 
