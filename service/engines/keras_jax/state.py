@@ -46,11 +46,6 @@ def load_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
     optimizer.learning_rate.assign(arrays["optimizer/learning_rate"])
 
 
-def weights_only(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
-    """Only a checkpoint's model weights (to evaluate an epoch after the run)."""
-    model.set_weights([arrays[f"model/{n}"] for n in weight_names(model)])
-
-
 def save(directory: Any, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
     """The checkpoint's files (`service/checkpoint.py`) from a Keras 3 model."""
     write(directory, state_arrays(model), weight_names(model), epoch, callbacks)
