@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from service.errors import BadInput
-from service.report import write_atomic
+from service.files import write_atomic
 
 if TYPE_CHECKING:  # the driver reads checkpoints without TensorFlow
     import tf_keras as keras  # or Keras 3: only `layers`, `weights`, `set_weights` are used
