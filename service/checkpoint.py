@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+from service.compat.ray import SNAPSHOT_FILE as RAY_SNAPSHOT_FILE
 from service.errors import BadInput
 from service.files import write_atomic
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:  # the driver reads checkpoints without TensorFlow
 WEIGHTS_FILE = "weights.npz"
 STATE_FILE = "state.json"
 TRACE_FILE = "trace-rank{rank}.jsonl"
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # The one array-valued piece of callback state; it is stored in weights.npz, not state.json.
 BEST_WEIGHTS = "best_weights"
 # A checkpoint set aside because it cannot be read: `damaged-<its name>`, beside the others.

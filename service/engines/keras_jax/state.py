@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from service.checkpoint import Restored, read, weight_names, write
+from service.compat.keras import adam_slots
 
 
 def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
@@ -27,7 +28,7 @@ def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
     arrays = {f"model/{n}": np.asarray(w) for n, w in zip(names, model.get_weights())}
     arrays["optimizer/iterations"] = np.asarray(optimizer.iterations.value)
     # Adam keeps a momentum and a velocity per trainable variable, in the model's weight order.
-    for name, m, v in zip(names, optimizer._momentums, optimizer._velocities):
+    for name, m, v in zip(names, *adam_slots(optimizer)):
         arrays[f"optimizer/m/model/{name}"] = np.asarray(m.value)
         arrays[f"optimizer/v/model/{name}"] = np.asarray(v.value)
     arrays["optimizer/learning_rate"] = np.asarray(optimizer.learning_rate.value, dtype=np.float32)
@@ -40,7 +41,7 @@ def load_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
     optimizer = model.optimizer
     model.set_weights([arrays[f"model/{n}"] for n in names])
     optimizer.iterations.assign(arrays["optimizer/iterations"])
-    for name, m, v in zip(names, optimizer._momentums, optimizer._velocities):
+    for name, m, v in zip(names, *adam_slots(optimizer)):
         m.assign(arrays[f"optimizer/m/model/{name}"])
         v.assign(arrays[f"optimizer/v/model/{name}"])
     optimizer.learning_rate.assign(arrays["optimizer/learning_rate"])

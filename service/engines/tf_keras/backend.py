@@ -20,10 +20,10 @@ import os
 from dataclasses import dataclass
 
 import ray
-from ray._common.network_utils import build_address
-from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
 from ray.train.backend import BaseWorkerGroup
+
+from service.compat.ray import build_address, get_address_and_port
 
 
 def _set_tf_config(addresses: list[str], index: int) -> None:

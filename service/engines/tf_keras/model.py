@@ -24,8 +24,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tf_keras.src.utils import tf_utils
 
+from service.compat.tensorflow import sync_to_numpy_or_python_type
 from service.data import BatchSplit
 from service.spec import ModelSpec
 
@@ -125,7 +125,7 @@ class SeedModel(keras.Sequential):
     def _validate_and_get_metrics_result(self, logs: dict):
         # fit asks this at every epoch's end for the epoch's logs (tf_keras's own path for steps
         # whose returns are not the metrics): the metrics' totals, read once, on every rank.
-        return tf_utils.sync_to_numpy_or_python_type(self.get_metrics_result())
+        return sync_to_numpy_or_python_type(self.get_metrics_result())
 
 
 def replica_scaled_loss(split: BatchSplit):

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from service import checkpoint, reporting
 from service import data as data_lib
+from service.compat import tensorflow as compat_tf
 from service.engines.tf_keras import callbacks as tf_callbacks
 from service.engines.tf_keras import export, state
 from service.engines.tf_keras.callbacks import DriverQueue, ReportEachEpoch
@@ -125,17 +126,7 @@ NO_AUTOTUNING.autotune.enabled = False
 def device_pipelines_without_autotuning() -> None:
     """Make the strategy's per-device pipelines (tensorflow's multi_device_iterator_ops, which
     takes no options for them) run without autotuning too; once per process."""
-    from tensorflow.python.data.ops import multi_device_iterator_ops as devices
-
-    build = devices._create_device_dataset
-    if getattr(build, "without_autotuning", False):
-        return
-
-    def without_autotuning(*args: object, **kwargs: object) -> tf.data.Dataset:
-        return build(*args, **kwargs).with_options(NO_AUTOTUNING)
-
-    without_autotuning.without_autotuning = True
-    devices._create_device_dataset = without_autotuning
+    compat_tf.device_datasets_with_options(NO_AUTOTUNING)
 
 
 def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, world_size: int):
