@@ -94,18 +94,19 @@ def plain_child(data: str, epochs: int, engine: str = "tf_keras") -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from service import data as data_lib
+    from service.engines import KERAS_ON_JAX
     from service.spec import ModelSpec
 
     if engine == "keras_jax":
-        os.environ.setdefault("KERAS_BACKEND", "jax")
+        os.environ.setdefault(*KERAS_ON_JAX)
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         import keras
 
-        from service.keras_jax.model import build_model
+        from service.engines.keras_jax.model import build_model
     else:
         import tf_keras as keras
 
-        from service.model import build_model
+        from service.engines.tf_keras.model import build_model
 
     splits = data_lib.load(data, "holdout", warn=lambda m: None)
     n = len(splits.x_train) // GLOBAL_BATCH * GLOBAL_BATCH  # whole batches, like plateau's steps

@@ -21,9 +21,8 @@ checkpoint Ray Train hands the workers is the newest one that can be restored.
 
 Example::
 
-    save(directory, model, epoch=3, callbacks={"reduce_lr": rlr.state_dict()})
-    restored = restore(directory, model)        # inside the strategy's scope
-    write(directory, arrays, weight_names, 3, callbacks)    # another engine's arrays, the same layout
+    write(directory, arrays, weight_names(model), 3, callbacks)   # an engine's named arrays (its state.py)
+    restored, arrays = read(directory, weight_names(model))
     restored.epoch, restored.callbacks["reduce_lr"]["wait"]
     resume_point(checkpoints_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
 """
@@ -39,16 +38,16 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+from service.compat.ray import SNAPSHOT_FILE as RAY_SNAPSHOT_FILE
 from service.errors import BadInput
-from service.report import write_atomic
+from service.files import write_atomic
 
 if TYPE_CHECKING:  # the driver reads checkpoints without TensorFlow
-    import tf_keras as keras
+    import tf_keras as keras  # or Keras 3: only `layers`, `weights`, `set_weights` are used
 
 WEIGHTS_FILE = "weights.npz"
 STATE_FILE = "state.json"
 TRACE_FILE = "trace-rank{rank}.jsonl"
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # The one array-valued piece of callback state; it is stored in weights.npz, not state.json.
 BEST_WEIGHTS = "best_weights"
 # A checkpoint set aside because it cannot be read: `damaged-<its name>`, beside the others.
@@ -85,42 +84,8 @@ def weight_names(model: keras.Model) -> list[str]:
     return names
 
 
-def _optimizer_names(model: keras.Model) -> list[str]:
-    """A stable name per optimizer variable: its step counter, and each slot by the weight it
-    belongs to (tf_keras names a slot `[scope/]<slot>/<the weight's name>`)."""
-    by_keras_name = dict(zip((w.name for w in model.weights), weight_names(model)))
-    optimizer = model.optimizer
-    names = []
-    for variable in optimizer.variables:
-        if variable is optimizer.iterations:
-            names.append("optimizer/iterations")
-            continue
-        weight = next(k for k in by_keras_name if variable.name.endswith("/" + k))
-        slot = variable.name[: -len(weight) - 1].split("/")[-1]
-        names.append(f"optimizer/{slot}/model/{by_keras_name[weight]}")
-    return names
-
-
 # ---------------------------------------------------------------------------------------------
 # Save and restore
-
-
-def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
-    """Everything training carries from step to step, by stable name, in a fixed order: the
-    model's weights, the optimizer's step counter and slots, and the learning rate."""
-    import tf_keras as keras
-
-    arrays = {f"model/{n}": w for n, w in zip(weight_names(model), model.get_weights())}
-    arrays.update({n: v.numpy() for n, v in zip(_optimizer_names(model), model.optimizer.variables)})
-    rate = keras.backend.get_value(model.optimizer.learning_rate)
-    arrays["optimizer/learning_rate"] = np.asarray(rate, dtype=np.float32)
-    return arrays
-
-
-def save(directory: str | Path, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
-    """Write `model`'s weights, its optimizer (state and learning rate), the epoch and the
-    callbacks' state (`{name: state_dict}`; a `best_weights` list goes into the arrays)."""
-    write(directory, state_arrays(model), weight_names(model), epoch, callbacks)
 
 
 def write(directory: str | Path, arrays: dict[str, np.ndarray], weight_names: list[str], epoch: int,
@@ -154,23 +119,6 @@ def read(directory: str | Path, weight_names: list[str]) -> tuple[Restored, dict
             cb_state[BEST_WEIGHTS] = [arrays[f"best/{n}"] for n in weight_names]
         callbacks[cb_name] = cb_state
     return Restored(epoch=int(state["epoch"]), callbacks=callbacks), arrays
-
-
-def restore(directory: str | Path, model: keras.Model) -> Restored:
-    """Put a checkpoint's weights and optimizer state into `model`; return the epoch and the
-    callbacks' state (with `best_weights` back in it).
-
-    Call inside the strategy's scope: Adam creates its slots lazily, and they must be built as
-    mirrored variables before they can be assigned.
-    """
-    names = weight_names(model)
-    restored, saved = read(directory, names)
-    model.set_weights([saved[f"model/{n}"] for n in names])
-    model.optimizer.build(model.trainable_variables)
-    for name, variable in zip(_optimizer_names(model), model.optimizer.variables):
-        variable.assign(saved[name])
-    model.optimizer.learning_rate.assign(saved["optimizer/learning_rate"])
-    return restored
 
 
 def load_weights(directory: str | Path, model: keras.Model) -> None:

@@ -25,19 +25,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator, Optional
 
+from service.compat.ray import REPORT_POLL_VAR
 from service.console import say
 from service.errors import BadInput, first_line
 from service.raylog import RayLines
 
-# Every training worker's environment. tf_keras is what we import, but Ray's TF helpers and any
-# `tf.keras` reference must resolve to Keras 2 as well; Keras 3 cannot run MWMS.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "1"}
 
 # Ray Train's controller collects reports when it polls its workers (every 2 s by default), and a
 # worker's next report waits until the previous one was collected: with 1-second epochs, half of
 # every epoch-to-epoch cycle went waiting. The driver's value is handed to the controller.
-REPORT_POLL_VAR, REPORT_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
+REPORT_POLL_S = "0.2"  # REPORT_POLL_VAR: Ray Train's own setting (service/compat/ray.py)
 # Tune's newer console output prints its experiment box whatever the verbosity.
 TUNE_OUTPUT_VAR = "RAY_AIR_NEW_OUTPUT"
 
@@ -119,8 +117,9 @@ def check_no_local_cluster() -> None:
 
 
 def worker_runtime_env(verbose: bool) -> dict:
-    """The runtime environment of every training worker (RunConfig.worker_runtime_env)."""
-    return {"env_vars": dict(WORKER_ENV, **({} if verbose else QUIET_ENV))}
+    """The runtime environment of every training worker (RunConfig.worker_runtime_env), before its
+    engine's variables (`Engine.runtime_env`)."""
+    return {"env_vars": {} if verbose else dict(QUIET_ENV)}
 
 
 @contextlib.contextmanager

@@ -2,13 +2,13 @@
 consensus and the decision record. Numpy only: no TensorFlow, no Keras here.
 
 Each engine declares its callbacks as one of these classes on its Keras's own `Callback` (or stock
-callback) class, e.g. tf_keras's in `service/sync.py` and `service/callbacks.py`::
+callback) class, e.g. tf_keras's in `service/engines/tf_keras/callbacks.py`::
 
     class GlobalMetrics(deciding.GlobalMetrics, tf_keras.callbacks.Callback): ...
     class ResumableEarlyStopping(deciding.ResumableEarlyStopping, tf_keras.callbacks.EarlyStopping): ...
 
 and builds its stack with `build`, so the arithmetic, the stop reasons and the records are written
-once (why each exists: `service/sync.py`). What an engine gives them: a collective (`all_gather` of
+once (why each exists: `service/engines/tf_keras/callbacks.py`). What an engine gives them: a collective (`all_gather` of
 small float64 vectors in rank order, `world_size`), a shard evaluator (`sums()`: loss sum, correct
 count, example count), and how its optimizer's learning rate is read and set (`Consensus.read_lr`,
 `Consensus.write_lr`).

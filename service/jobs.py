@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ray.job_submission import JobSubmissionClient
 
+from service.compat import ray as compat_ray
 from service.console import text_table
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
 from service.spec import Spec, load_spec
@@ -125,9 +126,7 @@ def _quiet_ray_logs() -> None:
 
     Call after importing ray.job_submission: its module sets its own logger level on import.
     """
-    for name in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk",
-                 "ray._private.runtime_env.working_dir", "ray._private.runtime_env.packaging",
-                 "ray._private.authentication.http_token_authentication"):
+    for name in compat_ray.QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -151,14 +150,10 @@ def _http_error(exc: Exception, address: str, job_id: str | None = None) -> JobE
     return JobError(f"the job server at {address} failed: {text}")
 
 
-class _TimelyClient(JobSubmissionClient):
-    """Ray's client with a short connection timeout on every request: an unreachable address
-    fails in seconds instead of hanging."""
-
-    def _do_request(self, method, endpoint, **kwargs):  # noqa: ANN001 - Ray's signature
-        read = UPLOAD_READ_TIMEOUT_S if method.upper() in ("PUT", "POST") else READ_TIMEOUT_S
-        kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, read))
-        return super()._do_request(method, endpoint, **kwargs)
+# Ray's client with a short connection timeout on every request: an unreachable address fails in
+# seconds instead of hanging.
+_TimelyClient = compat_ray.timely_job_client(lambda method: (
+    CONNECT_TIMEOUT_S, UPLOAD_READ_TIMEOUT_S if method.upper() in ("PUT", "POST") else READ_TIMEOUT_S))
 
 
 def starting_reason(exc: BaseException) -> Optional[str]:
@@ -266,7 +261,7 @@ class JobServer:
         """How many nodes the cluster has now (0 when the server will not say)."""
         import requests
 
-        headers = self.client._headers or {}
+        headers = compat_ray.client_headers(self.client)
         try:
             reply = requests.get(f"{self.address}/api/v0/nodes", params={"limit": 10000}, headers=headers,
                                  timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))

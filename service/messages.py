@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Union
 
-from service.report import HISTORY_COLUMNS
 from service.spec import METRICS
 
 # The key of what the replica check cost, in Keras's logs and in an epoch's metrics (`replicas`).
 CHECK_SECONDS = "replica_check_seconds"
+# An epoch's row of history.csv, in column order (`EpochReport.history_row`).
+HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ actors write (`(RayTrainWorker pid=123) ...`), and the cluster's messages to the
 missed too many heartbeats from it. ...`), in colour. `RayLines` sends both to a log file, with
 no colour codes; on stdout only with --verbose (coloured only when stdout is a terminal).
 
-Ray prints both through one function of its driver, `ray._private.worker.print_worker_logs`
+Ray prints both through one function of its driver (`service/compat/ray.py`: `print_worker_logs`)
 (no public hook routes the cluster's messages; `log_to_driver` only covers the workers'), so
 the session replaces that function while it lasts and puts Ray's back afterwards.
 
@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
+
+from service.compat import ray as compat_ray
 
 LOG_FILE = "ray.log"
 
@@ -74,21 +76,17 @@ class RayLines:
     # -- the session
 
     def __enter__(self) -> "RayLines":
-        import ray._private.worker as ray_worker
-
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
-        self._ray_printer = ray_worker.print_worker_logs
-        self._autoscaler_events = ray_worker.filter_autoscaler_events
-        ray_worker.print_worker_logs = self.on_lines
+        self._ray_printer = compat_ray.log_printer()
+        self._autoscaler_events = compat_ray.autoscaler_events()
+        compat_ray.set_log_printer(self.on_lines)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        import ray._private.worker as ray_worker
-
-        if ray_worker.print_worker_logs == self.on_lines:
-            ray_worker.print_worker_logs = self._ray_printer
+        if compat_ray.log_printer() == self.on_lines:
+            compat_ray.set_log_printer(self._ray_printer)
         with self._lock:
             if self._file is not None:
                 self._file.close()

@@ -14,11 +14,11 @@ stays a deterministic function of the run.
 
 The logic is every engine's (numpy and zlib only); each engine declares `ReplicaCheck` and
 `PerturbOnce` on its Keras's `Callback` and hands over how it names its state (`state_arrays`:
-`checkpoint.state_arrays` for tf_keras).
+its `state.state_arrays`).
 
 Example::
 
-    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, checkpoint.state_arrays)
+    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, state.state_arrays)
     callbacks = [*deciders.as_list(), *checks, report]
 """
 

@@ -1,7 +1,7 @@
 """Output files of a run: history.csv, decisions.jsonl, summary.json, curves.png.
 
-Every file is written whole to a temporary name and renamed into place, so a crash never
-leaves a torn file behind: a reader sees the previous version or the new one. Files get the
+Every file is written whole to a temporary name and renamed into place (`files.write_atomic`), so
+a crash never leaves a torn file behind: a reader sees the previous version or the new one. Files get the
 permissions of any other new file (0666 less the umask). JSON files are strict JSON: a
 non-finite number (a diverged run's NaN) is written as null.
 
@@ -18,12 +18,12 @@ import csv
 import io
 import json
 import math
-import os
 import threading
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from service.files import write_atomic
+from service.messages import HISTORY_COLUMNS
 from service.spec import METRICS, MonitoredSpec, TrainSpec, dump_spec
 from service.stopreason import StopReason, words_of
 
@@ -31,24 +31,8 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-HISTORY_COLUMNS = ["epoch", *METRICS, "lr", "seconds", "workers"]
 INTEGER_COLUMNS = ("epoch", "workers")
-MODEL_FILE = "model.keras"  # the final model, stock tf_keras layers (service.export)
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # 0o666 and the umask, as open() does; mkstemp would make every file 0600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+MODEL_FILE = "model.keras"  # the final model, stock tf_keras layers (each engine's export.py)
 
 
 def write_json(path: Path, data: Any) -> None:

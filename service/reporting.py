@@ -2,13 +2,13 @@
 (with the checkpoint) and to the driver, and the failure drills. No TensorFlow, no Keras here.
 
 Each engine declares these as classes on its Keras's own `Callback` (tf_keras's in
-`service/callbacks.py`), and hands `ReportEachEpoch` its way of writing a checkpoint
-(`save(directory, model, epoch, callbacks_state)`: `checkpoint.save` for tf_keras).
+`service/engines/tf_keras/callbacks.py`), and hands `ReportEachEpoch` its way of writing a
+checkpoint (`save(directory, model, epoch, callbacks_state)`: its `state.save`).
 
 Example::
 
     class ReportEachEpoch(reporting.ReportEachEpoch, tf_keras.callbacks.Callback): ...
-    ReportEachEpoch(rank, deciders, DriverQueue(queue), save=checkpoint.save)
+    ReportEachEpoch(rank, deciders, DriverQueue(queue), save=state.save)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from service.messages import CHECK_SECONDS, EpochReport, Message, Placement
 
@@ -59,11 +59,11 @@ class ReportEachEpoch:
     the checkpoint a run resumes from carries the history up to it. Rank 0 also writes `former`
     traces, those of ranks an earlier, larger worker group had, so that no epoch's records are
     lost when an elastic run shrinks. Then the rank posts the same report to the driver.
-    `save` writes the model's state (the engine's: `checkpoint.save` for tf_keras).
+    `save` writes the model's state (the engine's `state.save`).
     """
 
     def __init__(self, rank: int, deciders: DecisionCallbacks, driver: DriverQueue, trace: list[dict] | None = None,
-                 former: dict[int, list[dict]] | None = None, save: Optional[Callable[..., None]] = None):
+                 former: dict[int, list[dict]] | None = None, *, save: Callable[..., None]):
         super().__init__()
         self.rank, self.deciders, self.driver = rank, deciders, driver
         self.trace = list(trace or [])
@@ -85,7 +85,7 @@ class ReportEachEpoch:
             for rank, trace in [*self.former.items(), (self.rank, self.trace)]:
                 checkpoint.write_trace(tmp, rank, trace)
             if self.rank == 0:
-                (self.save or checkpoint.save)(tmp, self.model, epoch + 1, self.deciders.state_dicts())
+                self.save(tmp, self.model, epoch + 1, self.deciders.state_dicts())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         self.driver.post(self.rank, report)
 

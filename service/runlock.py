@@ -40,8 +40,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from service import report, rundir
+from service import rundir
 from service.errors import BadInput
+from service.files import write_atomic
 
 LOCK_FILE = "lock.json"
 HEARTBEAT_S = 30.0
@@ -260,7 +261,7 @@ class Lock:
                 return
             self.me.heartbeat = _stamp(time.time())
             with contextlib.suppress(OSError):
-                report.write_atomic(self.path, self.me.to_json())
+                write_atomic(self.path, self.me.to_json())
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock (if it is still ours); folders made for the

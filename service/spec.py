@@ -79,7 +79,7 @@ class TrainingSpec(_Section):
     # overhead (measured: 2 workers ~24% faster at 50) without changing what is computed: same
     # batches, same order, dropout keyed on the optimizer step, callbacks act at epoch ends.
     steps_per_execution: int = Field(50, ge=1)
-    # What trains in the workers (service/engines.py): tf_keras 2.21 under MultiWorkerMirroredStrategy, or
+    # What trains in the workers (service/engines/): tf_keras 2.21 under MultiWorkerMirroredStrategy, or
     # Keras 3 on JAX (the `jax` extra). Part of the run's identity: a run resumes on the engine it started on.
     engine: Literal["tf_keras", "keras_jax"] = "tf_keras"
 

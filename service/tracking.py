@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from service import report
+from service.compat import mlflow as compat_mlflow
 from service.errors import BadInput, first_line, one_line
 from service.spec import CompareSpec, TrackingSpec, TrainSpec
 
@@ -56,9 +57,6 @@ MODEL_NAME = "model"  # `runs:/RUN_ID/model` loads it
 # and the artifact key under which its KerasFile finds model.keras.
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 KERAS_ARTIFACT = "keras"
-# How long the driver's client waits on a tracking server: once, briefly. MLflow's defaults
-# (7 retries with exponential backoff, 120 s timeouts) would stall a run for minutes on a dead server.
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 BATCH = 100  # MLflow's most params per log_batch call
 
 
@@ -96,11 +94,7 @@ def flat_params(data: dict, prefix: str = "") -> dict[str, str]:
 
 def _client(uri: Optional[str]):
     """An MlflowClient for `uri` set up for a driver: short HTTP waits, MLflow's own log lines off."""
-    for name, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(name, value)  # a user's own setting wins
-    # MLflow 3 refuses a folder store unless told otherwise; a folder (./mlruns) is the plainest store.
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the driver talks to the tracking store only
+    compat_mlflow.driver_settings()  # short HTTP waits, a folder store allowed, no telemetry; a user's own setting wins
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # its INFO lines (database set-up) are noise here
     from mlflow import MlflowClient
 
@@ -168,7 +162,7 @@ class _Tracker:
                 self.client.update_run(run_id, status="RUNNING")
                 return run
             except MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                if exc.error_code != compat_mlflow.NOT_FOUND:
                     raise  # a store that does not answer: not a reason to start another run
         if parent:
             tags = {**tags, "mlflow.parentRunId": parent}
@@ -300,7 +294,7 @@ class RunTracker(_Tracker):
         # The fluent API's store is this run's. set_tracking_uri also exports MLFLOW_TRACKING_URI
         # (for MLflow's subprocesses): put the variable back, or every later command of this
         # process, and every process it starts, would be tracked there too.
-        before = os.environ.get("MLFLOW_TRACKING_URI")
+        before = os.environ.get(compat_mlflow.TRACKING_URI_VAR)
         mlflow.set_tracking_uri(self.tracking.mlflow)
         try:
             with mlflow.start_run(run_id=self.run_id):

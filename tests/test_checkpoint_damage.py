@@ -80,12 +80,13 @@ def named(run: Path, epoch: int) -> Path:
 
 
 def test_the_arrays_the_driver_expects_are_the_ones_a_real_model_saves():
-    from service.model import build_model
+    from service.engines.tf_keras import state
+    from service.engines.tf_keras.model import build_model
     from service.spec import ModelSpec
 
     model = build_model(ModelSpec(hidden_units=HIDDEN))
     model.optimizer.build(model.trainable_variables)
-    saved = {name: tuple(array.shape) for name, array in checkpoint.state_arrays(model).items()}
+    saved = {name: tuple(array.shape) for name, array in state.state_arrays(model).items()}
     assert saved == checkpoint.expected_shapes(HIDDEN)
 
 

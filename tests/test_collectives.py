@@ -1,7 +1,7 @@
 """One collective per training step: what two MultiWorkerMirroredStrategy processes trace.
 
 Two plain processes (no Ray: the strategy only needs TF_CONFIG) build the worker's model,
-strategy and training dataset exactly as `service.worker` does, train one epoch on the sample,
+strategy and training dataset exactly as `service.engines.tf_keras.worker` does, train one epoch on the sample,
 and count the collective ops in the traced training step. Stock tf_keras traces eight per step
 (the gradients, four reads of the metrics' totals, two sums of the logged values, and the
 partial-batch "is there a batch" flag); plateau's step must trace one: the gradients.

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from service import sync
+from service.engines.tf_keras import callbacks as tf_callbacks
+from service.engines.tf_keras.collective import Collective
 from tests.support.deciders import PARAMETER_SETS, PairedCollective, ScriptedShard, metric_sequence, run_stack, spec_with
 from tests.support.engines import NEEDS_JAX
 from tests.support.project import program_json
@@ -44,7 +45,7 @@ def test_restore_best_weights_restores_the_best_epochs_weights():
             model.set_weights([w + epoch + 1 for w in model.get_weights()])
             snapshots.append([w.copy() for w in model.get_weights()])
 
-    deciders = sync.decision_callbacks(spec, sync.Collective(), 0,
+    deciders = tf_callbacks.decision_callbacks(spec, Collective(), 0,
                                        ScriptedShard([(1000, a * 1000, 1000) for a in (0.90, 0.95, 0.94, 0.93, 0.99)]))
     callbacks = keras.callbacks.CallbackList([Perturb(), *deciders.as_list()], model=model)
     callbacks.on_train_begin()
@@ -63,7 +64,7 @@ def test_global_metrics_weight_by_examples_not_by_rank():
     """G1 in miniature: uneven shards (3 and 1000 examples) give sums/count, not mean of means."""
     model = tiny_model()
     collective = PairedCollective(0, [[0.0, 1.0, 1000.0, 0.2, 0.9]])  # rank 1: 1/1000 correct
-    metrics = sync.GlobalMetrics(collective, ScriptedShard([(3.0, 3.0, 3.0)]))  # rank 0: 3/3 correct
+    metrics = tf_callbacks.GlobalMetrics(collective, ScriptedShard([(3.0, 3.0, 3.0)]))  # rank 0: 3/3 correct
     metrics.set_model(model)
     logs = {"loss": 0.4, "accuracy": 0.7}
     metrics.on_epoch_end(0, logs)
@@ -79,7 +80,7 @@ def test_consensus_any_stop_stops_every_rank_and_lowest_lr_wins(rank):
     spec = spec_with("early_stopping={monitor: val_loss, patience: 5}")
     model = tiny_model(0.01)
     other = [[1.0, 0.001]]  # the other rank wants to stop and proposes lr 0.001
-    deciders = sync.decision_callbacks(spec, PairedCollective(rank, other), rank, ScriptedShard([]))
+    deciders = tf_callbacks.decision_callbacks(spec, PairedCollective(rank, other), rank, ScriptedShard([]))
     consensus = deciders.consensus
     consensus.set_model(model)
     deciders.early_stopping.set_model(model)
@@ -87,7 +88,7 @@ def test_consensus_any_stop_stops_every_rank_and_lowest_lr_wins(rank):
     consensus.on_epoch_begin(3)
     consensus.on_epoch_end(3, {"val_loss": 0.5})
     assert model.stop_training is True
-    assert sync.get_lr(model) == 0.001
+    assert tf_callbacks.get_lr(model) == 0.001
     decision = consensus.last
     assert (decision.lr_before, decision.lr_after, decision.reduced, decision.stop) == (0.01, 0.001, True, True)
     assert decision.epoch == 4
@@ -106,7 +107,7 @@ def test_resumed_stack_decides_like_the_uninterrupted_one():
     for k in range(1, len(full)):
         first, deciders, model = run_stack(spec, sequence[:k])
         state = deciders.state_dicts()
-        lr = sync.get_lr(model)
+        lr = tf_callbacks.get_lr(model)
         resumed_model = tiny_model(lr)
         rest, _, _ = run_stack(spec, sequence, model=resumed_model, state=state, start=k)
         combined = [(d.epoch, d.lr_after, d.stop, d.plateau_wait, d.stopping_wait) for d in first + rest]
@@ -115,7 +116,7 @@ def test_resumed_stack_decides_like_the_uninterrupted_one():
 
 def test_stack_order_is_metrics_then_deciders_then_consensus():
     spec = spec_with("reduce_lr={}", "early_stopping={}")
-    deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard([]))
+    deciders = tf_callbacks.decision_callbacks(spec, Collective(), 0, ScriptedShard([]))
     kinds = [type(cb).__name__ for cb in deciders.as_list()]
     assert kinds == ["GlobalMetrics", "ResumableReduceLROnPlateau", "ResumableEarlyStopping", "Consensus"]
 

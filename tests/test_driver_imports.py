@@ -13,7 +13,7 @@ from tests.support.limits import PROGRAM_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DRIVER_MODULES = ["service.train", "service.backend", "service.engines", "service.keras_jax.backend",
+DRIVER_MODULES = ["service.train", "service.engines.tf_keras.backend", "service.engines", "service.engines.keras_jax.backend",
                   "service.compare.study", "service.compare.trials", "service.jobs", "service.cli"]
 WORKER_ONLY = ["tensorflow", "tf_keras", "keras", "jax", "jaxlib"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.model import BatchSplit
+from service.engines.tf_keras.model import BatchSplit
 from tests.support.project import program_json, python_env
 
 
@@ -34,7 +34,7 @@ def test_batch_split_is_as_even_as_possible(batch, workers, offsets, sizes):
 def test_every_world_size_trains_on_the_same_global_batches():
     import tensorflow as tf
 
-    from service.worker import train_dataset
+    from service.engines.tf_keras.worker import train_dataset
 
     x = np.arange(1000, dtype=np.uint8).reshape(1000, 1) % 251
     y = (np.arange(1000) % 10).astype(np.uint8)

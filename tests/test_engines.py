@@ -1,4 +1,4 @@
-"""The engines: one module chooses (`service/engines.py`); an engine that is not installed, or that
+"""The engines: one module chooses (`service/engines/__init__.py`); an engine that is not installed, or that
 cannot do what the spec asks, is one line before anything starts; the keras_jax engine's maths on
 real JAX (no Ray: several CPU devices in one process stand in for the ranks).
 
@@ -26,11 +26,12 @@ def spec_with(*overrides: str):
 def test_tf_keras_is_the_default_and_each_engine_names_its_loop_backend_and_environment():
     assert spec_with().training.engine == "tf_keras"
     tf = engines.engine_for(spec_with())
-    assert (tf.loop_path, tf.backend_path) == ("service.worker:train_loop_per_worker", "service.backend:TensorflowWorkers")
+    assert (tf.loop_path, tf.backend_path) == ("service.engines.tf_keras.worker:train_loop_per_worker",
+                                             "service.engines.tf_keras.backend:TensorflowWorkers")
     base = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}
     assert tf.runtime_env(base) == base
     jax = engines.engine_for(spec_with("training.engine=keras_jax"))
-    assert jax.backend_path == "service.keras_jax.backend:JaxWorkers"
+    assert jax.backend_path == "service.engines.keras_jax.backend:JaxWorkers"
     assert jax.runtime_env(base)["env_vars"] == {"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "jax"}
     assert type(jax.backend_config()).__name__ == "JaxWorkers"
 
@@ -101,3 +102,14 @@ def test_keras_jax_killed_worker_restarts_in_fresh_processes_and_resumes_to_the_
     assert result.decisions == reference.decisions
     assert result.summary["test_accuracy"] == reference.summary["test_accuracy"]
     assert result.summary["lr_reductions"] == reference.summary["lr_reductions"]
+
+
+def test_the_tf_keras_engine_provides_the_declared_contract():
+    from service.engines import contract
+    from service.engines.tf_keras import callbacks, collective, export, model, state, worker
+
+    assert isinstance(collective.Collective(), contract.Collective)
+    assert isinstance(state, contract.State)
+    assert all(hasattr(callbacks, name) for name in contract.CallbackKinds.__annotations__)
+    assert callable(worker.prepare_devices) and callable(model.build_model) and callable(export.keras_file)
+    assert hasattr(model.ShardEvaluator, "sums")

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from service import cluster
 from service.spec import SpecError, apply_overrides, validate_train
-from service.worker import communication_options
+from service.engines.tf_keras.worker import communication_options
 
 RING = tf.distribute.experimental.CommunicationImplementation.RING
 NCCL = tf.distribute.experimental.CommunicationImplementation.NCCL

@@ -9,7 +9,9 @@ import math
 import numpy as np
 import tf_keras as keras
 
-from service import report, sync
+from service import report
+from service.engines.tf_keras import callbacks as tf_callbacks
+from service.engines.tf_keras.collective import Collective
 from tests.support.stock import stock_replay, tiny_model
 from tests.support.deciders import PairedCollective, run_stack, ScriptedShard, spec_with
 
@@ -41,7 +43,7 @@ def test_early_stopping_tells_patience_from_baseline():
 def test_consensus_names_another_ranks_stop_and_the_last_epoch_names_max_epochs():
     spec = spec_with("early_stopping={monitor: val_loss, patience: 5}")
     model = tiny_model(0.01)
-    deciders = sync.decision_callbacks(spec, PairedCollective(0, [[1.0, 0.01]]), 0, ScriptedShard([]))
+    deciders = tf_callbacks.decision_callbacks(spec, PairedCollective(0, [[1.0, 0.01]]), 0, ScriptedShard([]))
     for cb in (deciders.consensus, deciders.early_stopping):
         cb.set_model(model)
     deciders.early_stopping.on_train_begin()
@@ -51,7 +53,7 @@ def test_consensus_names_another_ranks_stop_and_the_last_epoch_names_max_epochs(
 
     sequence = [dict(loss=1, accuracy=0.5, val_loss=1 - e / 10, val_accuracy=0.9) for e in range(3)]
     model = tiny_model(0.01)
-    deciders = sync.decision_callbacks(spec_with("reduce_lr={}"), sync.Collective(), 0,
+    deciders = tf_callbacks.decision_callbacks(spec_with("reduce_lr={}"), Collective(), 0,
                                        ScriptedShard([(v["val_loss"] * 10, 9, 10) for v in sequence]))
     callbacks = keras.callbacks.CallbackList(deciders.as_list(), model=model)
     callbacks.set_params({"epochs": 3})
@@ -66,7 +68,7 @@ def test_consensus_names_another_ranks_stop_and_the_last_epoch_names_max_epochs(
 def test_a_non_finite_global_metric_stops_at_that_epoch_with_no_early_stopping_configured():
     spec = spec_with("reduce_lr={monitor: val_loss}")
     sums = [(300.0, 900.0, 1000.0), (np.nan, 100.0, 1000.0), (200.0, 950.0, 1000.0)]
-    deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard(sums))
+    deciders = tf_callbacks.decision_callbacks(spec, Collective(), 0, ScriptedShard(sums))
     model = tiny_model(0.01)
     callbacks = keras.callbacks.CallbackList(deciders.as_list(), model=model)
     callbacks.set_params({"epochs": 3})

@@ -36,7 +36,7 @@ from service.spec import CompareSpec, TrainSpec
 
 if TYPE_CHECKING:
     import ray.train
-    from ray.train.v2._internal.execution.context import TrainRunContext
+    from service.compat.ray import TrainRunContext
     from ray.tune.experiment import Trial as TuneTrial
 
 # What Tune ranks trials by (ASHA needs it in every result).

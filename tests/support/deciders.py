@@ -54,11 +54,12 @@ def run_stack(spec, sequence, model=None, state=None, start=0):
     """Drive our decision stack (world of one) through scripted epochs, as model.fit would."""
     import tf_keras as keras
 
-    from service import sync
+    from service.engines.tf_keras import callbacks as tf_callbacks
+    from service.engines.tf_keras.collective import Collective
 
     model = model or tiny_model(spec.model.learning_rate)
     sums = [(v["val_loss"] * 1000, v["val_accuracy"] * 1000, 1000) for v in sequence]
-    deciders = sync.decision_callbacks(spec, sync.Collective(), 0, ScriptedShard(sums[start:]), state)
+    deciders = tf_callbacks.decision_callbacks(spec, Collective(), 0, ScriptedShard(sums[start:]), state)
     callbacks = keras.callbacks.CallbackList(deciders.as_list(), model=model)
     callbacks.on_train_begin()
     trace = []

@@ -71,7 +71,7 @@ def checkpoints(spec) -> dict[int, Path]:
 def model_at(spec, directory: Path):
     """The seed model (tf_keras) with the weights of one epoch's checkpoint."""
     from service import checkpoint
-    from service.model import build_model
+    from service.engines.tf_keras.model import build_model
 
     model = build_model(spec.model, seed=spec.training.seed)
     checkpoint.load_weights(directory, model)

@@ -34,7 +34,7 @@ def stock_trace(spec, sequence) -> tuple[list[dict], object, object]:
     """
     import tf_keras as keras
 
-    from service import sync
+    from service.engines.tf_keras import callbacks as tf_callbacks
 
     model = tiny_model(spec.model.learning_rate)
     reduce_lr = keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()) if spec.reduce_lr else None
@@ -44,7 +44,7 @@ def stock_trace(spec, sequence) -> tuple[list[dict], object, object]:
     rows = []
     for epoch, values in enumerate(sequence):
         callbacks.on_epoch_end(epoch, dict(values))
-        rows.append({"epoch": epoch + 1, "lr": sync.get_lr(model), "stop": bool(model.stop_training),
+        rows.append({"epoch": epoch + 1, "lr": tf_callbacks.get_lr(model), "stop": bool(model.stop_training),
                      "plateau_wait": reduce_lr.wait if reduce_lr else None,
                      "stopping_wait": early_stopping.wait if early_stopping else None})
         if model.stop_training:

@@ -19,9 +19,9 @@ def main(rank: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from service import data as data_lib
-    from service.model import BatchSplit, build_model
+    from service.engines.tf_keras.model import BatchSplit, build_model
     from service.spec import ModelSpec
-    from service.worker import make_strategy, per_replica, train_dataset
+    from service.engines.tf_keras.worker import make_strategy, per_replica, train_dataset
     from tests.support.project import say_json
 
     splits = data_lib.load("sample", "holdout")

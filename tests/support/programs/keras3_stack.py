@@ -12,7 +12,7 @@ import os
 
 def main() -> None:
     os.environ["KERAS_BACKEND"] = "jax"  # before Keras 3 is first imported
-    from service.keras_jax.callbacks import get_lr
+    from service.engines.keras_jax.callbacks import get_lr
     from tests.support.deciders import PARAMETER_SETS, metric_sequence, spec_with
     from tests.support.keras3 import run_stack, stock_replay, tiny_model
     from tests.support.project import say_json

@@ -17,7 +17,7 @@ def main(workers: int) -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * workers)
     from service import data as data_lib
-    from service.model import BatchSplit, build_model, scale_pixels
+    from service.engines.tf_keras.model import BatchSplit, build_model, scale_pixels
     from service.spec import ModelSpec
     from tests.support.project import say_json
 

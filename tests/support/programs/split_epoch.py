@@ -21,7 +21,7 @@ def main(workers: int) -> None:
     from jax.sharding import PartitionSpec as P
 
     from service import data as data_lib
-    from service.keras_jax import model as jm
+    from service.engines.keras_jax import model as jm
     from service.spec import ModelSpec
     from tests.support.project import say_json
 

@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 
 import ray
-from ray._common.network_utils import build_address
-from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig, BaseWorkerGroup
+
+from service.compat.ray import build_address, get_address_and_port
 
 COORDINATOR, PROCESSES, PROCESS_ID = "PLATEAU_JAX_COORDINATOR", "PLATEAU_JAX_PROCESSES", "PLATEAU_JAX_PROCESS_ID"
 

@@ -3,9 +3,12 @@
 * `backend.py`: how Ray Train starts the workers (the JAX coordinator's address); imports no JAX.
 * `worker.py`: the per-worker training loop (the only module that joins the processes).
 * `model.py`: the seed's model in Keras 3, the jitted epoch (gradients summed over the processes),
-  the shard sums of evaluation, the checkpoint's named arrays of a Keras 3 model.
+  the shard sums of evaluation (`ShardEvaluator`).
+* `state.py`: the checkpoint's named arrays of a Keras 3 model and its optimizer, saved and restored.
 * `collective.py`: all-gather of small float64 vectors between the processes.
-* `callbacks.py`: the shared callbacks (`service.deciding`) on Keras 3's Callback.
+* `callbacks.py`: the shared callbacks (`service.deciding`, `service.reporting`, `service.replicas`)
+  on Keras 3's Callback.
+* `export.py`: the final model as a Keras 3 `.keras` file.
 
-Selected by `training.engine: keras_jax` (`service/engines.py`); installed with the `jax` extra.
+Selected by `training.engine: keras_jax` (`service/engines/__init__.py`); installed with the `jax` extra.
 """

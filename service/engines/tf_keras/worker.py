@@ -3,7 +3,7 @@
 `train_loop_per_worker(config)` gets the resolved spec and references to the data arrays,
 builds the seed's model under MultiWorkerMirroredStrategy (no strategy with one process),
 resumes from the latest checkpoint if Ray Train hands one over, trains with the synchronised
-callbacks from `sync`, reports every epoch to Ray Train with a checkpoint, and finally
+callbacks (`callbacks.py`), reports every epoch to Ray Train with a checkpoint, and finally
 evaluates the test set globally.
 """
 
@@ -14,12 +14,15 @@ import ray
 import ray.train
 import tensorflow as tf
 
-from service import callbacks as tf_callbacks
-from service import checkpoint, export, reporting, sync
+from service import checkpoint, reporting
 from service import data as data_lib
-from service.callbacks import DriverQueue, ReportEachEpoch
+from service.compat import tensorflow as compat_tf
+from service.engines.tf_keras import callbacks as tf_callbacks
+from service.engines.tf_keras import export, state
+from service.engines.tf_keras.callbacks import DriverQueue, ReportEachEpoch
+from service.engines.tf_keras.collective import Collective
+from service.engines.tf_keras.model import DATA_ORDER, BatchSplit, ShardEvaluator, build_model, random_key, scale_pixels
 from service.messages import FinalReport
-from service.model import DATA_ORDER, BatchSplit, build_model, random_key, scale_pixels
 from service.replicas import replica_callbacks
 from service.spec import TrainSpec
 
@@ -123,17 +126,7 @@ NO_AUTOTUNING.autotune.enabled = False
 def device_pipelines_without_autotuning() -> None:
     """Make the strategy's per-device pipelines (tensorflow's multi_device_iterator_ops, which
     takes no options for them) run without autotuning too; once per process."""
-    from tensorflow.python.data.ops import multi_device_iterator_ops as devices
-
-    build = devices._create_device_dataset
-    if getattr(build, "without_autotuning", False):
-        return
-
-    def without_autotuning(*args: object, **kwargs: object) -> tf.data.Dataset:
-        return build(*args, **kwargs).with_options(NO_AUTOTUNING)
-
-    without_autotuning.without_autotuning = True
-    devices._create_device_dataset = without_autotuning
+    compat_tf.device_datasets_with_options(NO_AUTOTUNING)
 
 
 def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, world_size: int):
@@ -167,7 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
     driver.post(rank, reporting.whereabouts(rank, device, world))
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
     # Every rank holds all training images and takes its rows of each global batch; validation
-    # and test are evaluated in disjoint shards and summed (sync.GlobalMetrics).
+    # and test are evaluated in disjoint shards and summed (callbacks.GlobalMetrics).
     split = BatchSplit.of(spec.training.batch_size, world)
     part = {name: data_lib.shard(len(arrays[f"x_{name}"]), world, rank) for name in ("val", "test")}
 
@@ -180,18 +173,18 @@ def train_loop_per_worker(config: dict) -> None:
         saved = ray.train.get_checkpoint()
         if saved is not None:
             with saved.as_directory() as directory:
-                restored = checkpoint.restore(directory, model)
+                restored = state.restore(directory, model)
                 traces = checkpoint.read_traces(directory)
 
     # -- callbacks: global metrics -> stock deciders -> consensus -> report (-> drill)
-    collective = sync.Collective(strategy, world)
-    val = sync.ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
-    deciders = sync.decision_callbacks(spec, collective, rank, val, restored.callbacks)
+    collective = Collective(strategy, world)
+    val = ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
+    deciders = tf_callbacks.decision_callbacks(spec, collective, rank, val, restored.callbacks)
     # Rank 0 carries the traces of ranks an earlier, larger worker group had.
     former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
-    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, checkpoint.state_arrays)
+    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, state.state_arrays)
     callbacks = [*deciders.as_list(), *checks,
-                 ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former)]
+                 ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former, save=state.save)]
     callbacks += reporting.drills(spec, rank, config.get("attempt", ""), tf_callbacks)
 
     # -- train, unless the checkpoint is of a run that already ended
@@ -209,8 +202,8 @@ def train_loop_per_worker(config: dict) -> None:
                   steps_per_epoch=config["steps"], callbacks=callbacks, verbose=0)
 
     # -- the final model (after any best-weight restore) on the whole test set, globally
-    test = sync.global_metrics(
-        collective, sync.ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]])
+    test = tf_callbacks.global_metrics(
+        collective, ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]])
     )
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
     final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=world)

@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +34,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from service.checkpoint import weight_names
 from service.data import BatchSplit
 from service.spec import ModelSpec
 
 AXIS = "ranks"  # the mesh's one axis: a device per process, in rank order
-# The random streams of a run (as in service/model.py): keys are (seed, stream, counter).
+# The random streams of a run (as in the tf_keras engine's model.py): keys are (seed, stream, counter).
 DATA_ORDER, DROPOUT = 1, 2
 
 
@@ -210,55 +208,3 @@ class ShardEvaluator:
             total += (np.asarray(losses, np.float64).sum(), np.asarray(hits).sum(), 0.0)
         total[2] = len(self.x)
         return total
-
-
-# ---------------------------------------------------------------------------------------------
-# The checkpoint's named arrays (service/checkpoint.py's layout) of a Keras 3 model
-
-
-def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
-    """Weights, Adam's step counter and moments, and the learning rate, by the checkpoint's names
-    (the tf_keras engine's: `model/0.dense/kernel`, `optimizer/m/model/0.dense/kernel`, ...)."""
-    names = weight_names(model)
-    optimizer = model.optimizer
-    arrays = {f"model/{n}": np.asarray(w) for n, w in zip(names, model.get_weights())}
-    arrays["optimizer/iterations"] = np.asarray(optimizer.iterations.value)
-    # Adam keeps a momentum and a velocity per trainable variable, in the model's weight order.
-    for name, m, v in zip(names, optimizer._momentums, optimizer._velocities):
-        arrays[f"optimizer/m/model/{name}"] = np.asarray(m.value)
-        arrays[f"optimizer/v/model/{name}"] = np.asarray(v.value)
-    arrays["optimizer/learning_rate"] = np.asarray(optimizer.learning_rate.value, dtype=np.float32)
-    return arrays
-
-
-def load_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
-    """Put `state_arrays`' arrays (read back from a checkpoint) into `model` and its optimizer."""
-    names = weight_names(model)
-    optimizer = model.optimizer
-    model.set_weights([arrays[f"model/{n}"] for n in names])
-    optimizer.iterations.assign(arrays["optimizer/iterations"])
-    for name, m, v in zip(names, optimizer._momentums, optimizer._velocities):
-        m.assign(arrays[f"optimizer/m/model/{name}"])
-        v.assign(arrays[f"optimizer/v/model/{name}"])
-    optimizer.learning_rate.assign(arrays["optimizer/learning_rate"])
-
-
-def weights_only(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
-    """Only a checkpoint's model weights (to evaluate an epoch after the run)."""
-    model.set_weights([arrays[f"model/{n}"] for n in weight_names(model)])
-
-
-def save(directory: Any, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
-    """This engine's `checkpoint.save`: the same files, from a Keras 3 model."""
-    from service import checkpoint
-
-    checkpoint.write(directory, state_arrays(model), weight_names(model), epoch, callbacks)
-
-
-def restore(directory: Any, model: keras.Model):
-    """This engine's `checkpoint.restore`: the model's state in place; the epoch and callbacks' state."""
-    from service import checkpoint
-
-    restored, arrays = checkpoint.read(directory, weight_names(model))
-    load_state(model, arrays)
-    return restored

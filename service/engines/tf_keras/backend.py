@@ -1,5 +1,6 @@
-"""How Ray Train starts plateau's workers: TF_CONFIG for MultiWorkerMirroredStrategy, and the
-entry point each worker runs, without importing TensorFlow anywhere but in the workers.
+"""How Ray Train starts the tf_keras engine's workers: TF_CONFIG for MultiWorkerMirroredStrategy,
+without importing TensorFlow anywhere but in the workers (the entry point each worker runs is
+`worker.py`'s, imported there by `Engine.loop`).
 
 Ray's `TensorflowTrainer` does the same TF_CONFIG set-up, but its backend lives in
 `ray.train.tensorflow`, whose package imports TensorFlow: the driver and Ray Train's controller
@@ -9,7 +10,7 @@ without those imports; `benchmarks/throughput.py` reports the start-up it leaves
 
 Example::
 
-    DataParallelTrainer(train_loop_per_worker, backend_config=TensorflowWorkers(), ...)
+    DataParallelTrainer(engine.loop, backend_config=TensorflowWorkers(), ...)
 """
 
 from __future__ import annotations
@@ -19,18 +20,10 @@ import os
 from dataclasses import dataclass
 
 import ray
-from ray._common.network_utils import build_address
-from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
 from ray.train.backend import BaseWorkerGroup
 
-
-def train_loop_per_worker(config: dict):
-    """What every worker runs (service.worker's loop, imported there: that is where TensorFlow
-    is first imported)."""
-    from service.worker import train_loop_per_worker as loop
-
-    return loop(config)
+from service.compat.ray import build_address, get_address_and_port
 
 
 def _set_tf_config(addresses: list[str], index: int) -> None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tf_keras.src.utils import tf_utils
 
+from service.compat.tensorflow import sync_to_numpy_or_python_type
 from service.data import BatchSplit
 from service.spec import ModelSpec
 
@@ -124,7 +125,7 @@ class SeedModel(keras.Sequential):
     def _validate_and_get_metrics_result(self, logs: dict):
         # fit asks this at every epoch's end for the epoch's logs (tf_keras's own path for steps
         # whose returns are not the metrics): the metrics' totals, read once, on every rank.
-        return tf_utils.sync_to_numpy_or_python_type(self.get_metrics_result())
+        return sync_to_numpy_or_python_type(self.get_metrics_result())
 
 
 def replica_scaled_loss(split: BatchSplit):
@@ -167,3 +168,38 @@ def build_model(spec: ModelSpec, seed: int = 7, split: Optional[BatchSplit] = No
     )
     dropout.follow(model.optimizer)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Global metrics: this rank's shard sums
+
+
+class ShardEvaluator:
+    """Loss and accuracy *sums* of a model over one rank's shard of a split.
+
+    Sums (not means) are what can be added across ranks. The per-example loss is Keras's own
+    categorical cross-entropy on the softmax output, so the global mean equals what
+    `model.evaluate` reports on the whole split, up to float32 rounding of the sum order.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 4096):
+        self.model = model
+        self.x, self.y = x, y
+        self.batch = batch
+        self._step = tf.function(self._sums, reduce_retracing=True)
+
+    def _sums(self, x: tf.Tensor, y: tf.Tensor):
+        probs = self.model(scale_pixels(x), training=False)
+        onehot = tf.one_hot(tf.cast(y, tf.int32), 10)
+        loss = keras.losses.categorical_crossentropy(onehot, probs)
+        correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float64)
+        return tf.reduce_sum(tf.cast(loss, tf.float64)), tf.reduce_sum(correct)
+
+    def sums(self) -> np.ndarray:
+        """[loss sum, correct count, example count] over this shard."""
+        total = np.zeros(3)
+        for start in range(0, len(self.x), self.batch):
+            loss, correct = self._step(self.x[start : start + self.batch], self.y[start : start + self.batch])
+            total += (float(loss), float(correct), 0.0)
+        total[2] = len(self.x)
+        return total

@@ -1,7 +1,7 @@
 """The keras_jax engine's per-worker training loop: what every Ray Train worker runs.
 
 `train_loop_per_worker(config)` takes the same config as the tf_keras engine's loop
-(`service/worker.py`) and sends the driver the same messages: it joins the other processes
+(`service/engines/tf_keras/worker.py`) and sends the driver the same messages: it joins the other processes
 (`jax.distributed`, gloo collectives between CPUs; nothing with one worker), builds the seed's
 model in Keras 3, resumes from the latest checkpoint if Ray Train hands one over, trains epoch
 by epoch (`model.Epoch`) under the shared callbacks (`service/deciding.py`: global metrics,
@@ -17,15 +17,12 @@ all-gathered, as in the tf_keras engine.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
-
 
 from service import checkpoint, deciding, replicas, reporting
 from service import data as data_lib
-from service.keras_jax.backend import COORDINATOR, PROCESS_ID, PROCESSES
+from service.engines import KERAS_ON_JAX
+from service.engines.keras_jax.backend import COORDINATOR, PROCESS_ID, PROCESSES
 from service.messages import FinalReport
-from service.report import MODEL_FILE
 from service.spec import TrainSpec
 
 
@@ -38,7 +35,7 @@ def use_jax(use_gpu: bool) -> None:
     variable for Ray's workers; Ray Train's local mode runs the loop in the driver's process).
     On CPUs JAX is kept to them; with use_gpu it picks its GPU platform when it has one
     (`prepare_devices` then checks that it did)."""
-    os.environ.setdefault("KERAS_BACKEND", "jax")
+    os.environ.setdefault(*KERAS_ON_JAX)
     if not use_gpu:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     else:
@@ -93,16 +90,8 @@ def prepare_devices(use_gpu: bool, rank: int) -> str:
     return gpus[0].device_kind
 
 
-def keras_file(model: object) -> bytes:
-    """The model as the bytes of a Keras 3 .keras file (stock layers: anyone can load it)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, MODEL_FILE)
-        model.save(path)
-        return path.read_bytes()
-
-
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point (the config of `service/worker.py`'s loop)."""
+    """Ray Train entry point (the config of the tf_keras engine's loop)."""
     import ray
     import ray.train
 
@@ -115,9 +104,11 @@ def train_loop_per_worker(config: dict) -> None:
     join_processes(world, rank, spec.scaling.use_gpu)
     device = prepare_devices(spec.scaling.use_gpu, rank)
     driver.post(rank, reporting.whereabouts(rank, device, world))
-    from service.keras_jax import callbacks as jax_callbacks
-    from service.keras_jax import model as jax_model
-    from service.keras_jax.collective import ProcessCollective
+    from service.engines.keras_jax import callbacks as jax_callbacks
+    from service.engines.keras_jax import export
+    from service.engines.keras_jax import model as jax_model
+    from service.engines.keras_jax import state
+    from service.engines.keras_jax.collective import ProcessCollective
 
     arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
     split = data_lib.BatchSplit.of(spec.training.batch_size, world)
@@ -129,7 +120,7 @@ def train_loop_per_worker(config: dict) -> None:
     saved = ray.train.get_checkpoint()
     if saved is not None:
         with saved.as_directory() as directory:
-            restored = jax_model.restore(directory, model)
+            restored = state.restore(directory, model)
             traces = checkpoint.read_traces(directory)
 
     # -- callbacks: global metrics -> stock deciders -> consensus -> report (-> drill)
@@ -138,10 +129,10 @@ def train_loop_per_worker(config: dict) -> None:
     deciders = deciding.build(spec, collective, rank, val, restored.callbacks, jax_callbacks.KERAS_JAX)
     former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
     checks = replicas.replica_callbacks(spec, collective, rank, deciders.consensus, jax_callbacks,
-                                        jax_model.state_arrays)
+                                        state.state_arrays)
     callbacks = [*deciders.as_list(), *checks,
                  jax_callbacks.ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former,
-                                               save=jax_model.save),
+                                               save=state.save),
                  *reporting.drills(spec, rank, config.get("attempt", ""), jax_callbacks)]
 
     # -- train, unless the checkpoint is of a run that already ended
@@ -157,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
     final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=world)
     ray.train.report(final.metrics())
     if rank == 0:
-        final.model_keras = keras_file(model)
+        final.model_keras = export.keras_file(model)
     driver.post(rank, final)
 
 
@@ -167,7 +158,7 @@ def train(model: object, callbacks: list, spec: TrainSpec, steps: int, arrays: d
     logs go through the callbacks in order, and a stop decided at an epoch's end ends training."""
     import keras
 
-    from service.keras_jax import model as jax_model
+    from service.engines.keras_jax import model as jax_model
 
     epoch_fn = jax_model.Epoch(model, jax_model.make_mesh(), split, rank, spec.training.seed, spec.model.dropout)
     hooks = keras.callbacks.CallbackList(callbacks, model=model, epochs=spec.training.epochs, steps=steps, verbose=0)

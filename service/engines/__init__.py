@@ -1,10 +1,13 @@
 """Which engine trains in the workers: the one place that maps `training.engine` to a worker loop,
 a Ray Train backend and the workers' environment.
 
-* `tf_keras` (the default): tf_keras 2.21 under MultiWorkerMirroredStrategy (`service/worker.py`,
-  `service/backend.py`).
+* `tf_keras` (the default): tf_keras 2.21 under MultiWorkerMirroredStrategy (`tf_keras/`).
 * `keras_jax`: Keras 3 on JAX, processes joined by `jax.distributed` with gloo collectives on CPUs
-  (`service/keras_jax/`), installed with the `jax` extra.
+  (`keras_jax/`), installed with the `jax` extra.
+
+Each engine is a package here with the same file names for the same roles (`backend.py`,
+`worker.py`, `model.py`, `state.py`, `collective.py`, `callbacks.py`, `export.py`); what each
+role provides is declared in `contract.py`.
 
 The driver, the spec, the reports, studies, jobs and the command line know only this module's
 `Engine`; neither TensorFlow nor JAX is imported here or by anything the driver runs: each engine's
@@ -70,12 +73,20 @@ def _installed(name: str) -> bool:
         return False
 
 
+# tf_keras is what the tf_keras engine imports, but Ray's TF helpers and any `tf.keras` reference
+# must resolve to Keras 2 as well; Keras 3 cannot run MWMS.
+LEGACY_KERAS = ("TF_USE_LEGACY_KERAS", "1")
+# Keras 3 reads its backend when it is first imported in the worker: the runtime env sets it.
+KERAS_ON_JAX = ("KERAS_BACKEND", "jax")
+
 ENGINES = {
-    "tf_keras": Engine("tf_keras", "service.worker:train_loop_per_worker", "service.backend:TensorflowWorkers",
-                       env=(), packages=("tensorflow", "tf_keras"), install='pip install -e "."'),
-    # KERAS_BACKEND must be set before Keras is first imported in the worker: the runtime env does it.
-    "keras_jax": Engine("keras_jax", "service.keras_jax.worker:train_loop_per_worker",
-                        "service.keras_jax.backend:JaxWorkers", env=(("KERAS_BACKEND", "jax"),),
+    "tf_keras": Engine("tf_keras", "service.engines.tf_keras.worker:train_loop_per_worker",
+                       "service.engines.tf_keras.backend:TensorflowWorkers", env=(LEGACY_KERAS,),
+                       packages=("tensorflow", "tf_keras"), install='pip install -e "."'),
+    # LEGACY_KERAS too: every engine's workers have always had it (a TensorFlow imported there keeps
+    # `tf.keras` on Keras 2).
+    "keras_jax": Engine("keras_jax", "service.engines.keras_jax.worker:train_loop_per_worker",
+                        "service.engines.keras_jax.backend:JaxWorkers", env=(LEGACY_KERAS, KERAS_ON_JAX),
                         packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"',
                         versions=(("keras", "keras"), ("jax", "jax"))),
 }

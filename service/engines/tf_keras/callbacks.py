@@ -21,8 +21,16 @@ at `ray.train.report`, which is a barrier). This module removes that possibility
 Every exchange is an all-gather of a small float64 vector followed by the same numpy
 arithmetic on every rank, in rank order, so every rank computes bit-identical results.
 
-That logic is every engine's (`service/deciding.py`); this module is the tf_keras engine's part:
-its collective, its shard evaluator, and the callbacks as tf_keras classes.
+That logic is every engine's (`service/deciding.py`); this module declares it on tf_keras's
+classes, with the rest of the engine's callbacks (`service/reporting.py`, `service/replicas.py`):
+
+* `ResumableReduceLROnPlateau`, `ResumableEarlyStopping`: the stock tf_keras callbacks, unchanged
+  in what they decide, that can hand over their state to a checkpoint and take it back;
+* `ReportEachEpoch`: every epoch's report to Ray Train (with the checkpoint) and to the driver;
+* `FailOnce`, `PauseAfterEpoch`: drills, added only when a spec asks for them;
+* `ReplicaCheck` and its drill `PerturbOnce` (`service/replicas.py`).
+
+The engine's collective is `collective.py`, its shard evaluator `model.ShardEvaluator`.
 
 Example::
 
@@ -34,87 +42,43 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
-from service import deciding
-from service.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
+from service import deciding, replicas, reporting
 from service.deciding import Decision, DecisionCallbacks, global_metrics  # noqa: F401 - this engine's names for them
-from service.model import scale_pixels
+from service.reporting import DriverQueue  # noqa: F401 - the worker loop's line to the driver
 from service.spec import TrainSpec
 
 
-class Collective:
-    """All-gather of small float64 vectors across the ranks of a job.
-
-    With one process (one worker, or Ray Train's local mode) it is the identity; with
-    MultiWorkerMirroredStrategy it uses the strategy's own collective ops, so it needs no
-    channel besides the one training already uses. Every rank must call it equally often,
-    in the same order: callers do so at fixed moments (each epoch's end).
-    """
-
-    def __init__(self, strategy: Optional[tf.distribute.Strategy] = None, world_size: int = 1):
-        self.strategy = strategy if world_size > 1 else None
-        self.world_size = world_size
-        self._gather = None
-
-    def all_gather(self, values: Sequence[float]) -> np.ndarray:
-        """Each rank's vector, stacked in rank order: shape (world_size, len(values))."""
-        row = np.asarray(values, dtype=np.float64).reshape(1, -1)
-        if self.strategy is None:
-            return row
-        if self._gather is None:
-            strategy = self.strategy
-
-            @tf.function
-            def gather(x: tf.Tensor):
-                # Each process holds one replica; gather its row from every replica in order.
-                per_replica = strategy.experimental_distribute_values_from_function(lambda _: x)
-                return strategy.gather(per_replica, axis=0)
-
-            self._gather = gather
-        return self._gather(tf.constant(row)).numpy()
-
-    def sum(self, values: Sequence[float]) -> np.ndarray:
-        return self.all_gather(values).sum(axis=0)
+class ResumableReduceLROnPlateau(deciding.ResumableReduceLROnPlateau, keras.callbacks.ReduceLROnPlateau):
+    """tf_keras `ReduceLROnPlateau` whose `best`, `wait` and `cooldown_counter` survive a restart."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Global metrics
+class ResumableEarlyStopping(deciding.ResumableEarlyStopping, keras.callbacks.EarlyStopping):
+    """tf_keras `EarlyStopping` whose state survives a restart and that says why it stopped."""
 
 
-class ShardEvaluator:
-    """Loss and accuracy *sums* of a model over one rank's shard of a split.
+class ReportEachEpoch(reporting.ReportEachEpoch, keras.callbacks.Callback):
+    """`reporting.ReportEachEpoch` on a tf_keras callback."""
 
-    Sums (not means) are what can be added across ranks. The per-example loss is Keras's own
-    categorical cross-entropy on the softmax output, so the global mean equals what
-    `model.evaluate` reports on the whole split, up to float32 rounding of the sum order.
-    """
 
-    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 4096):
-        self.model = model
-        self.x, self.y = x, y
-        self.batch = batch
-        self._step = tf.function(self._sums, reduce_retracing=True)
+class PauseAfterEpoch(reporting.PauseAfterEpoch, keras.callbacks.Callback):
+    """`reporting.PauseAfterEpoch` on a tf_keras callback."""
 
-    def _sums(self, x: tf.Tensor, y: tf.Tensor):
-        probs = self.model(scale_pixels(x), training=False)
-        onehot = tf.one_hot(tf.cast(y, tf.int32), 10)
-        loss = keras.losses.categorical_crossentropy(onehot, probs)
-        correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float64)
-        return tf.reduce_sum(tf.cast(loss, tf.float64)), tf.reduce_sum(correct)
 
-    def sums(self) -> np.ndarray:
-        """[loss sum, correct count, example count] over this shard."""
-        total = np.zeros(3)
-        for start in range(0, len(self.x), self.batch):
-            loss, correct = self._step(self.x[start : start + self.batch], self.y[start : start + self.batch])
-            total += (float(loss), float(correct), 0.0)
-        total[2] = len(self.x)
-        return total
+class FailOnce(reporting.FailOnce, keras.callbacks.Callback):
+    """`reporting.FailOnce` on a tf_keras callback."""
+
+
+class ReplicaCheck(replicas.ReplicaCheck, keras.callbacks.Callback):
+    """`replicas.ReplicaCheck` on a tf_keras callback."""
+
+
+class PerturbOnce(replicas.PerturbOnce, keras.callbacks.Callback):
+    """`replicas.PerturbOnce` on a tf_keras callback."""
 
 
 class GlobalMetrics(deciding.GlobalMetrics, keras.callbacks.Callback):
@@ -148,7 +112,7 @@ class Consensus(deciding.Consensus, keras.callbacks.Callback):
 TF_KERAS = deciding.Kinds(GlobalMetrics, ResumableReduceLROnPlateau, ResumableEarlyStopping, Consensus)
 
 
-def decision_callbacks(spec: TrainSpec, collective: Collective, rank: int, val: ShardEvaluator,
+def decision_callbacks(spec: TrainSpec, collective: Any, rank: int, val: Any,
                        state: Optional[dict[str, dict[str, Any]]] = None) -> DecisionCallbacks:
     """Global metrics -> stock ReduceLROnPlateau / EarlyStopping -> consensus, for `spec`
     (`deciding.build` with tf_keras's classes).
