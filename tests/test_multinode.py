@@ -130,7 +130,7 @@ def test_strict_spread_placement_group_lands_on_two_distinct_nodes(multinode_clu
             return ray.get_runtime_context().get_node_id()
 
         pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
-        ray.get(pg.ready(), timeout=COMMAND_S)
+        ray.get(pg.ready(), timeout=120)
         placed = [ray.get(node_id.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
                       pg, placement_group_bundle_index=i)).remote()) for i in range(2)]
         remove_placement_group(pg)

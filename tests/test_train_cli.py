@@ -41,8 +41,8 @@ STRICT = dict(parse_constant=lambda c: pytest.fail(f"summary.json holds the non-
 DIVERGING_LR = "1e16"
 
 
-def plateau(*args: str, umask: int | None = None) -> subprocess.CompletedProcess:
-    return run_plateau(*args, umask=umask, timeout=LONG_RUN_S)
+def plateau(*args: str, umask: int | None = None, timeout: float = LONG_RUN_S) -> subprocess.CompletedProcess:
+    return run_plateau(*args, umask=umask, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
