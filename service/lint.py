@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from service.engines import ENGINES
 from service.spec import CompareSpec, MonitoredSpec, Spec, TrainSpec, higher_is_better
 
 # The seed's own advice, quoted where it applies.
@@ -62,7 +63,7 @@ def lint_train(spec: TrainSpec) -> list[str]:
     for name, section in (("reduce_lr", reduce), ("early_stopping", stop)):
         if section is not None:
             found += _mode_findings(name, section)
-    return found
+    return found + ENGINES[spec.training.engine].unread_settings(spec)
 
 
 def lint(spec: Spec) -> list[str]:

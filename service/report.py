@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from service.files import write_atomic
-from service.messages import HISTORY_COLUMNS
+from service.core.messages import HISTORY_COLUMNS
 from service.spec import METRICS, MonitoredSpec, TrainSpec, dump_spec
 from service.stopreason import StopReason, words_of
 

@@ -35,7 +35,7 @@ from service import checkpoint, cluster, engines, events, progress, raylog, repo
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
-from service.messages import EpochReport, FinalReport, Message, Placement
+from service.core.messages import EpochReport, FinalReport, Message, Placement
 from service.provenance import provenance, utc_now
 from service.spec import TrainSpec, dump_spec
 from service.stopreason import StopReason

@@ -23,16 +23,17 @@ def spec_with(*overrides: str):
 
 
 @NEEDS_JAX
-def test_tf_keras_is_the_default_and_each_engine_names_its_loop_backend_and_environment():
+def test_tf_keras_is_the_default_and_each_engine_names_its_worker_backend_and_environment():
     assert spec_with().training.engine == "tf_keras"
     tf = engines.engine_for(spec_with())
-    assert (tf.loop_path, tf.backend_path) == ("service.engines.tf_keras.worker:train_loop_per_worker",
-                                             "service.engines.tf_keras.backend:TensorflowWorkers")
-    base = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}
-    assert tf.runtime_env(base) == base
+    assert (tf.worker_path, tf.backend_path) == ("service.engines.tf_keras.worker:Worker",
+                                               "service.engines.tf_keras.backend:TensorflowWorkers")
+    base = {"env_vars": {"RAY_DEDUP_LOGS": "0"}}
+    assert tf.runtime_env(base)["env_vars"] == {"RAY_DEDUP_LOGS": "0", "TF_USE_LEGACY_KERAS": "1"}
     jax = engines.engine_for(spec_with("training.engine=keras_jax"))
-    assert jax.backend_path == "service.engines.keras_jax.backend:JaxWorkers"
-    assert jax.runtime_env(base)["env_vars"] == {"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "jax"}
+    assert (jax.worker_path, jax.backend_path) == ("service.engines.keras_jax.worker:Worker",
+                                                 "service.engines.keras_jax.backend:JaxWorkers")
+    assert jax.runtime_env(base)["env_vars"] == {"RAY_DEDUP_LOGS": "0", "KERAS_BACKEND": "jax"}
     assert type(jax.backend_config()).__name__ == "JaxWorkers"
 
 
@@ -104,12 +105,31 @@ def test_keras_jax_killed_worker_restarts_in_fresh_processes_and_resumes_to_the_
     assert result.summary["lr_reductions"] == reference.summary["lr_reductions"]
 
 
-def test_the_tf_keras_engine_provides_the_declared_contract():
+@pytest.mark.parametrize("name", sorted(engines.ENGINES))
+def test_every_engine_implements_the_whole_worker_contract_and_runs_the_one_loop(name):
+    import importlib
+
     from service.engines import contract
-    from service.engines.tf_keras import callbacks, collective, export, model, state, worker
+
+    module, _, cls = engines.ENGINES[name].worker_path.partition(":")
+    worker = getattr(importlib.import_module(module), cls)  # the class only: no framework is imported yet
+    assert issubclass(worker, contract.EngineWorker)
+    assert not worker.__abstractmethods__
+    assert not hasattr(importlib.import_module(module), "train_loop_per_worker")  # one loop, loop.py's
+
+
+def test_the_tf_keras_engine_declares_every_shared_callback_on_tf_keras():
+    import tf_keras
+
+    from service.core import callbacks as shared
+    from service.engines import contract
+    from service.engines.tf_keras import callbacks, collective
 
     assert isinstance(collective.Collective(), contract.Collective)
-    assert isinstance(state, contract.State)
-    assert all(hasattr(callbacks, name) for name in contract.CallbackKinds.__annotations__)
-    assert callable(worker.prepare_devices) and callable(model.build_model) and callable(export.keras_file)
-    assert hasattr(model.ShardEvaluator, "sums")
+    declared = callbacks.CALLBACKS
+    for base in [*shared.SHARED, *(cls for cls, _ in shared.STOCK)]:
+        made = getattr(declared, base.__name__)
+        assert issubclass(made, base) and issubclass(made, tf_keras.callbacks.Callback)
+    assert issubclass(declared.ResumableEarlyStopping, tf_keras.callbacks.EarlyStopping)
+    assert declared.kinds.consensus is declared.Consensus
+

@@ -75,6 +75,17 @@ def test_lint_on_modes_and_on_every_setting_of_a_study():
     assert found[0].startswith("reduce_lr.factor=0.1,reduce_lr.patience=2,early_stopping.patience=2: ")
 
 
+def test_a_setting_the_engine_does_not_read_is_one_line_for_that_engine_only():
+    tuned = ["training.steps_per_execution=10", "scaling.collective=ring"]
+    assert lint(load_spec(None, tuned)) == []  # tf_keras reads both
+    assert lint(load_spec(None, [*tuned, "training.engine=keras_jax"])) == [
+        "training.steps_per_execution 10 has no effect on training.engine keras_jax: an epoch is one jitted call; "
+        "remove it, or train with another engine",
+        "scaling.collective ring has no effect on training.engine keras_jax: JAX's processes use gloo between "
+        "CPUs and NCCL between GPUs; remove it, or train with another engine"]
+    assert lint(load_spec(None, ["training.engine=keras_jax", "training.steps_per_execution=50"])) == []  # the default
+
+
 @pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy", "accuracy_drop", "auc", "f1"])
 @pytest.mark.parametrize("mode", ["auto", "min", "max"])
 def test_higher_is_better_is_what_each_stock_callback_decides(monitor, mode):

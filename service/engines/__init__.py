@@ -1,13 +1,14 @@
-"""Which engine trains in the workers: the one place that maps `training.engine` to a worker loop,
-a Ray Train backend and the workers' environment.
+"""Which engine trains in the workers: the one place that maps `training.engine` to the engine's
+worker (`contract.EngineWorker`), a Ray Train backend and the workers' environment.
 
 * `tf_keras` (the default): tf_keras 2.21 under MultiWorkerMirroredStrategy (`tf_keras/`).
 * `keras_jax`: Keras 3 on JAX, processes joined by `jax.distributed` with gloo collectives on CPUs
   (`keras_jax/`), installed with the `jax` extra.
 
 Each engine is a package here with the same file names for the same roles (`backend.py`,
-`worker.py`, `model.py`, `state.py`, `collective.py`, `callbacks.py`, `export.py`); what each
-role provides is declared in `contract.py`.
+`worker.py`, `model.py`, `state.py`, `collective.py`, `callbacks.py`, `export.py`); what an engine
+provides is declared in `contract.py`, and every engine runs the one worker loop, `loop.py`. Adding
+an engine is a folder here and an entry in `ENGINES`.
 
 The driver, the spec, the reports, studies, jobs and the command line know only this module's
 `Engine`; neither TensorFlow nor JAX is imported here or by anything the driver runs: each engine's
@@ -41,17 +42,21 @@ class Engine:
     """What the driver needs of an engine; each member names code that runs in the workers."""
 
     name: str
-    loop_path: str      # "module:function", the Ray Train entry point (imported only in the workers)
+    worker_path: str    # "module:Class", the engine's `contract.EngineWorker` (imported only in the workers)
     backend_path: str   # "module:Class", a Ray Train BackendConfig (modules that import no ML framework)
     env: tuple[tuple[str, str], ...]   # set in every worker before anything is imported there
     packages: tuple[str, ...]          # modules the workers import; checked on the driver, never imported
     install: str        # how to get them, in words
     versions: tuple[tuple[str, str], ...] = ()  # summary.json's `versions` beside the default ones: (key, dist)
+    unread: tuple[tuple[str, str], ...] = ()    # spec fields this engine does not read: (section.field, why)
 
-    def loop(self, config: dict) -> Any:
-        """The Ray Train entry point: imports the engine's worker module (and its framework) there."""
-        module, _, name = self.loop_path.partition(":")
-        return getattr(importlib.import_module(module), name)(config)
+    @staticmethod
+    def loop(config: dict) -> Any:
+        """The Ray Train entry point, every engine's (`loop.py`); it imports the engine's worker
+        module, and its framework, in the worker."""
+        from service.engines.loop import train_loop_per_worker
+
+        return train_loop_per_worker(config)
 
     def backend_config(self):
         module, _, name = self.backend_path.partition(":")
@@ -60,6 +65,19 @@ class Engine:
     def runtime_env(self, base: dict) -> dict:
         """`base` (the run's worker runtime env) with this engine's variables added."""
         return {**base, "env_vars": {**base.get("env_vars", {}), **dict(self.env)}}
+
+    def unread_settings(self, spec: TrainSpec) -> list[str]:
+        """One line for each field of `unread` that `spec` sets to other than its default: a setting
+        this engine would otherwise ignore without a word (`plateau check` and every run print them)."""
+        found = []
+        for path, why in self.unread:
+            section_name, _, field = path.partition(".")
+            section = getattr(spec, section_name)
+            value, default = getattr(section, field), type(section).model_fields[field].default
+            if value != default:
+                found.append(f"{path} {value} has no effect on training.engine {self.name}: {why}; remove it, "
+                             f"or train with another engine")
+        return found
 
     def missing(self) -> list[str]:
         """The packages of `packages` that cannot be imported here (found without importing them)."""
@@ -80,15 +98,16 @@ LEGACY_KERAS = ("TF_USE_LEGACY_KERAS", "1")
 KERAS_ON_JAX = ("KERAS_BACKEND", "jax")
 
 ENGINES = {
-    "tf_keras": Engine("tf_keras", "service.engines.tf_keras.worker:train_loop_per_worker",
+    "tf_keras": Engine("tf_keras", "service.engines.tf_keras.worker:Worker",
                        "service.engines.tf_keras.backend:TensorflowWorkers", env=(LEGACY_KERAS,),
                        packages=("tensorflow", "tf_keras"), install='pip install -e "."'),
-    # LEGACY_KERAS too: every engine's workers have always had it (a TensorFlow imported there keeps
-    # `tf.keras` on Keras 2).
-    "keras_jax": Engine("keras_jax", "service.engines.keras_jax.worker:train_loop_per_worker",
-                        "service.engines.keras_jax.backend:JaxWorkers", env=(LEGACY_KERAS, KERAS_ON_JAX),
+    "keras_jax": Engine("keras_jax", "service.engines.keras_jax.worker:Worker",
+                        "service.engines.keras_jax.backend:JaxWorkers", env=(KERAS_ON_JAX,),
                         packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"',
-                        versions=(("keras", "keras"), ("jax", "jax"))),
+                        versions=(("keras", "keras"), ("jax", "jax")),
+                        unread=(("training.steps_per_execution", "an epoch is one jitted call"),
+                                ("scaling.collective", "JAX's processes use gloo between CPUs and NCCL between "
+                                                       "GPUs"))),
 }
 
 

@@ -1,66 +1,46 @@
-"""What an engine provides: the roles every engine fills, each in the module of the same name in
-the engine's package (`service/engines/<engine>/`), declared as `typing.Protocol`s.
+"""What an engine provides: the contract between the one worker loop (`loop.py`) and an engine.
 
-The engine-neutral code (`service/deciding.py`, `service/reporting.py`, `service/replicas.py`,
-`service/checkpoint.py`) is written against these; each engine's `worker.py` wires its own
-implementations together. Nothing here imports a framework: a model, a Keras callback class or a
-dataset is `Any` to this module.
+`EngineWorker` is the abstract class every engine's `worker.py` subclasses: one object per Ray Train
+worker, built by the loop, asked for each thing in the order the loop needs it. Its collective and
+its shard evaluator are the two small protocols below. Nothing here imports a framework: a model,
+a Keras callback class or a dataset is `Any` to this module.
 
-| role | module | tf_keras | keras_jax |
-| --- | --- | --- | --- |
-| `Devices` | `worker.py` | `prepare_devices` (TensorFlow's GPUs, memory growth) | `prepare_devices` (JAX's GPUs) |
-| `BuildModel` | `model.py` | `build_model` (step-seeded dropout, scaled loss) | `build_model` (stock Keras 3 layers) |
-| `State` | `state.py` | `state_arrays`, `save`, `restore` | `state_arrays`, `save`, `restore` |
-| `Collective` | `collective.py` | `Collective` (the strategy's collective ops) | `ProcessCollective` (JAX's) |
-| `ShardEvaluator` | `model.py` | `ShardEvaluator` | `ShardEvaluator` |
-| `CallbackKinds` | `callbacks.py` | Keras's `Callback` base, via `TF_KERAS` and the classes | `KERAS_JAX` and the classes |
-| `TrainEpochs` | `worker.py` | `model.fit` on the strategy's per-replica dataset | `train` (`model.Epoch`, one jitted call) |
-| `Export` | `export.py` | `keras_file(model, spec)`: stock tf_keras layers | `keras_file(model)`: the model itself |
+| method | what it gives the loop |
+| --- | --- |
+| `EngineWorker(spec, rank, workers)` | the process ready for the framework (threads, JAX's processes joined) |
+| `prepare_devices()` | "CPU", or its GPU's name; `DeviceError` when the spec's device is not there |
+| `build_model(split)` | the compiled model, the same weights on every rank (from the seed) |
+| `restore(directory, model)` / `save(...)` / `state_arrays(model)` | the model's state in a checkpoint (`service/checkpoint.py`) |
+| `collective()` | a `Collective`: all-gather and sum of small float64 vectors, in rank order |
+| `evaluator(model, x, y)` | a `ShardEvaluator`: the loss and accuracy sums of this rank's shard |
+| `callbacks` | the shared callbacks on the engine's Keras (`service/core/callbacks.declare`) |
+| `train(model, callbacks, ...)` | epochs `start` .. `training.epochs` under the callbacks |
+| `keras_file(model)` | the final model as the bytes of a `.keras` file |
 
 Example::
 
-    def check(collective: Collective) -> None: ...   # any engine's collective type-checks here
+    class Worker(EngineWorker):
+        callbacks = declare(my_keras, read_lr=..., write_lr=...)
+        def prepare_devices(self) -> str: return "CPU"
+        ...
 """
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-
-class Devices(Protocol):
-    """`prepare_devices(use_gpu, rank)`: the device this worker trains on ("CPU", or its GPU's name),
-    checked on every worker before anything is built; a GPU run that cannot see a GPU raises the
-    engine's `DeviceError` with one line naming the rank and the node."""
-
-    def __call__(self, use_gpu: bool, rank: int) -> str: ...
+# The random streams of a run, whatever the engine: a random number is keyed by (seed, stream,
+# counter), so epoch e's order of the training examples and step k's dropout mask are pure
+# functions of the run's seed, whatever the number of workers and however often it resumed.
+DATA_ORDER, DROPOUT = 1, 2
 
 
-class BuildModel(Protocol):
-    """`build_model(spec.model, seed=...)`: the seed's network, compiled with Adam, its weights drawn
-    from `seed` so that every rank builds the same values without any exchange."""
-
-    def __call__(self, spec: Any, seed: int = 7) -> Any: ...
-
-
-@runtime_checkable
-class State(Protocol):
-    """The model's state in a checkpoint (`service/checkpoint.py`'s layout), by stable names:
-    weights, the optimizer's step counter and slots, the learning rate.
-
-    * `state_arrays(model)`: those arrays (also what the replica check compares);
-    * `save(directory, model, epoch, callbacks)`: rank 0's part of an epoch's checkpoint;
-    * `restore(directory, model)`: the state back in place; returns `checkpoint.Restored`
-      (the epoch and the callbacks' state).
-    """
-
-    def state_arrays(self, model: Any) -> dict[str, np.ndarray]: ...
-
-    def save(self, directory: str | Path, model: Any, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None: ...
-
-    def restore(self, directory: str | Path, model: Any) -> Any: ...
+class DeviceError(RuntimeError):
+    """A worker cannot use the device the spec asks for: one line naming the rank and the node."""
 
 
 @runtime_checkable
@@ -90,39 +70,59 @@ class ShardEvaluator(Protocol):
         ...
 
 
-class CallbackKinds(Protocol):
-    """The engine's Keras callback classes (`callbacks.py`): every shared class of
-    `service/deciding.py`, `service/reporting.py` and `service/replicas.py` declared on the
-    engine's Keras `Callback` base (the stock deciders on its own ReduceLROnPlateau and
-    EarlyStopping), and `deciding.Kinds` of them for `deciding.build`. The module itself is
-    passed around as this (e.g. to `replicas.replica_callbacks` and `reporting.drills`)."""
+class EngineWorker(abc.ABC):
+    """One Ray Train worker's engine: what `loop.train_loop_per_worker` asks of it, in that order.
 
-    GlobalMetrics: type
-    Consensus: type
-    ResumableReduceLROnPlateau: type
-    ResumableEarlyStopping: type
-    ReportEachEpoch: type
-    PauseAfterEpoch: type
-    FailOnce: type
-    ReplicaCheck: type
-    PerturbOnce: type
+    Built once per worker process, after Ray Train made the worker group: `spec` is the run's
+    (a `TrainSpec`), `rank` this worker's, `workers` the group's size. The constructor gets the
+    process ready for the framework; nothing is built yet.
+    """
 
-    def get_lr(self, model: Any) -> float:
-        """The optimizer's learning rate as the float32 it is, read back as its shortest repr."""
-        ...
+    callbacks: Any  # `service.core.callbacks.Callbacks`: the shared callbacks on this engine's Keras
 
+    def __init__(self, spec: Any, rank: int, workers: int):
+        self.spec, self.rank, self.workers = spec, rank, workers
 
-class TrainEpochs(Protocol):
-    """Epochs `start` .. `training.epochs` under the callbacks, as Keras's `fit` drives them: each
-    epoch's global training logs go through the callbacks in order, and a stop decided at an
-    epoch's end ends training. Epoch e's batches are a pure function of (seed, e), whatever the
-    number of workers, and each rank trains on its rows of every global batch."""
+    @abc.abstractmethod
+    def prepare_devices(self) -> str:
+        """The device this worker trains on ("CPU", or its GPU's name), checked before anything is
+        built: a GPU run that cannot see a GPU raises `DeviceError` with one line."""
 
-    def __call__(self, model: Any, callbacks: list, start: int) -> None: ...
+    @abc.abstractmethod
+    def build_model(self, split: Any) -> Any:
+        """The compiled model, its weights drawn from `spec.training.seed` so that every rank
+        builds the same values without any exchange; `split` is the global batch's `BatchSplit`."""
 
+    @abc.abstractmethod
+    def restore(self, directory: str | Path, model: Any) -> Any:
+        """A checkpoint's state back into `model`; the `checkpoint.Restored` (epoch, callbacks' state)."""
 
-class Export(Protocol):
-    """`keras_file(model, ...)`: the final model as the bytes of a `.keras` file of stock layers, which
-    rank 0 sends to the driver (the driver writes `model.keras`)."""
+    @abc.abstractmethod
+    def save(self, directory: str | Path, model: Any, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
+        """Rank 0's part of an epoch's checkpoint: the model's state, the epoch and the callbacks' state."""
 
-    def __call__(self, model: Any, *args: Any) -> bytes: ...
+    @abc.abstractmethod
+    def state_arrays(self, model: Any) -> dict[str, np.ndarray]:
+        """Weights, the optimizer's state and the learning rate by the checkpoint's names (also what
+        the replica check compares)."""
+
+    @abc.abstractmethod
+    def collective(self) -> Collective:
+        """The collective the deciders and the replica check exchange their vectors over."""
+
+    @abc.abstractmethod
+    def evaluator(self, model: Any, x: np.ndarray, y: np.ndarray) -> ShardEvaluator:
+        """The shard sums of `model` over this rank's rows `x`, `y` of a split."""
+
+    @abc.abstractmethod
+    def train(self, model: Any, callbacks: list, *, steps: int, x: np.ndarray, y: np.ndarray, split: Any,
+              start: int) -> None:
+        """Epochs `start` .. `training.epochs` under `callbacks`, as Keras's `fit` drives them: each
+        epoch's global training logs go through the callbacks in order, and a stop decided at an
+        epoch's end ends training. Epoch e's batches are a pure function of (seed, e), whatever the
+        number of workers, and each rank trains on its rows of every global batch (`split`)."""
+
+    @abc.abstractmethod
+    def keras_file(self, model: Any) -> bytes:
+        """The final model as the bytes of a `.keras` file of stock layers (rank 0 sends them to the
+        driver, which writes `model.keras`)."""

@@ -18,7 +18,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402 - after the backend is chosen
 import numpy as np  # noqa: E402
 
-from service import deciding  # noqa: E402
+from service.core import deciding  # noqa: E402
 from service.engines.keras_jax.callbacks import KERAS_JAX, get_lr  # noqa: E402
 from service.spec import TrainSpec  # noqa: E402
 

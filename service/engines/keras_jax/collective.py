@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from service.deciding import LocalCollective
+from service.core.deciding import LocalCollective
 
 
 class ProcessCollective(LocalCollective):

@@ -35,11 +35,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from service.data import BatchSplit
+from service.engines.contract import DATA_ORDER, DROPOUT
 from service.spec import ModelSpec
 
 AXIS = "ranks"  # the mesh's one axis: a device per process, in rank order
-# The random streams of a run (as in the tf_keras engine's model.py): keys are (seed, stream, counter).
-DATA_ORDER, DROPOUT = 1, 2
 
 
 def build_model(spec: ModelSpec, seed: int = 7) -> keras.Model:

@@ -1,33 +1,34 @@
-"""The keras_jax engine's per-worker training loop: what every Ray Train worker runs.
-
-`train_loop_per_worker(config)` takes the same config as the tf_keras engine's loop
-(`service/engines/tf_keras/worker.py`) and sends the driver the same messages: it joins the other processes
-(`jax.distributed`, gloo collectives between CPUs; nothing with one worker), builds the seed's
-model in Keras 3, resumes from the latest checkpoint if Ray Train hands one over, trains epoch
-by epoch (`model.Epoch`) under the shared callbacks (`service/deciding.py`: global metrics,
-stock Keras 3 ReduceLROnPlateau and EarlyStopping, consensus; `service/replicas.py`: the replica
-check; `service/reporting.py`: the report and checkpoint of every epoch), then evaluates the test set globally; rank 0 sends the
-final model as a Keras 3 `.keras` file.
+"""The keras_jax engine in a worker: Keras 3 on JAX in this process, the processes joined into one
+JAX runtime (`jax.distributed`, gloo collectives between CPUs; nothing with one worker), the device
+check, and `Worker`, what the one worker loop (`service/engines/loop.py`) asks of this engine.
 
 No `model.fit` and no `model.evaluate`: Keras's evaluate across processes hangs or gives each rank
 other wrong values when shards differ in size, so validation is this engine's own shard sums,
-all-gathered, as in the tf_keras engine.
+all-gathered, as in the tf_keras engine; an epoch is one jitted call (`model.Epoch`) driven
+through Keras's `CallbackList` as `fit` would drive it.
+
+Nothing here imports Keras or JAX at module level: `use_jax` must run first.
+
+Example::
+
+    worker = Worker(spec, rank=1, workers=2)     # joins the other processes
+    model = worker.build_model(BatchSplit.of(200, 2))
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-from service import checkpoint, deciding, replicas, reporting
-from service import data as data_lib
 from service.engines import KERAS_ON_JAX
+from service.engines.contract import DeviceError, EngineWorker
 from service.engines.keras_jax.backend import COORDINATOR, PROCESS_ID, PROCESSES
-from service.messages import FinalReport
 from service.spec import TrainSpec
 
+if TYPE_CHECKING:
+    import numpy as np
 
-class DeviceError(RuntimeError):
-    """A worker cannot use the device the spec asks for: one line naming the rank and the node."""
+    from service.data import BatchSplit
 
 
 def use_jax(use_gpu: bool) -> None:
@@ -90,86 +91,63 @@ def prepare_devices(use_gpu: bool, rank: int) -> str:
     return gpus[0].device_kind
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point (the config of the tf_keras engine's loop)."""
-    import ray
-    import ray.train
+class Worker(EngineWorker):
+    """The keras_jax engine in one Ray Train worker (`contract.EngineWorker`): Keras 3 on JAX, the
+    processes joined into one JAX runtime, epochs as one jitted call each (`model.Epoch`)."""
 
-    # -- who this worker is, and its shards of the data
-    spec = TrainSpec.model_validate(config["spec"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    driver = reporting.DriverQueue(config.get("progress"))
-    use_jax(spec.scaling.use_gpu)
-    join_processes(world, rank, spec.scaling.use_gpu)
-    device = prepare_devices(spec.scaling.use_gpu, rank)
-    driver.post(rank, reporting.whereabouts(rank, device, world))
-    from service.engines.keras_jax import callbacks as jax_callbacks
-    from service.engines.keras_jax import export
-    from service.engines.keras_jax import model as jax_model
-    from service.engines.keras_jax import state
-    from service.engines.keras_jax.collective import ProcessCollective
+    def __init__(self, spec: TrainSpec, rank: int, workers: int):
+        super().__init__(spec, rank, workers)
+        use_jax(spec.scaling.use_gpu)
+        join_processes(workers, rank, spec.scaling.use_gpu)
+        # Imported only now: Keras 3 reads its backend when it is first imported.
+        from service.engines.keras_jax import callbacks, export, model, state
+        from service.engines.keras_jax.collective import ProcessCollective
 
-    arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
-    split = data_lib.BatchSplit.of(spec.training.batch_size, world)
-    part = {name: data_lib.shard(len(arrays[f"x_{name}"]), world, rank) for name in ("val", "test")}
+        self.callbacks = callbacks.CALLBACKS
+        self._export, self._model, self._state, self._collective = export, model, state, ProcessCollective
 
-    # -- the model, from the latest checkpoint when Ray Train restarts the run
-    model = jax_model.build_model(spec.model, seed=spec.training.seed)
-    restored, traces = checkpoint.Restored(), {}
-    saved = ray.train.get_checkpoint()
-    if saved is not None:
-        with saved.as_directory() as directory:
-            restored = state.restore(directory, model)
-            traces = checkpoint.read_traces(directory)
+    def prepare_devices(self) -> str:
+        return prepare_devices(self.spec.scaling.use_gpu, self.rank)
 
-    # -- callbacks: global metrics -> stock deciders -> consensus -> report (-> drill)
-    collective = ProcessCollective(world)
-    val = jax_model.ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
-    deciders = deciding.build(spec, collective, rank, val, restored.callbacks, jax_callbacks.KERAS_JAX)
-    former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
-    checks = replicas.replica_callbacks(spec, collective, rank, deciders.consensus, jax_callbacks,
-                                        state.state_arrays)
-    callbacks = [*deciders.as_list(), *checks,
-                 jax_callbacks.ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former,
-                                               save=state.save),
-                 *reporting.drills(spec, rank, config.get("attempt", ""), jax_callbacks)]
+    def build_model(self, split: BatchSplit) -> Any:
+        return self._model.build_model(self.spec.model, seed=self.spec.training.seed)
 
-    # -- train, unless the checkpoint is of a run that already ended
-    stopper = restored.callbacks.get("early_stopping", {})
-    if stopper.get("stopped_epoch") and stopper.get("best_weights") is not None:
-        model.set_weights(stopper["best_weights"])  # what EarlyStopping's on_train_end did before the crash
-    if restored.epoch < spec.training.epochs and not stopper.get("stopped_epoch"):
-        train(model, callbacks, spec, config["steps"], arrays, split, rank, start=restored.epoch)
+    def restore(self, directory: Any, model: Any) -> Any:
+        return self._state.restore(directory, model)
 
-    # -- the final model (after any best-weight restore) on the whole test set, globally
-    test = deciding.global_metrics(
-        collective, jax_model.ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]]))
-    final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=world)
-    ray.train.report(final.metrics())
-    if rank == 0:
-        final.model_keras = export.keras_file(model)
-    driver.post(rank, final)
+    def save(self, directory: Any, model: Any, epoch: int, callbacks: dict) -> None:
+        self._state.save(directory, model, epoch, callbacks)
 
+    def state_arrays(self, model: Any) -> dict[str, np.ndarray]:
+        return self._state.state_arrays(model)
 
-def train(model: object, callbacks: list, spec: TrainSpec, steps: int, arrays: dict, split: object, rank: int,
-          start: int) -> None:
-    """Epochs `start` .. training.epochs under `callbacks`, as `fit` would drive them: each epoch's
-    logs go through the callbacks in order, and a stop decided at an epoch's end ends training."""
-    import keras
+    def collective(self) -> Any:
+        return self._collective(self.workers)
 
-    from service.engines.keras_jax import model as jax_model
+    def evaluator(self, model: Any, x: np.ndarray, y: np.ndarray) -> Any:
+        return self._model.ShardEvaluator(model, x, y)
 
-    epoch_fn = jax_model.Epoch(model, jax_model.make_mesh(), split, rank, spec.training.seed, spec.model.dropout)
-    hooks = keras.callbacks.CallbackList(callbacks, model=model, epochs=spec.training.epochs, steps=steps, verbose=0)
-    x, y = arrays["x_train"], arrays["y_train"]
-    model.stop_training = False
-    hooks.on_train_begin()
-    for epoch in range(start, spec.training.epochs):
-        hooks.on_epoch_begin(epoch)
-        batches = jax_model.epoch_order(spec.training.seed, epoch, len(x), steps, split.global_batch)
-        logs = epoch_fn.run(x, y, batches)
-        hooks.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    hooks.on_train_end()
+    def train(self, model: Any, callbacks: list, *, steps: int, x: np.ndarray, y: np.ndarray,
+              split: BatchSplit, start: int) -> None:
+        """As `fit` would drive the epochs: each epoch's logs go through the callbacks in order, and
+        a stop decided at an epoch's end ends training."""
+        import keras
+
+        spec, jax_model = self.spec, self._model
+        epoch_fn = jax_model.Epoch(model, jax_model.make_mesh(), split, self.rank, spec.training.seed,
+                                   spec.model.dropout)
+        hooks = keras.callbacks.CallbackList(callbacks, model=model, epochs=spec.training.epochs, steps=steps,
+                                             verbose=0)
+        model.stop_training = False
+        hooks.on_train_begin()
+        for epoch in range(start, spec.training.epochs):
+            hooks.on_epoch_begin(epoch)
+            batches = jax_model.epoch_order(spec.training.seed, epoch, len(x), steps, split.global_batch)
+            logs = epoch_fn.run(x, y, batches)
+            hooks.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        hooks.on_train_end()
+
+    def keras_file(self, model: Any) -> bytes:
+        return self._export.keras_file(model)

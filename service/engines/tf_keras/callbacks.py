@@ -21,14 +21,14 @@ at `ray.train.report`, which is a barrier). This module removes that possibility
 Every exchange is an all-gather of a small float64 vector followed by the same numpy
 arithmetic on every rank, in rank order, so every rank computes bit-identical results.
 
-That logic is every engine's (`service/deciding.py`); this module declares it on tf_keras's
-classes, with the rest of the engine's callbacks (`service/reporting.py`, `service/replicas.py`):
+That logic is every engine's (`service/core/deciding.py`); this module declares it, with the rest
+of the shared callbacks (`service/core/callbacks.py`'s list), on tf_keras's classes:
 
 * `ResumableReduceLROnPlateau`, `ResumableEarlyStopping`: the stock tf_keras callbacks, unchanged
   in what they decide, that can hand over their state to a checkpoint and take it back;
 * `ReportEachEpoch`: every epoch's report to Ray Train (with the checkpoint) and to the driver;
 * `FailOnce`, `PauseAfterEpoch`: drills, added only when a spec asks for them;
-* `ReplicaCheck` and its drill `PerturbOnce` (`service/replicas.py`).
+* `ReplicaCheck` and its drill `PerturbOnce` (`service/core/replicas.py`).
 
 The engine's collective is `collective.py`, its shard evaluator `model.ShardEvaluator`.
 
@@ -44,72 +44,19 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import tf_keras as keras
 
-from service import deciding, replicas, reporting
-from service.deciding import Decision, DecisionCallbacks, global_metrics  # noqa: F401 - this engine's names for them
-from service.reporting import DriverQueue  # noqa: F401 - the worker loop's line to the driver
+from service.core import deciding
+from service.core.callbacks import declare
+from service.core.deciding import DecisionCallbacks
 from service.spec import TrainSpec
 
-
-class ResumableReduceLROnPlateau(deciding.ResumableReduceLROnPlateau, keras.callbacks.ReduceLROnPlateau):
-    """tf_keras `ReduceLROnPlateau` whose `best`, `wait` and `cooldown_counter` survive a restart."""
-
-
-class ResumableEarlyStopping(deciding.ResumableEarlyStopping, keras.callbacks.EarlyStopping):
-    """tf_keras `EarlyStopping` whose state survives a restart and that says why it stopped."""
-
-
-class ReportEachEpoch(reporting.ReportEachEpoch, keras.callbacks.Callback):
-    """`reporting.ReportEachEpoch` on a tf_keras callback."""
-
-
-class PauseAfterEpoch(reporting.PauseAfterEpoch, keras.callbacks.Callback):
-    """`reporting.PauseAfterEpoch` on a tf_keras callback."""
-
-
-class FailOnce(reporting.FailOnce, keras.callbacks.Callback):
-    """`reporting.FailOnce` on a tf_keras callback."""
-
-
-class ReplicaCheck(replicas.ReplicaCheck, keras.callbacks.Callback):
-    """`replicas.ReplicaCheck` on a tf_keras callback."""
-
-
-class PerturbOnce(replicas.PerturbOnce, keras.callbacks.Callback):
-    """`replicas.PerturbOnce` on a tf_keras callback."""
-
-
-class GlobalMetrics(deciding.GlobalMetrics, keras.callbacks.Callback):
-    """`deciding.GlobalMetrics` on a tf_keras callback."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Consensus and the decision trace
-
-
-def get_lr(model: keras.Model) -> float:
-    # The variable is float32; str() of a float32 is its shortest repr (0.01, not 0.0099999998).
-    return float(str(np.float32(keras.backend.get_value(model.optimizer.learning_rate))))
-
-
-def set_lr(model: keras.Model, lr: float) -> None:
-    keras.backend.set_value(model.optimizer.learning_rate, lr)
-
-
-class Consensus(deciding.Consensus, keras.callbacks.Callback):
-    """`deciding.Consensus` on a tf_keras callback."""
-
-    read_lr = staticmethod(get_lr)
-    write_lr = staticmethod(set_lr)
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole stack, in order
-
-
-TF_KERAS = deciding.Kinds(GlobalMetrics, ResumableReduceLROnPlateau, ResumableEarlyStopping, Consensus)
+CALLBACKS = declare(keras, read_lr=lambda model: keras.backend.get_value(model.optimizer.learning_rate),
+                    write_lr=lambda model, lr: keras.backend.set_value(model.optimizer.learning_rate, lr),
+                    module=__name__)
+GlobalMetrics, Consensus = CALLBACKS.GlobalMetrics, CALLBACKS.Consensus
+TF_KERAS = CALLBACKS.kinds
+get_lr = CALLBACKS.get_lr
 
 
 def decision_callbacks(spec: TrainSpec, collective: Any, rank: int, val: Any,

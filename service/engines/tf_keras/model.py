@@ -27,10 +27,8 @@ import tf_keras as keras
 
 from service.compat.tensorflow import sync_to_numpy_or_python_type
 from service.data import BatchSplit
+from service.engines.contract import DROPOUT
 from service.spec import ModelSpec
-
-# The random streams of a run: (seed-derived stream, counter) keys for stateless random ops.
-DATA_ORDER, DROPOUT = 1, 2
 
 
 def random_key(seed: int, stream: int, counter: int | tf.Tensor):

@@ -1,29 +1,28 @@
-"""The per-worker training loop: what every Ray Train worker runs.
+"""The tf_keras engine in a worker: its threads and devices, MultiWorkerMirroredStrategy, the input
+pipeline of each rank's rows, and `Worker`, what the one worker loop (`service/engines/loop.py`)
+asks of this engine.
 
-`train_loop_per_worker(config)` gets the resolved spec and references to the data arrays,
-builds the seed's model under MultiWorkerMirroredStrategy (no strategy with one process),
-resumes from the latest checkpoint if Ray Train hands one over, trains with the synchronised
-callbacks (`callbacks.py`), reports every epoch to Ray Train with a checkpoint, and finally
-evaluates the test set globally.
+Example::
+
+    worker = Worker(spec, rank=1, workers=2)
+    model = worker.build_model(BatchSplit.of(200, 2))
+    worker.train(model, callbacks, steps=42, x=x_train, y=y_train, split=BatchSplit.of(200, 2), start=0)
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import ray
-import ray.train
 import tensorflow as tf
 
-from service import checkpoint, reporting
-from service import data as data_lib
 from service.compat import tensorflow as compat_tf
+from service.engines.contract import DATA_ORDER, DeviceError, EngineWorker
 from service.engines.tf_keras import callbacks as tf_callbacks
 from service.engines.tf_keras import export, state
-from service.engines.tf_keras.callbacks import DriverQueue, ReportEachEpoch
 from service.engines.tf_keras.collective import Collective
-from service.engines.tf_keras.model import DATA_ORDER, BatchSplit, ShardEvaluator, build_model, random_key, scale_pixels
-from service.messages import FinalReport
-from service.replicas import replica_callbacks
+from service.engines.tf_keras.model import BatchSplit, ShardEvaluator, build_model, random_key, scale_pixels
 from service.spec import TrainSpec
 
 
@@ -39,10 +38,6 @@ def configure_threads(cpus: float) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         pass  # context already initialised (in-process local mode): keep what is there
-
-
-class DeviceError(RuntimeError):
-    """A worker cannot use the device the spec asks for: one line naming the rank and the node."""
 
 
 def prepare_devices(use_gpu: bool, rank: int) -> str:
@@ -143,71 +138,54 @@ def per_replica(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, worl
     return strategy.distribute_datasets_from_function(lambda _context: dataset)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point.
+class Worker(EngineWorker):
+    """The tf_keras engine in one Ray Train worker (`contract.EngineWorker`): the seed's model under
+    MultiWorkerMirroredStrategy (no strategy with one process), trained by `model.fit`."""
 
-    `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "steps": steps per epoch,
-    "progress": a ray.util.queue.Queue for the driver, or None, "attempt": an id of the driver
-    invocation}. Rank 0's final message carries the final model as a .keras file (`export`).
-    """
-    # -- who this worker is, and its shards of the data
-    spec = TrainSpec.model_validate(config["spec"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    configure_threads(spec.scaling.cpus_per_worker)
-    device = prepare_devices(spec.scaling.use_gpu, rank)
-    driver = DriverQueue(config.get("progress"))
-    driver.post(rank, reporting.whereabouts(rank, device, world))
-    arrays = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["data"].items()}
-    # Every rank holds all training images and takes its rows of each global batch; validation
-    # and test are evaluated in disjoint shards and summed (callbacks.GlobalMetrics).
-    split = BatchSplit.of(spec.training.batch_size, world)
-    part = {name: data_lib.shard(len(arrays[f"x_{name}"]), world, rank) for name in ("val", "test")}
+    callbacks = tf_callbacks.CALLBACKS
 
-    # -- the model, from the latest checkpoint when Ray Train restarts the run
-    strategy = make_strategy(world, spec.scaling.collective, spec.scaling.use_gpu)
-    restored, traces = checkpoint.Restored(), {}
-    with strategy.scope():
-        model = build_model(spec.model, seed=spec.training.seed, split=split if world > 1 else None,
-                            steps_per_execution=spec.training.steps_per_execution)
-        saved = ray.train.get_checkpoint()
-        if saved is not None:
-            with saved.as_directory() as directory:
-                restored = state.restore(directory, model)
-                traces = checkpoint.read_traces(directory)
+    def __init__(self, spec: TrainSpec, rank: int, workers: int):
+        super().__init__(spec, rank, workers)
+        configure_threads(spec.scaling.cpus_per_worker)
+        self.strategy = None
 
-    # -- callbacks: global metrics -> stock deciders -> consensus -> report (-> drill)
-    collective = Collective(strategy, world)
-    val = ShardEvaluator(model, arrays["x_val"][part["val"]], arrays["y_val"][part["val"]])
-    deciders = tf_callbacks.decision_callbacks(spec, collective, rank, val, restored.callbacks)
-    # Rank 0 carries the traces of ranks an earlier, larger worker group had.
-    former = {r: t for r, t in traces.items() if r >= world} if rank == 0 else {}
-    checks = replica_callbacks(spec, collective, rank, deciders.consensus, tf_callbacks, state.state_arrays)
-    callbacks = [*deciders.as_list(), *checks,
-                 ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former, save=state.save)]
-    callbacks += reporting.drills(spec, rank, config.get("attempt", ""), tf_callbacks)
+    def prepare_devices(self) -> str:
+        return prepare_devices(self.spec.scaling.use_gpu, self.rank)
 
-    # -- train, unless the checkpoint is of a run that already ended
-    stopper = restored.callbacks.get("early_stopping", {})
-    if stopper.get("stopped_epoch") and stopper.get("best_weights") is not None:
-        model.set_weights(stopper["best_weights"])  # what EarlyStopping's on_train_end did before the crash
-    if restored.epoch < spec.training.epochs and not stopper.get("stopped_epoch"):
-        dataset = train_dataset(
-            arrays["x_train"], arrays["y_train"], steps=config["steps"],
-            rows=slice(split.offsets[rank], split.offsets[rank] + split.sizes[rank]),
-            global_batch=split.global_batch, seed=spec.training.seed, start_epoch=restored.epoch,
-            epochs=spec.training.epochs,
-        )
-        model.fit(per_replica(strategy, dataset, world), epochs=spec.training.epochs, initial_epoch=restored.epoch,
-                  steps_per_epoch=config["steps"], callbacks=callbacks, verbose=0)
+    def build_model(self, split: BatchSplit) -> Any:
+        scaling = self.spec.scaling
+        self.strategy = make_strategy(self.workers, scaling.collective, scaling.use_gpu)
+        with self.strategy.scope():
+            return build_model(self.spec.model, seed=self.spec.training.seed,
+                               split=split if self.workers > 1 else None,
+                               steps_per_execution=self.spec.training.steps_per_execution)
 
-    # -- the final model (after any best-weight restore) on the whole test set, globally
-    test = tf_callbacks.global_metrics(
-        collective, ShardEvaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]])
-    )
-    # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
-    final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=world)
-    ray.train.report(final.metrics())
-    if rank == 0:
-        final.model_keras = export.keras_file(model, spec.model)
-    driver.post(rank, final)
+    def restore(self, directory: Any, model: Any) -> Any:
+        # In the strategy's scope: Adam builds its slots there, as mirrored variables.
+        with self.strategy.scope():
+            return state.restore(directory, model)
+
+    def save(self, directory: Any, model: Any, epoch: int, callbacks: dict) -> None:
+        state.save(directory, model, epoch, callbacks)
+
+    def state_arrays(self, model: Any) -> dict[str, np.ndarray]:
+        return state.state_arrays(model)
+
+    def collective(self) -> Collective:
+        return Collective(self.strategy, self.workers)
+
+    def evaluator(self, model: Any, x: np.ndarray, y: np.ndarray) -> ShardEvaluator:
+        return ShardEvaluator(model, x, y)
+
+    def train(self, model: Any, callbacks: list, *, steps: int, x: np.ndarray, y: np.ndarray,
+              split: BatchSplit, start: int) -> None:
+        epochs = self.spec.training.epochs
+        dataset = train_dataset(x, y, steps=steps, rows=slice(split.offsets[self.rank],
+                                                              split.offsets[self.rank] + split.sizes[self.rank]),
+                                global_batch=split.global_batch, seed=self.spec.training.seed, start_epoch=start,
+                                epochs=epochs)
+        model.fit(per_replica(self.strategy, dataset, self.workers), epochs=epochs, initial_epoch=start,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+
+    def keras_file(self, model: Any) -> bytes:
+        return export.keras_file(model, self.spec.model)

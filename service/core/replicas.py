@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from service.messages import CHECK_SECONDS  # the key in `logs` and in the epoch's metrics
+from service.core.messages import CHECK_SECONDS  # the key in `logs` and in the epoch's metrics
 from service.spec import TrainSpec
 
 

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from service.messages import CHECK_SECONDS, EpochReport, Message, Placement
+from service.core.messages import CHECK_SECONDS, EpochReport, Message, Placement
 
 if TYPE_CHECKING:
     from ray.util.queue import Queue
 
-    from service.deciding import DecisionCallbacks
+    from service.core.deciding import DecisionCallbacks
 
 
 class DriverQueue:
