@@ -89,6 +89,10 @@ class MnistSplits:
     source: str  # "mnist", "sample", or the path/URI that was read
     validation: str  # "holdout" or "test"
 
+    @property
+    def classes(self) -> int:
+        return 10
+
     def sizes(self) -> dict:
         """What a results record needs to say which data a run used."""
         return {

@@ -64,6 +64,8 @@ class ModelSpec(_Section):
     hidden_units: int = Field(784, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     learning_rate: float = Field(0.01, gt=0.0)
+    build: Optional[str] = None
+    kwargs: dict[str, Any] = {}
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from service import checkpoint, cluster, engines, events, progress, raylog, report, rundir, runlock, runs, signals
+from service.engines import probe
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
@@ -155,6 +156,9 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     engines.check_available(spec)
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
                            cache_dir=data_cache)
+    if spec.model.build is not None:  # a user's model: tried on the data's shape before Ray starts
+        probe.check_model(spec, engines.ENGINES[spec.training.engine], splits.x_train.shape[1:], splits.classes,
+                          str(splits.x_train.dtype))
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
     paths = rundir.RunPaths.of(spec)
     if fresh and paths.out_dir.exists():
@@ -319,8 +323,8 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     # worker node, and die with it.
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)})
-    config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
-              "progress": queue, "attempt": uuid.uuid4().hex}
+    config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "classes": plan.splits.classes,
+              "steps": plan.steps, "progress": queue, "attempt": uuid.uuid4().hex}
     trainer = _trainer(plan, config, callbacks, verbose)
     outcome: dict = {}
 
