@@ -67,7 +67,6 @@ def probe(request: dict) -> str | None:
         return f"building the model failed: {type(exc).__name__}: {_first_line(exc)}"
     examples = np.zeros((2, *shape), request["dtype"])
     try:
-        out = engine.evaluator(model, examples, np.zeros(2, np.int64)).sums()
         probs = model(examples.astype("float32"), training=False)
     except Exception as exc:  # noqa: BLE001
         return (f"the model does not take examples of shape {shape} (the data's): {type(exc).__name__}: "
@@ -75,14 +74,18 @@ def probe(request: dict) -> str | None:
     if tuple(probs.shape) != (2, classes):
         return (f"the model gives outputs of shape {tuple(probs.shape)[1:]} per example, not ({classes},): its last "
                 f"layer must give one probability per class (Dense({classes}, activation='softmax'))")
-    if not np.isfinite(out).all():
+    if not np.isfinite(engine.evaluator(model, examples, np.zeros(2, np.int64)).sums()).all():
         return "the model's loss on zero inputs is not finite: its last layer must give probabilities (softmax)"
     return None
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
+    """The line of an exception's message that says what is wrong (TensorFlow's start with a
+    heading such as "in user code:" and end with the cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    return lines[-1] if lines[0].endswith(":") else lines[0]
 
 
 if __name__ == "__main__":

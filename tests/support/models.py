@@ -18,3 +18,21 @@ def cnn(input_shape: tuple[int, ...], classes: int, keras: Any, seeded_dropout: 
     x = seeded_dropout(0.25)(x)
     outputs = keras.layers.Dense(classes, activation="softmax")(x)
     return keras.Model(inputs, outputs)
+
+
+def seed_mlp_by_name(input_shape: tuple[int, ...], classes: int, keras: Any, seeded_dropout: Any, seed: int) -> Any:
+    """The built-in model, reached the way a user's builder is."""
+    from service.engines.building import seed_mlp
+
+    return seed_mlp(input_shape, classes, keras, seeded_dropout, seed)
+
+
+def one_class_too_many(input_shape: tuple[int, ...], classes: int, keras: Any) -> Any:
+    """A model whose output is not one probability per class."""
+    inputs = keras.Input(shape=input_shape)
+    return keras.Model(inputs, keras.layers.Dense(classes + 1, activation="softmax")(inputs))
+
+
+def broken(input_shape: tuple[int, ...], classes: int) -> Any:
+    """A builder that fails."""
+    raise ValueError("filters must be positive")

@@ -68,12 +68,13 @@ def checkpoints(spec) -> dict[int, Path]:
     return checkpoint.by_epoch(RunPaths.of(spec).checkpoints_dir)
 
 
-def model_at(spec, directory: Path):
-    """The seed model (tf_keras) with the weights of one epoch's checkpoint."""
+def model_at(spec, directory: Path, input_shape: tuple[int, ...] = (784,), classes: int = 10):
+    """The spec's model, built with tf_keras whatever the run's engine (the checkpoint's names are
+    every engine's), with the weights of one epoch's checkpoint."""
     from service import checkpoint
     from service.engines.tf_keras.model import build_model
 
-    model = build_model(spec.model, seed=spec.training.seed)
+    model = build_model(spec.model, seed=spec.training.seed, input_shape=input_shape, classes=classes)
     checkpoint.load_weights(directory, model)
     return model
 

@@ -1,26 +1,27 @@
-"""The seed's model in Keras 3 on JAX, and the keras_jax engine's jitted maths.
+"""The keras_jax engine's model and its jitted maths: any Keras 3 model, trained over the processes.
 
-The model is a stock Keras 3 Sequential (784 -> Dense 784 relu -> Dropout 0.5 -> Dense 10 softmax,
-Adam 0.01): its variables hold the weights and Adam's state between epochs, the stock callbacks
-read and change it, and rank 0 saves it as the run's `model.keras`. An epoch runs as one jitted
-function over every process (`Epoch`): a `lax.scan` of the steps inside `shard_map` over a mesh
-of one CPU device per process, where each process holds its rows of every global batch.
+The model is the spec's (its builder's, or the seed's MLP: 784 -> Dense 784 relu -> dropout 0.5
+-> Dense 10 softmax), compiled with Adam: its variables hold the weights and Adam's state between
+epochs, the stock callbacks read and change it, and rank 0 saves it as the run's `model.keras`. An
+epoch runs as one jitted function over every process (`Epoch`): a `lax.scan` of the steps inside
+`shard_map` over a mesh of one CPU device per process, where each process holds its rows of every
+global batch, and each step is the model's own forward pass (`stateless_call`).
 
 Data parallelism never changes the maths, whatever the number of workers:
 
 * each rank's loss is the sum of its rows' losses over the *global* batch size, and the ranks'
   gradients are summed (`psum`): the mean over the global batch, also for 200 over 3 (67/67/66);
-* the dropout mask is drawn for the whole global batch from a (seed, optimizer step) key, and
-  each rank takes its rows of it;
-* epoch e's order of the training images is a pure function of (seed, e) (`epoch_order`).
+* a `SeededDropout`'s mask is drawn for the whole global batch from a (seed, optimizer step) key,
+  and each rank takes its rows of it (a stock `Dropout` draws per rank: see docs/your-model.md);
+* epoch e's order of the training examples is a pure function of (seed, e) (`epoch_order`).
 
 Ranks hold the same number of rows per step (the largest share), padded with zero-weight rows, so
 that every process runs the same program.
 
 Example::
 
-    model = build_model(spec.model, seed=7)
-    epoch = Epoch(model, mesh, split=BatchSplit.of(200, 3), rank=1, seed=7, dropout=0.5)
+    model = build_model(spec.model, seed=7, input_shape=(784,), classes=10)
+    epoch = Epoch(model, mesh, split=BatchSplit.of(200, 3), rank=1, seed=7, classes=10)
     logs = epoch.run(x_train, y_train, epoch_order(7, 0, len(x_train), steps, 200))  # {"loss": ..., "accuracy": ...}
 """
 
