@@ -19,7 +19,7 @@ from tests.support.runs import by_epoch, checkpoints, exact_metrics, make_spec, 
 from tests.support.stock import stock_replay_on
 
 CNN = ("model.build=tests.support.models:cnn", "model.kwargs={filters: 4}")
-DECIDING = ("reduce_lr={monitor: val_loss, factor: 0.5, patience: 0, min_delta: 0.01}",
+DECIDING = ("reduce_lr={monitor: val_loss, factor: 0.5, patience: 0, min_delta: 0.1}",
             "early_stopping={monitor: val_accuracy, patience: 2, restore_best_weights: true}")
 
 
