@@ -238,11 +238,13 @@ def _pin_data(trials: list[Trial], echo: Echo, data_cache: Optional[Path]) -> No
     """Load each distinct data source once, before any trial (raises DataError), and pin the
     trials to what was found: "auto" becomes the source it resolved to, and a relative path
     becomes absolute (Tune runs each trial in its own working directory)."""
-    resolved: dict[tuple[str, str], str] = {}
+    resolved: dict[tuple, str] = {}
     for t in trials:
-        key = (t.spec.data.source, t.spec.data.validation)
+        # The layout too: a grid may vary the model, and with it what the data must be.
+        key = (t.spec.data.source, t.spec.data.validation, data_lib.Layout.of(t.spec))
         if key not in resolved:
-            splits = data_lib.load(key[0], key[1], warn=lambda m: echo(f"WARNING: {m}"), cache_dir=data_cache)
+            splits = data_lib.load(key[0], key[1], warn=lambda m: echo(f"WARNING: {m}"), cache_dir=data_cache,
+                                   layout=key[2])
             source = key[0]
             if source == "auto":
                 source = splits.source
