@@ -290,7 +290,8 @@ def _check(args: argparse.Namespace) -> int:
     resolved spec, then YAML comments: what it could not check offline, what train would do
     with the run's folder."""
     from service import engines, rundir, runlock
-    from service.submitting import check_job_server_address, refuse_placeholder_buckets
+    from service.submitting import (builder_code, check_builders, check_job_server_address, find_project_root,
+                                    refuse_placeholder_buckets)
 
     submitting = bool(args.submit or args.wait or args.follow or args.wait_server is not None)
     spec = load_spec(args.spec, overrides_from(args)) if submitting else load_with_tracking(args)
@@ -300,8 +301,11 @@ def _check(args: argparse.Namespace) -> int:
     if spec.kind == "compare":
         study = _study_trials(spec)
         trial_specs = [trial.spec for trial in study]
+    check_builders(trial_specs)
     if submitting:
         refuse_placeholder_buckets(spec)
+        if any(s.model.build for s in trial_specs):
+            builder_code(spec, find_project_root(args.spec))
         check_job_server_address(args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
                                  or os.environ.get("RAY_ADDRESS"))
         sys.stdout.write(dump_spec(spec))
@@ -326,7 +330,9 @@ def _check(args: argparse.Namespace) -> int:
         check_available(spec.tracking)
     engines.check_available(*trial_specs)
     refuse_placeholder_buckets(spec)
-    skipped += _check_data(trial_specs, train=study is None)
+    skipped += _check_data(trial_specs, train=study is None, workers_here=not address)
+    if any(s.model.build for s in trial_specs):
+        skipped.append("what model.build builds, and whether it takes the data's shape (train and compare try it)")
     if study is None:
         if not args.fresh:
             rundir.check_same_spec(spec)
@@ -360,18 +366,20 @@ def _study_trials(spec: Spec) -> list:
     return trials
 
 
-def _check_data(specs: list, train: bool) -> list[str]:
+def _check_data(specs: list, train: bool, workers_here: bool = False) -> list[str]:
     """Each distinct data source read as the driver reads it (and, for a train run, split into
-    its batches); what could not be read offline, in words."""
+    its batches and, with `workers_here`, held by every worker on this machine); what could not be
+    read offline, in words."""
     from service import data as data_lib
 
     skipped, seen = [], set()
     for spec in specs:
+        layout = data_lib.Layout.of(spec)
         key = (spec.data.source, spec.data.validation)
-        if key in seen:
+        if (key, layout) in seen:
             continue
-        seen.add(key)
-        splits = data_lib.load_offline(*key, cache_dir=data_cache_dir())
+        seen.add((key, layout))
+        splits = data_lib.load_offline(*key, cache_dir=data_cache_dir(), layout=layout)
         if splits is None:
             where = data_cache_dir() or data_lib.default_cache_dir()
             skipped.append(f"the data {key[0]} (full MNIST is not in {where} yet: train downloads it"
@@ -379,7 +387,9 @@ def _check_data(specs: list, train: bool) -> list[str]:
                            if "://" not in key[0] else f"the data at {key[0]} (remote)")
         elif train:
             data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
-    return skipped
+            if workers_here:
+                data_lib.check_fits(splits, spec.workers)
+    return list(dict.fromkeys(skipped))
 
 
 def _folder_line(spec: Spec, output: Path, study: bool, fresh: bool) -> str:

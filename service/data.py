@@ -1,10 +1,14 @@
 """The data layer: find MNIST, check it, split it, and cut it into per-worker shards.
 
-`load(source, validation)` returns an `MnistSplits` of flat uint8 arrays ready for training:
+`load(source, validation)` returns the `Splits` the built-in model trains on, flat uint8 arrays:
 
     splits = load("sample")              # the 10,000-image sample bundled with the package
     splits.sizes()                       # {"source": "sample", "validation": "holdout",
                                          #  "n_train": 8334, "n_val": 1666, "n_test": 2000}
+
+For a model of your own (`model.build`), `load(source, layout=Layout(own=True))` keeps the
+features' shape: any (n, ...) array, uint8 kept as uint8 (pixels, scaled in the worker), other
+numbers as float32; labels 0..K-1 (`Splits.classes` = K, `Splits.feature_shape`).
 
 Sources:
 
@@ -15,7 +19,8 @@ Sources:
 * ``"auto"``   -- full MNIST when it can be had, else the sample with a loud warning.
 * a ``.npz`` path (or any existing file) in the Keras layout: x_train, y_train, x_test, y_test.
 * a Parquet directory or URI with ``train`` and ``test`` parts, read with pyarrow (local paths
-  and any URI ``pyarrow.fs`` understands: s3://, gs://, hdfs://, file://).
+  and any URI ``pyarrow.fs`` understands: s3://, gs://, hdfs://, file://); the columns are
+  ``image`` and ``label`` unless the `Layout` names others.
 
 The shards of a split (`shard`) and of each global batch (`BatchSplit`) are every engine's.
 
@@ -40,7 +45,7 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -72,12 +77,46 @@ class DataError(BadInput):
     """One line: what is wrong with the data and how to fix it."""
 
 
-@dataclass
-class MnistSplits:
-    """Train / validation / test arrays, flat and uint8, plus where they came from.
+@dataclass(frozen=True)
+class Layout:
+    """What `load` makes of the arrays it reads.
 
-    x arrays are (n, 784) uint8 pixels 0..255 and y arrays are (n,) uint8 labels 0..9. Scaling to
-    [0, 1] is left to the model's input pipeline, so the arrays stay small when sent to workers.
+    The default is the built-in model's: x (n, 784) uint8 pixels, y (n,) uint8 labels 0..9.
+    `own=True` (a `model.build`) keeps the features' shape, optionally reshaped per row to
+    `shape`, with labels 0..`classes`-1 (None: from the data). `features` and `labels` name the
+    Parquet columns.
+
+    Example::
+
+        Layout.of(load_spec("examples/features.yaml"))   # Layout(own=True, classes=None, ...)
+    """
+
+    own: bool = False
+    classes: Optional[int] = None
+    features: str = "image"
+    labels: str = "label"
+    shape: Optional[tuple[int, ...]] = None
+
+    @classmethod
+    def of(cls, spec: Any) -> "Layout":
+        """A train spec's layout (its `model.build` and `data` fields)."""
+        data = spec.data
+        return cls(spec.model.build is not None, data.classes, data.features, data.labels,
+                   tuple(data.shape) if data.shape else None)
+
+
+SEED_LAYOUT = Layout()
+SEED_CLASSES = 10
+
+
+@dataclass
+class Splits:
+    """Train / validation / test arrays plus where they came from and how many classes they have.
+
+    For the built-in model x arrays are (n, 784) uint8 pixels 0..255 and y arrays (n,) uint8
+    labels 0..9. For a model of your own x keeps its (n, *feature_shape) shape, uint8 or float32,
+    and y is (n,) int32 labels 0..classes-1. Scaling uint8 to [0, 1] is left to the workers, so the
+    arrays stay small when sent to them.
     """
 
     x_train: np.ndarray
@@ -88,10 +127,12 @@ class MnistSplits:
     y_test: np.ndarray
     source: str  # "mnist", "sample", or the path/URI that was read
     validation: str  # "holdout" or "test"
+    classes: int = SEED_CLASSES  # K: labels are 0..K-1
 
     @property
-    def classes(self) -> int:
-        return 10
+    def feature_shape(self) -> tuple[int, ...]:
+        """One example's features: (784,) for the built-in model, e.g. (28, 28) or (20,) otherwise."""
+        return tuple(self.x_train.shape[1:])
 
     def sizes(self) -> dict:
         """What a results record needs to say which data a run used."""
@@ -102,6 +143,9 @@ class MnistSplits:
             "n_val": int(len(self.y_val)),
             "n_test": int(len(self.y_test)),
         }
+
+
+MnistSplits = Splits  # the name before models of your own
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,8 +162,10 @@ def load(
     *,
     warn: Callable[[str], object] = _print_warning,
     cache_dir: Optional[Path] = None,
-) -> MnistSplits:
-    """Read, check and split MNIST from `source` (see the module docstring for the choices).
+    layout: Layout = SEED_LAYOUT,
+) -> Splits:
+    """Read, check and split the data of `source` (see the module docstring for the choices),
+    shaped as `layout` says (default: the built-in model's flat MNIST).
 
     validation="holdout" validates on the last sixth of the training images and trains on the
     rest, keeping the test set unseen; validation="test" validates on the test set and trains on
@@ -132,12 +178,12 @@ def load(
     """
     if validation not in VALIDATIONS:
         raise DataError(f"validation must be 'holdout' or 'test', got {validation!r}")
-    arrays, used = _read_source(source, warn, Path(cache_dir) if cache_dir else default_cache_dir())
-    return _split(arrays, used, validation)
+    arrays, used = _read_source(source, warn, Path(cache_dir) if cache_dir else default_cache_dir(), layout)
+    return _split(arrays, used, validation, _classes(arrays, used, layout))
 
 
 def load_offline(source: str = "auto", validation: str = "holdout", *,
-                 cache_dir: Optional[Path] = None) -> Optional[MnistSplits]:
+                 cache_dir: Optional[Path] = None, layout: Layout = SEED_LAYOUT) -> Optional[Splits]:
     """`load` without the network, for `plateau check`: the same splits, or the same DataError,
     or None when reading the data needs the network (full MNIST not in the cache yet, a remote
     Parquet URI). No warning: "auto" without a cached MNIST is None, not the sample."""
@@ -149,10 +195,11 @@ def load_offline(source: str = "auto", validation: str = "holdout", *,
         return None
     if isinstance(name, str) and "://" in name and not name.lower().startswith("file://"):
         return None
-    return load(source, validation, warn=lambda message: None, cache_dir=cache)
+    return load(source, validation, warn=lambda message: None, cache_dir=cache, layout=layout)
 
 
-def _read_source(source: str, warn: Callable[[str], object], cache_dir: Path) -> tuple[dict[str, np.ndarray], str]:
+def _read_source(source: str, warn: Callable[[str], object], cache_dir: Path,
+                 layout: Layout) -> tuple[dict[str, np.ndarray], str]:
     """Dispatch on `source`; return the checked Keras-layout arrays and the name to record."""
     if not isinstance(source, str) or not source.strip():
         raise DataError(
@@ -160,11 +207,11 @@ def _read_source(source: str, warn: Callable[[str], object], cache_dir: Path) ->
         )
     source = source.strip()
     if source == "sample":
-        return _read_sample(), "sample"
+        return _read_sample(layout), "sample"
     if source in ("mnist", "auto"):
         path, reason = _find_mnist(cache_dir)
         if path is not None:
-            return _read_npz(path), "mnist"
+            return _read_npz(path, layout), "mnist"
         if source == "mnist":
             raise DataError(f"MNIST could not be downloaded from {MNIST_URL} ({reason}); {ALTERNATIVES}")
         # Loud on purpose: a run on 10,000 images is not comparable to one on 60,000.
@@ -173,26 +220,26 @@ def _read_source(source: str, warn: Callable[[str], object], cache_dir: Path) ->
             "10,000-image sample. For full data pass --data PATH/TO/mnist.npz "
             f"or put mnist.npz in {cache_dir}"
         )
-        return _read_sample(), "sample"
+        return _read_sample(layout), "sample"
     if "://" in source:
-        return _read_parquet(source), source
+        return _read_parquet(source, layout), source
     path = Path(source).expanduser()
     if path.is_dir():
-        return _read_parquet(str(path)), source
+        return _read_parquet(str(path), layout), source
     if path.suffix == ".npz" or path.exists():
-        return _read_npz(path), source
+        return _read_npz(path, layout), source
     raise DataError(
         f"{source}: no such file or directory; data source must be auto, mnist, sample, "
         "a Keras-layout .npz file, or a Parquet directory/URI with train and test parts"
     )
 
 
-def _split(arrays: Mapping[str, np.ndarray], source: str, validation: str) -> MnistSplits:
+def _split(arrays: Mapping[str, np.ndarray], source: str, validation: str, classes: int = SEED_CLASSES) -> Splits:
     """Carve the validation set out of the checked arrays."""
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     if validation == "test":
-        return MnistSplits(x_train, y_train, x_test, y_test, x_test, y_test, source, validation)
+        return Splits(x_train, y_train, x_test, y_test, x_test, y_test, source, validation, classes)
     n = len(y_train)
     # The last sixth, not a random draw: for full MNIST that is the classic 50,000 / 10,000
     # split, and it is the same on every run and on every worker with no seed to pass around.
@@ -203,9 +250,48 @@ def _split(arrays: Mapping[str, np.ndarray], source: str, validation: str) -> Mn
             "(need at least 6); use validation: test or more data"
         )
     cut = n - n_val
-    return MnistSplits(
-        x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source, validation
+    return Splits(
+        x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source, validation, classes
     )
+
+
+def _classes(arrays: Mapping[str, np.ndarray], where: str, layout: Layout) -> int:
+    """K: the layout's, with every label below it; else the largest label + 1, at least 2."""
+    if not layout.own:
+        return SEED_CLASSES
+    if layout.classes is None:
+        return max(2, max(int(arrays[k].max()) for k in ("y_train", "y_test")) + 1)
+    for key in ("y_train", "y_test"):
+        top = int(arrays[key].max())
+        if top >= layout.classes:
+            raise DataError(f"{where}: {key} has the label {top}, outside 0..{layout.classes - 1} of data.classes "
+                            f"{layout.classes}; raise data.classes, or leave it out to count the classes from the data")
+    return layout.classes
+
+
+def check_fits(splits: Splits, workers: int, memory_bytes: Optional[int] = None) -> None:
+    """A DataError when `workers` ranks on this machine cannot all hold the data: every rank holds
+    every split whole. `memory_bytes`: the machine's memory (default: what the OS reports)."""
+    memory = memory_bytes if memory_bytes is not None else machine_memory()
+    arrays = {id(a): a for a in (splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test,
+                                 splits.y_test)}
+    size = sum(a.nbytes for a in arrays.values())
+    if not memory or workers * size <= memory:
+        return
+    gib = 1024 ** 3
+    fewer = (f"use at most {memory // size} workers here (--workers {memory // size}), a cluster, or less data"
+             if memory >= size else "use a machine or cluster with more memory, or less data")
+    raise DataError(f"{splits.source}: the data takes {size / gib:.1f} GiB and each of the {workers} workers holds "
+                    f"all of it ({workers * size / gib:.1f} GiB), more than this machine's {memory / gib:.1f} GiB of "
+                    f"memory; {fewer}")
+
+
+def machine_memory() -> Optional[int]:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +339,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".keras" / "datasets"
 
 
-def _read_sample() -> dict[str, np.ndarray]:
+def _read_sample(layout: Layout = SEED_LAYOUT) -> dict[str, np.ndarray]:
     ref = resources.files(SAMPLE_PACKAGE).joinpath(SAMPLE_RESOURCE)
     if not ref.is_file():
         raise DataError(
@@ -262,7 +348,7 @@ def _read_sample() -> dict[str, np.ndarray]:
         )
     # as_file gives a real path even if the package is installed as a zip.
     with resources.as_file(ref) as path:
-        return _read_npz(path)
+        return _read_npz(path, layout)
 
 
 def _find_mnist(cache_dir: Path) -> tuple[Path | None, str]:
@@ -306,25 +392,25 @@ def _download_mnist(dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
 # Keras-layout .npz files
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, layout: Layout = SEED_LAYOUT) -> dict[str, np.ndarray]:
     """Read and check a Keras-layout .npz; every numpy/zipfile failure becomes a DataError."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; {ALTERNATIVES}")
     if not path.is_file():
         raise DataError(f"{path}: not a file; expected a Keras-layout .npz with {', '.join(KEYS)}")
-    layout = f"a Keras-layout .npz with {', '.join(KEYS)}"
+    expected = f"a Keras-layout .npz with {', '.join(KEYS)}"
     if not zipfile.is_zipfile(path):
         parquet = path.suffix == ".parquet"
         hint = " (for Parquet, pass the directory holding train/ and test/)" if parquet else ""
-        raise DataError(f"{path}: not an .npz archive; expected {layout}{hint}")
+        raise DataError(f"{path}: not an .npz archive; expected {expected}{hint}")
     arrays, key = {}, "the archive"
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in KEYS if k not in f.files]
             if missing:
                 found = ", ".join(f.files) or "nothing"
-                raise DataError(f"{path}: missing {', '.join(missing)} (found {found}); expected {layout}")
+                raise DataError(f"{path}: missing {', '.join(missing)} (found {found}); expected {expected}")
             for key in KEYS:
                 arrays[key] = f[key]  # members are read (and decompressed) here, lazily
     except DataError:
@@ -339,26 +425,61 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             f"{path}: damaged .npz archive, {key} is unreadable ({first_line(exc)}); "
             "re-create or re-download it"
         ) from exc
-    return _check(arrays, str(path))
+    return _check(arrays, str(path), layout)
 
 
 # --------------------------------------------------------------------------------------------
 # Checking and normalising arrays, whatever format they came from
 
 
-def _check(arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    """Return x as (n, 784) uint8 and y as (n,) uint8, or raise one DataError line."""
+def _check(arrays: Mapping[str, np.ndarray], where: str, layout: Layout = SEED_LAYOUT) -> dict[str, np.ndarray]:
+    """Return x as (n, 784) uint8 and y as (n,) uint8 (the built-in model's layout), or x in its
+    own shape and y as (n,) int32 (`layout.own`); or raise one DataError line."""
     out = {}
     for split in ("train", "test"):
-        x = _pixels(arrays[f"x_{split}"], f"{where}: x_{split}")
-        y = _labels(arrays[f"y_{split}"], f"{where}: y_{split}")
+        if layout.own:
+            x = _features(arrays[f"x_{split}"], f"{where}: x_{split}", layout.shape)
+            y = _labels(arrays[f"y_{split}"], f"{where}: y_{split}", None)
+        else:
+            x = _pixels(arrays[f"x_{split}"], f"{where}: x_{split}")
+            y = _labels(arrays[f"y_{split}"], f"{where}: y_{split}")
         if len(x) != len(y):
             raise DataError(
                 f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
                 "they must match one to one"
             )
         out[f"x_{split}"], out[f"y_{split}"] = x, y
+    train, test = out["x_train"].shape[1:], out["x_test"].shape[1:]
+    if train != test:
+        raise DataError(f"{where}: x_train's rows have shape {train} but x_test's {test}; train and test need "
+                        "the same feature shape")
     return out
+
+
+def _features(x: np.ndarray, name: str, shape: Optional[tuple[int, ...]]) -> np.ndarray:
+    """A model of your own's features: (n, ...) in their own shape (or `shape`), uint8 kept,
+    any other numbers as float32, all finite."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iufb":
+        raise DataError(f"{name} has dtype {x.dtype}; expected numbers (uint8 pixels, or floats)")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"{name} has shape {x.shape}; expected one row of features per example, (n, d) or "
+                        "(n, h, w[, c]) with n > 0")
+    if shape is not None:
+        values = int(np.prod(x.shape[1:]))
+        if values != int(np.prod(shape)):
+            raise DataError(f"{name}: data.shape {list(shape)} holds {int(np.prod(shape))} values, but each row has "
+                            f"{values} ({x.shape[1:]}); give a shape of {values} values")
+        x = x.reshape(len(x), *shape)
+    if x.dtype != np.uint8:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            row = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
+            raise DataError(f"{name} has {int(bad.sum())} NaN or infinite values (or beyond float32's range), the "
+                            f"first in row {row}; remove or fill them in")
+    return np.ascontiguousarray(x)
 
 
 def _pixels(x: np.ndarray, name: str) -> np.ndarray:
@@ -373,16 +494,21 @@ def _pixels(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(x), PIXELS), dtype=np.uint8)
 
 
-def _labels(y: np.ndarray, name: str) -> np.ndarray:
+def _labels(y: np.ndarray, name: str, highest: Optional[int] = SEED_CLASSES - 1) -> np.ndarray:
+    """Class indices 0..`highest` as (n,) uint8; `highest` None (a model of your own): any
+    whole number from 0, as (n,) int32."""
     y = np.asarray(y)
-    _numeric(y, name, "labels 0..9")
+    _numeric(y, name, f"labels 0..{highest if highest is not None else 'K-1'}")
     if y.ndim == 0 or y.shape[0] == 0:
         raise DataError(f"{name} is empty; expected labels of shape (n,) with n > 0")
     if y.shape[1:] not in ((), (1,)):
-        one_hot = y.ndim == 2 and y.shape[1] == 10
+        one_hot = y.ndim == 2 and (y.shape[1] == 10 or highest is None)
         hint = " (one-hot labels? pass the class index, e.g. y.argmax(axis=1))" if one_hot else ""
         raise DataError(f"{name} has shape {y.shape}; expected (n,){hint}")
-    _whole_numbers_in(y, 0, 9, name, "labels")
+    if highest is None:
+        _whole_numbers_in(y, 0, None, name, "class labels")
+        return np.ascontiguousarray(y.reshape(len(y)), dtype=np.int32)
+    _whole_numbers_in(y, 0, highest, name, "labels")
     return np.ascontiguousarray(y.reshape(len(y)), dtype=np.uint8)
 
 
@@ -391,40 +517,46 @@ def _numeric(a: np.ndarray, name: str, expected: str) -> None:
         raise DataError(f"{name} has dtype {a.dtype}; expected integer {expected} (uint8)")
 
 
-def _whole_numbers_in(a: np.ndarray, lo: int, hi: int, name: str, what: str, fraction_hint: str = "") -> None:
-    """Values must be whole numbers in lo..hi, so the conversion to uint8 loses nothing."""
-    if a.dtype == np.uint8 and hi >= 255:
-        return  # every uint8 is a valid pixel; skip the scan for the common case
+def _whole_numbers_in(a: np.ndarray, lo: int, hi: Optional[int], name: str, what: str,
+                      fraction_hint: str = "") -> None:
+    """Values must be whole numbers in lo..hi (None: lo..K-1, any K), so the conversion to an
+    integer type loses nothing."""
+    if a.dtype == np.uint8 and (hi is None or hi >= 255):
+        return  # every uint8 is a valid pixel, or class; skip the scan for the common case
+    span = f"{lo}..{hi if hi is not None else 'K-1'}"
+    if hi is None:
+        hi = np.iinfo(np.int32).max
     if a.dtype.kind == "f":
-        expected = f"expected whole-number {what} {lo}..{hi}"
+        expected = f"expected whole-number {what} {span}"
         if not np.isfinite(a).all():
             raise DataError(f"{name} contains NaN or infinite values; {expected}")
         if not (a == np.round(a)).all():
             raise DataError(f"{name} has fractional values; {expected}{fraction_hint}")
     amin, amax = a.min(), a.max()
     if amin < lo or amax > hi:
-        raise DataError(f"{name} has values {amin:g}..{amax:g}; expected {what} {lo}..{hi}")
+        raise DataError(f"{name} has values {amin:g}..{amax:g}; expected {what} {span}")
 
 
 # --------------------------------------------------------------------------------------------
 # Parquet: read and written with pyarrow
 
 
-def _read_parquet(root: str) -> dict[str, np.ndarray]:
-    """Read a Parquet dataset with `train` and `test` parts, each with `image` and `label`.
+def _read_parquet(root: str, layout: Layout = SEED_LAYOUT) -> dict[str, np.ndarray]:
+    """Read a Parquet dataset with `train` and `test` parts, each with the layout's features and
+    labels columns (`image` and `label` by default).
 
     pyarrow reads a local directory and any URI its filesystems know (s3://, gs://, hdfs://,
     file://) in file order and row order, which the holdout split relies on (it takes the LAST
     sixth).
     """
-    fs, parts = _parquet_parts(root)
+    fs, parts = _parquet_parts(root, layout)
     arrays = {}
     for split, location in parts.items():
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = _read_parquet_part(fs, location, f"{root}: {split}")
-    return _check(arrays, root)
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = _read_parquet_part(fs, location, f"{root}: {split}", layout)
+    return _check(arrays, root, layout)
 
 
-def _parquet_parts(root: str):
+def _parquet_parts(root: str, layout: Layout = SEED_LAYOUT):
     """(filesystem, {split: path}) for `train/` or `train.parquet` and `test/` or `test.parquet`."""
     import pyarrow.fs as pafs
 
@@ -447,22 +579,25 @@ def _parquet_parts(root: str):
         wanted = " and ".join(f"{s}/ or {s}.parquet" for s in missing)
         raise DataError(
             f"{root}: no {wanted}; a Parquet data source needs train and test parts "
-            "with columns image and label"
+            f"with columns {layout.features} and {layout.labels}"
         )
     return fs, parts
 
 
-def _read_parquet_part(fs: pyarrow.fs.FileSystem, location: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_parquet_part(fs: pyarrow.fs.FileSystem, location: str, where: str,
+                       layout: Layout = SEED_LAYOUT) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.dataset as pads
 
+    columns = [layout.features, layout.labels]
     try:
         dataset = pads.dataset(location, format="parquet", filesystem=fs)
         names = dataset.schema.names
-        missing = [c for c in ("image", "label") if c not in names]
+        missing = [c for c in columns if c not in names]
         if missing:
             found = ", ".join(names) or "none"
-            raise DataError(f"{where}: missing column {', '.join(missing)} (found {found}); expected image and label")
-        batches = [b for b in dataset.to_batches(columns=["image", "label"]) if b.num_rows]
+            raise DataError(f"{where}: missing column {', '.join(missing)} (found {found}); expected "
+                            f"{' and '.join(columns)} (name others with data.features and data.labels)")
+        batches = [b for b in dataset.to_batches(columns=columns) if b.num_rows]
     except DataError:
         raise
     except Exception as exc:  # ArrowInvalid, OSError: one line, never a traceback
@@ -471,70 +606,87 @@ def _read_parquet_part(fs: pyarrow.fs.FileSystem, location: str, where: str) -> 
         return np.zeros((0, PIXELS), np.uint8), np.zeros((0,), np.uint8)
     # One numpy conversion per batch, then concatenate: this also tolerates files whose integer
     # types differ (int32 in one, int64 in another), which pyarrow would refuse to concatenate.
-    xs = [_image_column(b.column("image"), where) for b in batches]
-    ys = [_label_column(b.column("label"), where) for b in batches]
+    # A model of your own takes rows of any one length: the first row's.
+    width = None if layout.own else PIXELS
+    xs = []
+    for b in batches:
+        xs.append(_image_column(b.column(layout.features), where, width, layout.features))
+        width = xs[-1].shape[1]
+    ys = [_label_column(b.column(layout.labels), where, layout.labels) for b in batches]
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _image_column(column: pyarrow.ChunkedArray | pyarrow.Array, where: str) -> np.ndarray:
-    """An `image` column as (n, 784): a list of 784 ints per row, or 784 bytes per row."""
+def _image_column(column: pyarrow.ChunkedArray | pyarrow.Array, where: str, width: Optional[int] = PIXELS,
+                  name: str = "image") -> np.ndarray:
+    """A features column as (n, width): a list of `width` numbers per row, or `width` bytes per
+    row (None: as many as the first row has)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if arr.null_count:
-        raise DataError(f"{where}: image column has {arr.null_count} missing values")
+        raise DataError(f"{where}: {name} column has {arr.null_count} missing values")
     t = arr.type
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        _check_row_lengths(lengths, where, "values")
+        width = _check_row_lengths(lengths, where, "values", width, name)
         values = arr.flatten()
         if values.null_count:
-            raise DataError(f"{where}: image column has {values.null_count} missing pixel values")
-        return values.to_numpy(zero_copy_only=False).reshape(len(arr), PIXELS)
+            raise DataError(f"{where}: {name} column has {values.null_count} missing values inside its rows")
+        return values.to_numpy(zero_copy_only=False).reshape(len(arr), width)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         rows = arr.to_pylist()
-        _check_row_lengths(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), where, "bytes")
-        return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), PIXELS)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        width = _check_row_lengths(lengths, where, "bytes", width, name)
+        return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), width)
     if isinstance(t, pa.ExtensionType):  # e.g. Ray's own tensor type, if Ray wrote the files
         try:
             return np.asarray(arr.to_numpy(zero_copy_only=False))
         except Exception as exc:
-            raise DataError(f"{where}: image column of type {t} is unreadable ({first_line(exc)})") from exc
+            raise DataError(f"{where}: {name} column of type {t} is unreadable ({first_line(exc)})") from exc
+    count = width if width is not None else "N"
     raise DataError(
-        f"{where}: image column has type {t}; expected a list of 784 ints 0..255 or 784 bytes per row"
+        f"{where}: {name} column has type {t}; expected a list of {count} numbers or {count} bytes per row"
     )
 
 
-def _check_row_lengths(lengths: np.ndarray, where: str, unit: str) -> None:
-    bad = np.flatnonzero(lengths != PIXELS)
+def _check_row_lengths(lengths: np.ndarray, where: str, unit: str, width: Optional[int] = PIXELS,
+                       name: str = "image") -> int:
+    """Every row's length is `width` (None: the first row's); returns it."""
+    if width is None:
+        width = int(lengths[0]) if len(lengths) else 0
+        needs = f"as many as row 0 ({width})"
+    else:
+        needs = f"{width} (28x28)" if width == PIXELS else str(width)
+    bad = np.flatnonzero(lengths != width)
     if bad.size:
         row = bad[0]
         raise DataError(
-            f"{where}: image row {row} has {lengths[row]} {unit}; every row needs {PIXELS} (28x28)"
+            f"{where}: {name} row {row} has {lengths[row]} {unit}; every row needs {needs}"
         )
+    return width
 
 
-def _label_column(column: pyarrow.ChunkedArray | pyarrow.Array, where: str) -> np.ndarray:
+def _label_column(column: pyarrow.ChunkedArray | pyarrow.Array, where: str, name: str = "label") -> np.ndarray:
     if column.null_count:
-        raise DataError(f"{where}: label column has {column.null_count} missing values")
+        raise DataError(f"{where}: {name} column has {column.null_count} missing values")
     return column.to_numpy()
 
 
-ArraysLike = Union[MnistSplits, Mapping[str, np.ndarray]]
+ArraysLike = Union[Splits, Mapping[str, np.ndarray]]
 
 
 def export_parquet(splits_or_arrays: ArraysLike, directory: Union[str, os.PathLike]) -> Path:
     """Write data in the Parquet layout `load` reads: directory/train/ and directory/test/.
 
-    Takes an `MnistSplits` (a holdout split is stitched back together, so that loading the
+    Takes a `Splits` (a holdout split is stitched back together, so that loading the
     result with the same validation gives the same arrays) or a Keras-layout mapping with
     x_train, y_train, x_test, y_test. Each image is a list of 784 uint8 pixels; labels are uint8.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if isinstance(splits_or_arrays, MnistSplits):
+    if isinstance(splits_or_arrays, Splits):
         s = splits_or_arrays
         arrays = {"x_train": s.x_train, "y_train": s.y_train, "x_test": s.x_test, "y_test": s.y_test}
         if s.validation == "holdout":

@@ -65,9 +65,11 @@ from ray.job_submission import JobSubmissionClient
 from service.compat import ray as compat_ray
 from service.console import text_table
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
-from service.spec import Spec, load_spec
+from service.compare.grid import expand
+from service.spec import BUILD_KEY, Spec, load_spec, parse_override
 from service.storage import is_node_local
-from service.submitting import (ADDRESS_HINT, JobError, _suggest, check_job_server_address,  # noqa: F401 - jobs.X
+from service.submitting import (ADDRESS_HINT, JobError, _suggest, builder_code,  # noqa: F401 - jobs.X
+                                check_builders, check_job_server_address, find_project_root,
                                 refuse_placeholder_buckets, storage_of)
 
 if TYPE_CHECKING:
@@ -282,19 +284,6 @@ class JobServer:
 # Submission
 
 
-def find_project_root(spec_path: str | Path) -> Path:
-    """The directory uploaded as the job's working dir (holds pyproject.toml and service/)."""
-    spec = Path(spec_path).resolve()
-    for start in (spec.parent, Path.cwd().resolve()):
-        for directory in (start, *start.parents):
-            if (directory / "pyproject.toml").is_file() and (directory / "service" / "cli.py").is_file():
-                return directory
-    raise JobError(
-        f"no plateau project (pyproject.toml with service/) above {spec_path!r} or the current "
-        "directory; run plateau submit from the project"
-    )
-
-
 def _user() -> str:
     try:
         return getpass.getuser()  # LOGNAME / USER, else the password database
@@ -311,6 +300,8 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
     spec = load_spec(spec_path, overrides)  # SpecError -> exit 2, nothing submitted
     refuse_placeholder_buckets(spec)
     root = find_project_root(spec_path)
+    check_builders([t.spec for t in expand(spec)] if spec.kind == "compare" else [spec])
+    py_modules, builder_overrides = builder_code(spec, root)
     resolved = Path(spec_path).resolve()
     try:
         rel = resolved.relative_to(root)
@@ -321,7 +312,9 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
         ) from None
     # `--address auto` joins the cluster the job runs on (Ray sets RAY_ADDRESS for job drivers).
     parts = [python, "-m", "service.cli", "run", rel.as_posix(), "--address", "auto"]
-    for text in overrides:
+    if builder_overrides:  # the builder as the cluster finds it, in place of how it is found here
+        overrides = [o for o in overrides if parse_override(o)[0] not in (BUILD_KEY, f"base.{BUILD_KEY}")]
+    for text in [*overrides, *builder_overrides]:
         parts += ["--set", text]
     if fresh:
         parts.append("--fresh")
@@ -336,6 +329,8 @@ def build_submission(spec_path: str, overrides: list[str], python: str = DEFAULT
             "working_dir": str(root),
             "excludes": excludes,
             "env_vars": {"PYTHONUNBUFFERED": "1"},  # logs arrive as they are written
+            # the builder's code from outside the project, on the job's (and its workers') import path
+            **({"py_modules": py_modules} if py_modules else {}),
         },
         "metadata": {
             "product": PRODUCT,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 from service.engines import ENGINES
-from service.spec import CompareSpec, MonitoredSpec, Spec, TrainSpec, higher_is_better
+from service.spec import CompareSpec, ModelSpec, MonitoredSpec, Spec, TrainSpec, higher_is_better
 
 # The seed's own advice, quoted where it applies.
 SEED_ADVICE = "EarlyStopping's patience must be larger than ReduceLROnPlateau's, or the callback has no effect"
@@ -63,7 +63,21 @@ def lint_train(spec: TrainSpec) -> list[str]:
     for name, section in (("reduce_lr", reduce), ("early_stopping", stop)):
         if section is not None:
             found += _mode_findings(name, section)
-    return found + ENGINES[spec.training.engine].unread_settings(spec)
+    return found + _model_findings(spec) + ENGINES[spec.training.engine].unread_settings(spec)
+
+
+def _model_findings(spec: TrainSpec) -> list[str]:
+    """Fields the model in use never reads: the built-in model's beside a builder, and back."""
+    model = spec.model
+    if model.build is None:
+        unread = [f"model.kwargs {sorted(model.kwargs)}"] if model.kwargs else []
+        unread += [f"data.shape {spec.data.shape}"] if spec.data.shape is not None else []
+        return [f"{field}: only a model of your own (model.build) reads it; the built-in model takes 784 pixels "
+                f"and model.hidden_units, model.dropout" for field in unread]
+    builtin = [f"model.{name} {getattr(model, name):g}" for name in ("hidden_units", "dropout")
+               if getattr(model, name) != ModelSpec.model_fields[name].default]
+    return [f"{field}: only the built-in model reads it, and model.build names your own; give your model's "
+            f"settings in model.kwargs" for field in builtin]
 
 
 def lint(spec: Spec) -> list[str]:

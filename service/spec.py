@@ -22,11 +22,14 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from service import usermodel
 from service.errors import BadInput
 
 # The metrics the seed's model produces, in the order files and lines show them; a callback
 # can only monitor one of these.
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The classes of the built-in model (the seed's MNIST digits).
+SEED_CLASSES = 10
 
 
 class SpecError(BadInput):
@@ -58,14 +61,49 @@ class DataSpec(_Section):
     source: str = "auto"
     # holdout: the last sixth of the training images; test: validate on the test set (the seed)
     validation: Literal["holdout", "test"] = "holdout"
+    # K, the number of classes: labels are 0..K-1 (null: the largest label + 1, at least 2).
+    classes: Optional[int] = Field(None, ge=2)
+    # Parquet: the columns of the features (a list of numbers, or bytes, per row) and of the labels.
+    features: str = Field("image", min_length=1)
+    labels: str = Field("label", min_length=1)
+    # With model.build: each row's features reshaped to this (e.g. [28, 28, 1]); null keeps the source's.
+    shape: Optional[list[int]] = None
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_sizes(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        if value is not None and (not value or any(size < 1 for size in value)):
+            raise ValueError("give every size of a row's shape as a number >= 1, e.g. [28, 28, 1]")
+        return value
 
 
 class ModelSpec(_Section):
+    # Your model: "module:function" or "file.py:function" (service/usermodel.py, docs/your-model.md);
+    # null: the seed's MLP. Stored resolved: a file as an absolute path.
+    build: Optional[str] = None
+    # Keyword arguments of the builder: build(input_shape, classes, **kwargs).
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # The seed's MLP only (lint warns when they are set beside build).
     hidden_units: int = Field(784, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     learning_rate: float = Field(0.01, gt=0.0)
-    build: Optional[str] = None
-    kwargs: dict[str, Any] = {}
+
+    @field_validator("build")
+    @classmethod
+    def _builder_form(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            usermodel.parse(value)  # BuilderError is a ValueError: one line, under model.build
+        return value
+
+    @field_validator("kwargs")
+    @classmethod
+    def _keyword_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not str(key).isidentifier():
+                raise ValueError(f"{key!r} is not a Python name, so the builder cannot take it as a keyword")
+            if key in usermodel.RESERVED_KWARGS:
+                raise ValueError(f"{key} is what plateau passes the builder itself; rename that keyword")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -317,6 +355,10 @@ class TrainSpec(_Section):
             raise ValueError(f"debug.fail_rank {self.debug.fail_rank} is not a rank of {least} workers")
         if self.debug.perturb_at_epoch is not None and self.debug.perturb_rank >= least:
             raise ValueError(f"debug.perturb_rank {self.debug.perturb_rank} is not a rank of {least} workers")
+        classes = self.data.classes
+        if self.model.build is None and classes not in (None, SEED_CLASSES):
+            raise ValueError(f"data.classes {classes}: the built-in model has {SEED_CLASSES} classes (labels 0..9); "
+                             f"set model.build to train a model of your own on {classes} classes")
         return self
 
     @property
@@ -424,11 +466,48 @@ def inline_compare_base(data: dict, base_dir: Path | None) -> dict:
     base_path = Path(data["base"])
     if not base_path.is_absolute() and base_dir is not None and (base_dir / base_path).is_file():
         base_path = base_dir / base_path
-    data["base"] = read_yaml(base_path)
+    data["base"] = resolve_builders(read_yaml(base_path), base_path.parent)
     return data
 
 
 Spec = Union[TrainSpec, CompareSpec]
+BUILD_KEY = "model.build"
+
+
+def resolve_builders(data: Any, base_dir: Path | None, where: str = "") -> Any:
+    """`data` with every relative `model.build` file made absolute, read from `base_dir` (None: the
+    current directory): a train spec's, a compare spec's base's, and the values a grid gives it.
+
+    Example::
+
+        resolve_builders({"model": {"build": "cnn.py:build"}}, Path("examples"))
+        # {'model': {'build': '/.../examples/cnn.py:build'}}
+    """
+    if not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+
+    def absolute(section: Any, field: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get("build"), str):
+            try:
+                section["build"] = str(usermodel.resolve(section["build"], base_dir))
+            except usermodel.BuilderError as exc:
+                raise SpecError(f"{where}{field}: {exc}") from None
+
+    absolute(data.get("model"), BUILD_KEY)
+    if data.get("kind") == "compare":
+        if isinstance(data.get("base"), dict):
+            absolute(data["base"].get("model"), f"base.{BUILD_KEY}")
+        grid = data.get("grid") if isinstance(data.get("grid"), dict) else {}
+        for axis, values in grid.items():
+            for value in values if isinstance(values, list) else []:
+                if axis == BUILD_KEY and isinstance(value, str):
+                    holder = {"build": value}
+                    absolute(holder, f"grid {axis}")
+                    values[values.index(value)] = holder["build"]
+                elif axis == "model":
+                    absolute(value, f"grid {axis}")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,8 +654,11 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> Sp
     # A compare spec's base file is read before overrides, so `--set base.x=...` (and the
     # shorthand flags) change the base instead of replacing it with an empty section.
     data = inline_compare_base(data, base_dir)
-    data = apply_overrides(data, route_overrides(data, overrides))
     where = f"{path}: " if path is not None else ""
+    # A builder's file is read from the spec file's folder; one given with --set, like a path on
+    # the command line, from the current directory.
+    data = resolve_builders(data, base_dir, where)
+    data = resolve_builders(apply_overrides(data, route_overrides(data, overrides)), None, where)
     return validate(data, where, base_dir)
 
 

@@ -31,7 +31,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from service import checkpoint, cluster, engines, events, progress, raylog, report, rundir, runlock, runs, signals
+from service import (checkpoint, cluster, engines, events, progress, raylog, report, rundir, runlock, runs, signals,
+                     usermodel)
 from service.engines import probe
 from service import data as data_lib
 from service.console import say
@@ -123,7 +124,7 @@ class Plan:
     """What a run works with, all checked before Ray starts."""
 
     spec: TrainSpec
-    splits: data_lib.MnistSplits
+    splits: data_lib.Splits
     steps: int          # optimizer steps per epoch, the same on every rank
     paths: rundir.RunPaths
 
@@ -154,8 +155,12 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
 
         tracking.check_available(spec.tracking)
     engines.check_available(spec)
+    if spec.model.build:
+        usermodel.check(usermodel.resolve(spec.model.build, None))
     splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
-                           cache_dir=data_cache)
+                           cache_dir=data_cache, layout=data_lib.Layout.of(spec))
+    if not address:  # an embedded Ray: every worker on this machine
+        data_lib.check_fits(splits, spec.workers)
     if spec.model.build is not None:  # a user's model: tried on the data's shape before Ray starts
         probe.check_model(spec, engines.ENGINES[spec.training.engine], splits.x_train.shape[1:], splits.classes,
                           str(splits.x_train.dtype))
@@ -323,8 +328,8 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     # worker node, and die with it.
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)})
-    config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "classes": plan.splits.classes,
-              "steps": plan.steps, "progress": queue, "attempt": uuid.uuid4().hex}
+    config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
+              "classes": plan.splits.classes, "progress": queue, "attempt": uuid.uuid4().hex}
     trainer = _trainer(plan, config, callbacks, verbose)
     outcome: dict = {}
 
@@ -360,7 +365,9 @@ def _trainer(plan: Plan, config: dict, callbacks: Sequence, verbose: bool):
         failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
         checkpoint_config=_checkpoint_config(plan.spec, CheckpointConfig),
         callbacks=list(callbacks),
-        worker_runtime_env=engine.runtime_env(cluster.worker_runtime_env(verbose)),
+        worker_runtime_env={**engine.runtime_env(cluster.worker_runtime_env(verbose)),
+                            **(usermodel.runtime_env_for(usermodel.resolve(plan.spec.model.build, None))
+                               if plan.spec.model.build else {})},
     )
     return DataParallelTrainer(
         engine.loop,

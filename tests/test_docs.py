@@ -45,6 +45,9 @@ README_MAX_BYTES = 15 * 1024
 CHECKED = ("train", "compare", "check", "run")
 # Spec files the pages show on purpose although they do not exist (an example of bad input).
 ILLUSTRATIVE_SPECS = {"typo.yaml"}
+# Specs whose data a shown command makes first (`python examples/make_data.py`), in the current
+# directory the check runs in: spec -> (the program, the file it writes).
+MADE_DATA = {"examples/features.yaml": ("examples/make_data.py", "examples/features.npz")}
 # Shell words that end the command itself (a redirect, a pipe, a second command).
 SHELL_STOPS = {">", ">>", "2>", "|", "&&", ";", "&"}
 
@@ -141,6 +144,9 @@ def test_shown_command_parses_and_checks(page: str, command: str, tmp_path: Path
     if getattr(args, "submit", False):  # checked as submit would: a job server address (or the page's export)
         check += ["--submit", "--address", args.address or "http://127.0.0.1:8265"]
     monkeypatch.chdir(tmp_path)  # a fresh results/ folder: the check's run-folder line says "a new run"
+    if args.spec in MADE_DATA:
+        maker, made = MADE_DATA[args.spec]
+        subprocess.run([sys.executable, str(ROOT / maker), str(tmp_path / made)], check=True, timeout=PROGRAM_S)
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() shortens it
     code = main(check)
     out = capsys.readouterr()
