@@ -8,14 +8,17 @@ through the stock callbacks of the run's own Keras, and a run that never failed.
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
 from service import data as data_lib
 from service import train
 from tests.support.engines import ENGINES
-from tests.support.project import plateau
-from tests.support.runs import by_epoch, checkpoints, exact_metrics, make_spec, model_at, without_seconds
+from tests.support.project import PROJECT_ROOT, plateau
+from tests.support.runs import (by_epoch, checkpoints, exact_metrics, make_spec, model_at, score_model_file,
+                                without_seconds)
 from tests.support.stock import stock_replay_on
 
 CNN = ("model.build=tests.support.models:cnn", "model.kwargs={filters: 4}")
@@ -110,6 +113,57 @@ def test_the_seed_mlp_through_the_builder_path_is_the_default_run(engine, tmp_pa
     assert default.ok and built.ok, (default.error, built.error)
     assert without_seconds(built.history) == without_seconds(default.history)
     assert built.decisions == default.decisions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_feature_vector_model_trains_on_three_classes_of_generated_data(engine, tmp_path, module_ray):
+    """12 float features, 3 classes, an MLP from examples/features.py on 2 workers: exact global
+    metrics and one decision per epoch, as for images."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 12))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, n)
+        return (centres[y] + rng.normal(scale=1.5, size=(n, 12))).astype("float32"), y
+
+    (x_train, y_train), (x_test, y_test) = draw(2400), draw(601)
+    np.savez(tmp_path / "blobs.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    spec = make_spec(tmp_path, f"data.source={tmp_path / 'blobs.npz'}", "data.validation=test", "training.epochs=3",
+                     f"training.engine={engine}", "checkpoint.keep=null", "reduce_lr={monitor: val_loss, patience: 0}",
+                     f"model.build={PROJECT_ROOT / 'examples' / 'features.py'}:build", "model.kwargs={units: [16]}",
+                     name="blobs")
+    result = train.run(spec, echo=lambda line: None)
+    assert result.ok, result.error
+    assert result.summary["data"]["n_val"] == 601
+    kept = checkpoints(spec)
+    for epoch, rows in by_epoch(result.decisions).items():
+        loss, accuracy = exact_metrics(model_at(spec, kept[epoch], input_shape=(12,), classes=3), x_test, y_test)
+        assert [r["rank"] for r in rows] == [0, 1]
+        for row in rows:  # 301 + 300 validation rows
+            assert row["values"]["val_accuracy"] == accuracy
+            assert row["values"]["val_loss"] == pytest.approx(loss, rel=1e-5)
+    assert result.summary["test_accuracy"] > 0.6  # the classes are learnable: three of 0.33 is chance
+    scored = score_model_file(engine, result.out_dir / "model.keras", spec.data.source, result.out_dir / "spec.yaml")
+    assert scored["accuracy"] == result.summary["test_accuracy"]
+    assert "Dropout" in scored["layers"] and not any("Seeded" in name for name in scored["layers"])
+
+
+@pytest.mark.slow
+def test_a_study_varies_a_builder_kwarg(tmp_path, module_ray):
+    from service import compare
+    from service.spec import load_spec
+
+    (tmp_path / "study.yaml").write_text(
+        "kind: compare\nname: filters\nbase:\n  model: {build: 'tests.support.models:cnn'}\n"
+        "  training: {epochs: 1, batch_size: 200}\n  data: {source: sample}\n"
+        f"  output: {tmp_path / 'results'}\ngrid:\n  model.kwargs.filters: [2, 4]\nseeds: [7]\n"
+        "workers_per_trial: 1\n")
+    spec = load_spec(tmp_path / "study.yaml")
+    assert compare.run(spec, address=None, verbose=False, fresh=False, echo=lambda line: None) == 0
+    rows = list(csv.DictReader((tmp_path / "results" / "filters" / "comparison.csv").open()))
+    assert [(r["model.kwargs.filters"], r["status"]) for r in rows] == [("2", "ok"), ("4", "ok")]
+    assert rows[0]["test_accuracy"] != rows[1]["test_accuracy"]  # two models, not one twice
 
 
 @pytest.mark.parametrize("builder, line", [
