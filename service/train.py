@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import queue as queue_lib
 import re
 import threading
 import time
@@ -53,6 +55,24 @@ REPLICA_MISMATCH = re.compile(r"ReplicaMismatch: (replicas differ .*)$", re.M)
 
 
 @dataclasses.dataclass
+class InProcess:
+    """A run that trains in the calling process while its spec keeps its one worker: a study's
+    warm trial, in a process that already imported the engine. The maths is the 1-worker run's
+    (the same loop, as rank 0 of 1); no checkpoint is written (a trial that does not finish is
+    trained again); `on_epoch` gets each epoch's report as a worker gives it to Ray Train, and
+    `splits` keeps the data this process loaded, for the next run on the same data.
+
+    Example::
+
+        here = InProcess(on_epoch=lambda metrics: print(metrics["epoch"]))
+        run(spec, in_process=here); run(other_spec, in_process=here)   # the data is loaded once
+    """
+
+    on_epoch: Callable[[dict], None] = lambda metrics: None
+    splits: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class RunResult:
     ok: bool
     out_dir: Path
@@ -64,7 +84,8 @@ class RunResult:
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
-        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True) -> RunResult:
+        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True,
+        in_process: Optional[InProcess] = None) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -78,16 +99,21 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     is the command line that asked for the run, for summary.json and the folder's lock.
     `lock`: hold OUTPUT/NAME's lock for the whole run (`runlock`; `RunLocked` while another
     command holds it); a study's trials do not, their study holds the study's folder.
+    `in_process`: train a 1-worker spec in this process (`InProcess`).
     """
+    if in_process is not None and (spec.workers != 1 or spec.scaling.elastic or spec.scaling.use_gpu):
+        raise ValueError(f"only a 1-worker run on CPUs trains in the calling process, not {spec.workers} "
+                         f"worker(s){' on GPUs' if spec.scaling.use_gpu else ''}")
     holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
     with holding:
-        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
+        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command, in_process)
 
 
 def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, echo: Echo, callbacks: Sequence,
-         data_cache: Optional[Path], tensorboard: bool, command: Optional[str]) -> RunResult:
+         data_cache: Optional[Path], tensorboard: bool, command: Optional[str],
+         in_process: Optional[InProcess]) -> RunResult:
     started, started_at = time.perf_counter(), utc_now()
-    plan = prepare(spec, address, fresh, echo, data_cache)
+    plan = prepare(spec, address, fresh, echo, data_cache, in_process.splits if in_process else None)
     rundir.check_same_spec(spec)
     done = plan.finished_result()
     if done is not None:
@@ -100,11 +126,14 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
     collector = finished_or_resume(plan, echo)
     if tensorboard:
         collector.events = events.RunEvents(plan.out_dir / events.FOLDER)
+    if in_process is not None:
+        collector.on_report = in_process.on_epoch
     starting = progress.Startup(echo, f"starting Ray and {spec.workers} worker(s)")
     ray_log = plan.out_dir / raylog.LOG_FILE   # Ray's own lines, out of the user's view
     try:
         with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo) as started_here:
-            outcome = fit_and_collect(plan, collector, started_here, verbose, callbacks, starting)
+            outcome = fit_and_collect(plan, collector, started_here, verbose, callbacks, starting,
+                                      in_process=in_process is not None)
             # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
             return finish(plan, collector, outcome, time.perf_counter() - started, echo,
                           provenance(started_at, command, dict(engines.ENGINES[spec.training.engine].versions)))
@@ -147,7 +176,9 @@ class Plan:
 
 
 def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
-            data_cache: Optional[Path]) -> Plan:
+            data_cache: Optional[Path], loaded: Optional[dict] = None) -> Plan:
+    """The run's plan, all checked. `loaded`: data this process already loaded (`InProcess.splits`),
+    by source, validation, cache and layout; what is loaded here is added to it."""
     if address:
         cluster.check_gcs_address(address)
     if spec.tracking is not None:
@@ -157,8 +188,12 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     engines.check_available(spec)
     if spec.model.build:
         usermodel.check(usermodel.resolve(spec.model.build, None))
-    splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
-                           cache_dir=data_cache, layout=data_lib.Layout.of(spec))
+    key = (spec.data.source, spec.data.validation, str(data_cache), data_lib.Layout.of(spec))
+    splits = (loaded or {}).get(key) or data_lib.load(spec.data.source, spec.data.validation,
+                                                      warn=lambda m: echo(f"WARNING: {m}"), cache_dir=data_cache,
+                                                      layout=key[3])
+    if loaded is not None:
+        loaded[key] = splits
     if not address:  # an embedded Ray: every worker on this machine
         data_lib.check_fits(splits, spec.workers)
     if spec.model.build is not None:  # a user's model: tried on the data's shape before Ray starts
@@ -193,6 +228,7 @@ class EpochCollector:
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
         self.tracker = None  # the run's MLflow run (tracking.RunTracker), when the spec asks for one
+        self.on_report: Optional[Callable[[dict], None]] = None  # each epoch's report, as Ray Train got it
 
     def resume(self, epoch: int, saved: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
@@ -261,6 +297,8 @@ class EpochCollector:
             self.events.epoch(row, head.decision)
         if self.tracker is not None:
             self.tracker.epoch(row, head.decision)
+        if announce and self.on_report is not None:
+            self.on_report(head.metrics())
         if announce and len(self.history) == 1:
             report.import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
@@ -302,40 +340,45 @@ def cpus_needed(spec: TrainSpec) -> float:
 
 
 def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, verbose: bool,
-                    callbacks: Sequence, starting: progress.Startup) -> dict:
+                    callbacks: Sequence, starting: progress.Startup, in_process: bool = False) -> dict:
     """Run the trainer on the Ray of `cluster.ray_session` (`started_here`: an embedded one, which
     cannot grow); hand every report to `collector` as it arrives; `starting` stops saying "still
-    starting" once the workers said where they run.
+    starting" once the workers said where they run. `in_process`: the loop runs in this process
+    (`InProcess`), on the caller's resources, with the data and the reports' queue of this process.
 
     Returns {"result": Ray Train's Result} or {"error": what fit raised}: a failure is reported
     after the epochs that finished are saved.
     """
     import ray
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     scaling = plan.spec.scaling
     signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
-    try:
-        cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
-                                   can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
-                                   echo=collector.echo)
-    except cluster.ResourcesTimeout as exc:
-        return {"error": exc}
-    arrays = {k: ray.put(getattr(plan.splits, k)) for k in
-              ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-    # The queue is an actor: without these options it asks for a CPU and may land on a
-    # worker node, and die with it.
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)})
+    names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    if in_process:  # the caller holds the CPUs; the loop reads this process's arrays and queue
+        arrays, queue = {k: getattr(plan.splits, k) for k in names}, queue_lib.Queue()
+    else:
+        try:
+            cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
+                                       can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
+                                       echo=collector.echo)
+        except cluster.ResourcesTimeout as exc:
+            return {"error": exc}
+        arrays = {k: ray.put(getattr(plan.splits, k)) for k in names}
+        # The queue is an actor: without these options it asks for a CPU and may land on a
+        # worker node, and die with it.
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)})
     config = {"spec": plan.spec.model_dump(mode="json"), "data": arrays, "steps": plan.steps,
-              "classes": plan.splits.classes, "progress": queue, "attempt": uuid.uuid4().hex}
-    trainer = _trainer(plan, config, callbacks, verbose)
+              "classes": plan.splits.classes, "progress": queue, "attempt": uuid.uuid4().hex,
+              "in_process": in_process}
+    train = _in_process(plan, config, verbose) if in_process else _trainer(plan, config, callbacks, verbose).fit
     outcome: dict = {}
 
     def fit() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = train()
         except BaseException as exc:  # noqa: BLE001 - whatever ends fit here (an error, an interrupt) goes to `finish`
             # which reports it after the last epochs are saved
             outcome["error"] = exc
@@ -345,12 +388,22 @@ def fit_and_collect(plan: Plan, collector: EpochCollector, started_here: bool, v
     while thread.is_alive() or not queue.empty():
         try:
             collector.on_message(*queue.get(timeout=0.2))
-        except Empty:
+        except queue_lib.Empty:  # ray.util.queue.Empty is one too
             pass
         if collector.placement:
             starting.done()
     thread.join()
     return outcome
+
+
+def _in_process(plan: Plan, config: dict, verbose: bool) -> Callable[[], None]:
+    """The engine's worker loop as this process runs it (`InProcess`): rank 0 of 1, without Ray
+    Train, which refuses its calls inside a Tune trial. The process gets what a worker's runtime
+    env would set, before the engine is first imported here."""
+    engine = engines.engine_for(plan.spec)
+    for name, value in engine.runtime_env(cluster.worker_runtime_env(verbose))["env_vars"].items():
+        os.environ.setdefault(name, value)
+    return lambda: engine.loop(config)
 
 
 def _trainer(plan: Plan, config: dict, callbacks: Sequence, verbose: bool):
