@@ -36,9 +36,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from service import report
 from service.compat import mlflow as compat_mlflow
 from service.errors import BadInput, first_line, one_line
+from service.report import files as run_files
 from service.spec import CompareSpec, TrackingSpec, TrainSpec
 
 Echo = Callable[[str], None]
@@ -185,7 +185,7 @@ class _Tracker:
         return ids if ids.get("tracking_uri") == self.tracking.mlflow else {}
 
     def _write_ids(self) -> None:
-        report.write_json(self.folder / IDS_FILE, {"tracking_uri": self.tracking.mlflow, **self.ids})
+        run_files.write_json(self.folder / IDS_FILE, {"tracking_uri": self.tracking.mlflow, **self.ids})
 
     def _log_params(self, run_id: str, params: dict[str, str], logged: dict) -> None:
         """Params the run does not hold yet (MLflow refuses to change one; a resume may move `output`)."""

@@ -31,12 +31,17 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from service import checkpoint, cluster, engines, events, progress, raylog, report, rundir, runlock, runs, signals
+from service import checkpoint, cluster, engines, events, progress, raylog, rundir, runlock, runs, signals
 from service import data as data_lib
 from service.console import say
 from service.errors import cause_line
+from service.files import write_atomic
 from service.messages import EpochReport, FinalReport, Message, Placement
 from service.provenance import provenance, utc_now
+from service.report import files as run_files
+from service.report.lines import done_line, epoch_line, non_finite_words, placement_line, workers_phrase
+from service.report.plots import import_plotting_soon, plot_curves
+from service.report.summary import summarize
 from service.spec import TrainSpec, dump_spec
 from service.stopreason import StopReason
 
@@ -136,8 +141,8 @@ class Plan:
         if not (self.out_dir / "summary.json").exists():
             return None
         summary = json.loads((self.out_dir / "summary.json").read_text())
-        decisions = report.read_decisions(self.out_dir / "decisions.jsonl")
-        history = report.read_history(self.out_dir / "history.csv")  # keeps nan and inf, JSON cannot
+        decisions = run_files.read_decisions(self.out_dir / "decisions.jsonl")
+        history = run_files.read_history(self.out_dir / "history.csv")  # keeps nan and inf, JSON cannot
         diverged = summary.get("stop_reason") == StopReason.NON_FINITE
         return RunResult(not diverged, self.out_dir, summary=summary,
                          error=_diverged_line(history, self.out_dir) if diverged else None,
@@ -201,9 +206,9 @@ class EpochCollector:
                 self.on_message(rank, EpochReport.from_metrics(metrics), announce=False)
             return
         if (self.out_dir / "history.csv").exists():
-            self.history = [r for r in report.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
+            self.history = [r for r in run_files.read_history(self.out_dir / "history.csv") if r["epoch"] <= epoch]
         if (self.out_dir / "decisions.jsonl").exists():
-            self.decisions = [d for d in report.read_decisions(self.out_dir / "decisions.jsonl")
+            self.decisions = [d for d in run_files.read_decisions(self.out_dir / "decisions.jsonl")
                               if d["epoch"] <= epoch]
 
     def on_message(self, rank: int, message: Message, announce: bool = True) -> None:
@@ -229,7 +234,7 @@ class EpochCollector:
     def on_placement(self, group: list[Placement]) -> None:
         """Every rank of a (re)started group said where it runs: print it."""
         self.placement = {p.rank: p.where() for p in group}
-        self.echo(report.placement_line([self.placement[r] for r in sorted(self.placement)]))
+        self.echo(placement_line([self.placement[r] for r in sorted(self.placement)]))
 
     def on_final(self, rank0: FinalReport) -> None:
         self.test = {"test_loss": rank0.test_loss, "test_accuracy": rank0.test_accuracy}
@@ -246,17 +251,17 @@ class EpochCollector:
         self.decisions = [d for d in self.decisions if d["epoch"] < row["epoch"]]
         self.decisions += [m.decision for m in per_rank]
         # Files first: whatever the user saw printed is already on disk.
-        report.write_history(self.out_dir / "history.csv", self.history)
-        report.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
+        run_files.write_history(self.out_dir / "history.csv", self.history)
+        run_files.write_decisions(self.out_dir / "decisions.jsonl", self.decisions)
         if self.events is not None:
             self.events.epoch(row, head.decision)
         if self.tracker is not None:
             self.tracker.epoch(row, head.decision)
         if announce and len(self.history) == 1:
-            report.import_plotting_soon()  # while training goes on, not after its last epoch
+            import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
             pace = self.pace.tick(row["epoch"], row["seconds"], last=bool(head.decision.get("stop")))
-            self.echo(report.epoch_line(row, head.decision, self.spec.training.epochs, pace,
+            self.echo(epoch_line(row, head.decision, self.spec.training.epochs, pace,
                                         workers_before=previous["workers"]))
 
 
@@ -274,11 +279,11 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
     if resume.epoch:
         collector.resume(resume.epoch, resume.directory)
         echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
-    report.write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
+    write_atomic(plan.out_dir / "spec.yaml", dump_spec(spec))
     runs.mark_started(plan.out_dir, "train")
     sizes = plan.splits.sizes()
     echo(f"{spec.name}: {sizes['n_train']} train / {sizes['n_val']} val ({spec.data.validation}) / "
-         f"{sizes['n_test']} test images from {sizes['source']}, {report.workers_phrase(spec)}, "
+         f"{sizes['n_test']} test images from {sizes['source']}, {workers_phrase(spec)}, "
          f"{plan.steps} steps/epoch")
     return collector
 
@@ -396,17 +401,17 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
         _track_end(collector, None, "FAILED")
         return RunResult(False, out_dir, error=message, history=collector.history, decisions=collector.decisions)
 
-    summary = report.summarize(
+    summary = summarize(
         name=spec.name, data=plan.splits.sizes(), workers=spec.workers, max_epochs=spec.training.epochs,
         history=collector.history, decisions=collector.decisions, test=collector.test, wall_seconds=wall,
         placement=[collector.placement[r] for r in sorted(collector.placement)],
     )
     summary.update(origin or {})
     if collector.model_file is not None:
-        report.write_atomic(out_dir / report.MODEL_FILE, collector.model_file)
-    report.plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
+        write_atomic(out_dir / run_files.MODEL_FILE, collector.model_file)
+    plot_curves(out_dir / "curves.png", collector.history, summary["lr_reductions"],
                        summary["stop_epoch"], title=spec.name, monitored=spec.monitored)
-    report.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
+    run_files.write_json(out_dir / "summary.json", summary)  # last: a summary means a finished run
     _track_end(collector, summary, "FAILED" if summary["stop_reason"] == StopReason.NON_FINITE else "FINISHED")
     if summary["stop_reason"] == StopReason.NON_FINITE:
         message = _diverged_line(collector.history, out_dir)
@@ -415,21 +420,21 @@ def finish(plan: Plan, collector: EpochCollector, outcome: dict, wall: float, ec
         return RunResult(False, out_dir, summary=summary, error=message, history=collector.history,
                          decisions=collector.decisions)
     runs.mark_finished(out_dir)
-    progress.final(echo, report.done_line(summary, out_dir))
+    progress.final(echo, done_line(summary, out_dir))
     return RunResult(True, out_dir, summary=summary, history=collector.history, decisions=collector.decisions)
 
 
 def _track_end(collector: EpochCollector, summary: Optional[dict], status: str) -> None:
     """The MLflow run's summary, files and model, and its end (the folder's files are written)."""
     if collector.tracker is not None:
-        model = collector.out_dir / report.MODEL_FILE if collector.model_file is not None else None
+        model = collector.out_dir / run_files.MODEL_FILE if collector.model_file is not None else None
         collector.tracker.finish(summary, status, model)
 
 
 def _diverged_line(history: list[dict], out_dir: Path) -> str:
     """One line for a run that stopped on a NaN or infinite metric (its last epoch)."""
     last = history[-1]
-    words = report.non_finite_words(last) or StopReason.NON_FINITE.words
+    words = non_finite_words(last) or StopReason.NON_FINITE.words
     return (f"training diverged at epoch {last['epoch']} ({words}): every rank stopped "
             f"there; lower model.learning_rate and train again with --fresh (the run is in {out_dir})")
 

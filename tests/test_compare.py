@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, compare, report
+from service import cli, compare
+from service.report import files as run_files
 from service.compare import aggregate, stats, tables
 from service.compare import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
@@ -391,7 +392,7 @@ def _check_progress_lines(stdout: str, root: Path, rows: list[dict]) -> None:
     assert len(epoch_lines) == 8 and all(epoch_lines), stdout
     for m in epoch_lines:
         r = rows[int(m.group(1)) - 1]
-        history = {h["epoch"]: h for h in report.read_history(root / "trials" / r["trial"] / "history.csv")}
+        history = {h["epoch"]: h for h in run_files.read_history(root / "trials" / r["trial"] / "history.csv")}
         h = history[int(m.group(3))]
         assert (m.group(2), m.group(4), m.group(5)) == (r["setting"], f"{h['val_accuracy']:.4f}", f"{h['lr']:.3g}")
         assert (m.group(6) is not None) == (r["reduce_lr"] == "on" and m.group(3) == "2")
@@ -423,7 +424,7 @@ def _check_trial_events(root: Path, rows: list[dict]) -> None:
     for r in rows:
         folder = root / "trials" / r["trial"]
         got = read_events(folder / "tensorboard")
-        history = report.read_history(folder / "history.csv")
+        history = run_files.read_history(folder / "history.csv")
         assert got["val_accuracy"] == [(h["epoch"], round(h["val_accuracy"], 6)) for h in history]
         assert got["test/accuracy"] == [(2, round(float(r["test_accuracy"]), 6))]
     assert not list((root / "tune").rglob("events.out.tfevents*"))
@@ -496,7 +497,6 @@ def test_settings_csv_and_markdown_carry_the_paired_statistics():
 
 def _finished_trial(trial, acc: float) -> None:
     """A trial folder as a finished run leaves it (what a study reuses without Ray)."""
-    from service import report
 
     history = [{"epoch": 1, "loss": 0.3, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": acc, "lr": 0.01,
                 "seconds": 1.0, "workers": 1}]
@@ -505,7 +505,7 @@ def _finished_trial(trial, acc: float) -> None:
     summary = {"name": trial.name, "data": {"source": "sample"}, "epochs_run": 1, "stopped_early": False,
                "stop_epoch": None, "best_epoch": 1, "best_val_accuracy": acc, "test_accuracy": acc,
                "test_error": 1 - acc, "lr_reductions": [], "wall_seconds": 1.0}
-    report.write_run(Path(trial.spec.output) / trial.name, trial.spec, history, [decision], summary)
+    run_files.write_run(Path(trial.spec.output) / trial.name, trial.spec, history, [decision], summary)
 
 
 @pytest.mark.parametrize("unresolved, expected", [

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from service import data as data_lib
-from service import report, train
+from service import train
+from service.report import files as run_files
 from service.cli import load_with_tracking
 from service.compare.grid import expand_settings
 from service.spec import SpecError, dump_spec
@@ -54,7 +55,7 @@ def _run_id(out: Path) -> str:
 
 
 def _assert_epochs_equal_history(client: MlflowClient, run_id: str, out: Path) -> None:
-    history = report.read_history(out / "history.csv")
+    history = run_files.read_history(out / "history.csv")
     for key in EPOCH_METRICS:
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert logged == [(r["epoch"], float(r[key])) for r in history], key
@@ -264,7 +265,7 @@ def test_a_run_logs_over_http_and_outlives_the_server(tmp_path: Path):
         run_id = _run_id(out)
         live = MlflowClient(tracking_uri=uri)
         assert [(m.step, m.value) for m in live.get_metric_history(run_id, "val_accuracy")] == [
-            (1, report.read_history(out / "history.csv")[0]["val_accuracy"])]
+            (1, run_files.read_history(out / "history.csv")[0]["val_accuracy"])]
         _stop(server)  # mid-run: epochs 2 and 3 are still to come
         rest, stderr = driver.communicate(timeout=PROGRAM_S)
     finally:
@@ -275,7 +276,7 @@ def test_a_run_logs_over_http_and_outlives_the_server(tmp_path: Path):
     warnings = [ln for ln in stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: MLflow tracking at {uri} failed ("), stderr
     assert "Traceback" not in stderr
-    assert [r["epoch"] for r in report.read_history(out / "history.csv")] == [1, 2, 3]
+    assert [r["epoch"] for r in run_files.read_history(out / "history.csv")] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["stop_reason"] == "max_epochs"
     assert "done: 3 epochs" in rest
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, engines, events, progress, raylog, report, runlock, runs, signals
+from service import cluster, engines, events, progress, raylog, runlock, runs, signals
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.compare.grid import Setting, Trial, expand
@@ -36,6 +36,8 @@ from service.console import text_table
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
 from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line
+from service.files import write_atomic
+from service.report import files as run_files
 from service.spec import CompareSpec, SpecError, dump_spec
 
 Echo = Callable[[str], None]
@@ -218,7 +220,7 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
                                                 trial_cpus=trial_resources(ray_here.embedded).get("CPU", 0))
         session.embedded = ray_here.embedded
         session.echo(f"{spec.name}: {session.plan.line()}")
-        report.write_json(study_dir / PLAN_FILE, session.plan.to_json())
+        run_files.write_json(study_dir / PLAN_FILE, session.plan.to_json())
         session.ray_open = True
     watch.pace.concurrency = session.plan.concurrent
     session.trained += len(todo)
@@ -276,8 +278,8 @@ def _count_finished(trials: list[Trial]) -> int:
 def _finished(trial: Trial) -> TrialOutcome:
     folder = Path(trial.spec.output) / trial.name
     summary = json.loads((folder / "summary.json").read_text())
-    return TrialOutcome("ok", summary, "", report.read_history(folder / "history.csv"),
-                        report.read_decisions(folder / "decisions.jsonl"), reused=True)
+    return TrialOutcome("ok", summary, "", run_files.read_history(folder / "history.csv"),
+                        run_files.read_decisions(folder / "decisions.jsonl"), reused=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +297,7 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
         outcome = outcomes.get(t.name) or TrialOutcome("failed", error="no result from Tune")
         if outcome.history and not outcome.reused:  # the trial's own folder, here on the driver's node
             folder = Path(t.spec.output) / t.name
-            report.write_run(folder, t.spec, outcome.history, outcome.decisions, outcome.summary)
+            run_files.write_run(folder, t.spec, outcome.history, outcome.decisions, outcome.summary)
             events.write_history(folder / events.FOLDER, outcome.history, outcome.decisions, outcome.summary)
         row = trial_row(t, outcome)
         if outcome.status != "ok" and outcome.history:  # what it trained before it ended
@@ -308,13 +310,13 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
     outcome_text = f"Sequential seeding: {outcome_line}." if outcome_line else ""
     if study_plan is not None and study_plan.concurrent:  # how this run of the study ran its trials
         outcome_text = f"{outcome_text}\n\nHow the trials ran: {study_plan.line()}.".strip()
-    report.write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
-    report.write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
+    write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
+    write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
     text = markdown(spec, records, rows, settings, trials, outcome_text)
     if partial:
         title, _, rest = text.partition("\n")
         text = f"{title} (partial)\n\n{partial}\n{rest}"
-    report.write_atomic(study_dir / "comparison.md", text)
+    write_atomic(study_dir / "comparison.md", text)
     plot_comparison(study_dir / "comparison.png", curves, title=f"{spec.name}{' (partial)' if partial else ''}",
                     rows=rows, baseline=settings[0].label)
     if partial:

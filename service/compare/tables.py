@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from service import report
 from service.compare import stats
 from service.compare.grid import Setting, Trial
 from service.errors import cause_line
+from service.report.plots import save_figure
 from service.spec import CompareSpec, TrainSpec
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -269,7 +269,7 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
         _plot_seeds(fig.add_subplot(grid[:, 1]), rows, list(curves), colors, baseline)
     if title:
         fig.suptitle(title)
-    report.save_figure(path, fig)
+    save_figure(path, fig)
 
 
 def _plot_curves(ax_acc: Axes, ax_lr: Axes, curves: dict[str, list[list[dict]]], colors: dict) -> None:
