@@ -354,9 +354,9 @@ def _study_trials(spec: Spec) -> list:
 
     workers, _ = plan_workers(spec)
     spec = with_workers(spec, workers)
-    plan = SeedPlan.of(spec)
-    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(plan.seeds))
-    check_plan(plan, len({t.setting.index for t in trials}))
+    seeding = SeedPlan.of(spec)
+    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(seeding.seeds))
+    check_plan(seeding, len({t.setting.index for t in trials}))
     return trials
 
 

@@ -126,11 +126,11 @@ class _Tracker:
     def _start(self, spec: Any) -> None:
         raise NotImplementedError
 
-    def _begin(self, name: str, kind: str) -> Any:
+    def _begin(self, name: str, role: str) -> Any:
         """Connect, then find or make the command's own MLflow run; its id is kept in the folder."""
         self.client = _client(self.tracking.mlflow)
         self.ids = self._read_ids()
-        run = self._open_run(name, {"plateau.kind": kind}, run_id=self.ids.get("run_id"))
+        run = self._open_run(name, {"plateau.kind": role}, run_id=self.ids.get("run_id"))
         self.ids["run_id"] = run.info.run_id
         self.ids.setdefault("experiment_id", run.info.experiment_id)
         return run

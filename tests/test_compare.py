@@ -200,23 +200,23 @@ ROWS = [
 
 
 def test_aggregate_maths_on_handcrafted_rows():
-    records = {r["setting"]: r for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])}
+    records = {r.setting: r for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])}
     a, b, c, d = records["A"], records["B"], records["C"], records["D"]
-    assert a["test_accuracy_mean"] == pytest.approx(0.92)
-    assert a["test_accuracy_std"] == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))  # sample std
-    assert a["test_error_mean"] == pytest.approx(0.08)
-    assert a["epochs_run_mean"] == pytest.approx(5.0) and a["epochs_run_std"] == pytest.approx(1.0)
-    assert b["test_accuracy_mean"] == pytest.approx((0.91 + 0.93 + 0.93) / 3)
+    assert a.test_accuracy_mean == pytest.approx(0.92)
+    assert a.test_accuracy_sd == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))  # sample sd
+    assert a.test_error_mean == pytest.approx(0.08)
+    assert a.epochs_run_mean == pytest.approx(5.0) and a.epochs_run_sd == pytest.approx(1.0)
+    assert b.test_accuracy_mean == pytest.approx((0.91 + 0.93 + 0.93) / 3)
     # Seed by seed against the first setting: B wins on 7 and 8, loses on 9.
-    assert a["baseline"] and not b["baseline"]
-    assert (b["beats"], b["compared"]) == (2, 3)
-    # Failed and stopped trials count in n, not in the means; one finished seed has no std.
-    assert (c["n"], c["n_ok"], c["test_accuracy_mean"], c["test_accuracy_std"]) == (3, 1, 0.99, None)
-    assert (c["beats"], c["compared"]) == (1, 1)
-    assert (d["n_ok"], d["test_accuracy_mean"], d["compared"]) == (0, None, 0)
+    assert a.baseline and not b.baseline
+    assert (b.beats, b.compared) == (2, 3)
+    # Failed and stopped trials count in n, not in the means; one finished seed has no sd.
+    assert (c.n, c.n_ok, c.test_accuracy_mean, c.test_accuracy_sd) == (3, 1, 0.99, None)
+    assert (c.beats, c.compared) == (1, 1)
+    assert (d.n_ok, d.test_accuracy_mean, d.compared) == (0, None, 0)
     # Ranked by mean test accuracy; a setting with nothing finished goes last.
-    assert [r["setting"] for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])] == ["C", "B", "A", "D"]
-    assert [records[s]["rank"] for s in "CBAD"] == [1, 2, 3, 4]
+    assert [r.setting for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])] == ["C", "B", "A", "D"]
+    assert [records[s].rank for s in "CBAD"] == [1, 2, 3, 4]
 
 
 def test_markdown_and_csv_carry_the_aggregates():
@@ -478,11 +478,11 @@ def test_settings_csv_and_markdown_carry_the_paired_statistics():
     assert (c["p_value"], c["p_sign"], c["resolved"]) == ("1.0", "1.0", "False")
     assert float(c["diff_sd"]) == pytest.approx(statistics.stdev([0.05, -0.02]))
     # ((1.96 + 0.84) * sd / mean)^2 = 85.5 with normal quantiles; t quantiles at n - 1 df add a few
-    paired_c = next(r["paired"] for r in records if r["setting"] == "x.y=C")
+    paired_c = next(r.paired for r in records if r.setting == "x.y=C")
     assert int(c["seeds_needed"]) == stats.seeds_needed(paired_c.diff_mean, paired_c.diff_sd) == 88
     assert stats.seeds_needed(paired_c.diff_mean, paired_c.diff_sd, method="normal") == 86
 
-    md = tables.markdown(study({}), records, PAIRED_ROWS, settings, outcome="Sequential seeding: max 4 seeds reached.")
+    md = tables.markdown(study({}), records, PAIRED_ROWS, settings, how_it_ran="Sequential seeding: max 4 seeds reached.")
     cells = {r[1]: r for r in _md_rows(md)}
     assert cells["x.y=A"][7:] == ["baseline", "", "", "", ""]
     assert cells["x.y=B"][8:] == ["+0.0100", "[+0.0100, +0.0100]", "0.25", "2"]

@@ -7,6 +7,7 @@ import pytest
 
 from service import progress
 from service.compare import grid as grid_lib
+from service.compare.aggregate import SettingRecord
 from service.compare.seeding import SeedPlan
 from service.compare.stats import paired
 from service.compare.tables import TrialOutcome
@@ -132,9 +133,9 @@ def test_quiet_echo_keeps_errors_warnings_and_the_final_summary():
 
 def records(*settings):
     """Aggregate-like records: the baseline, then (label, {seed: acc}, {seed: base acc})."""
-    out = [{"setting": "base", "position": 0, "baseline": True, "paired": None}]
+    out = [SettingRecord(setting="base", position=0, baseline=True, paired=None)]
     for i, (label, mine, base) in enumerate(settings, 1):
-        out.append({"setting": label, "position": i, "baseline": False, "paired": paired(mine, base)})
+        out.append(SettingRecord(setting=label, position=i, baseline=False, paired=paired(mine, base)))
     return out
 
 

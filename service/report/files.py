@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from service.files import write_atomic
 from service.messages import HISTORY_COLUMNS
 from service.report.plots import plot_curves
+from service.report.records import HistoryRow
 from service.spec import TrainSpec, dump_spec
 
 INTEGER_COLUMNS = ("epoch", "workers")
@@ -83,11 +84,12 @@ def read_decisions(path: Path) -> list[dict]:
 
 def write_run(out_dir: Path, spec: TrainSpec, history: list[dict], decisions: list[dict],
               summary: dict | None = None) -> None:
-    """A run's folder in one go (a study's driver writes each trial's from what the trial returned)."""
+    """A run's folder in one go, from its rows (a study's driver writes each trial's from what the
+    trial returned)."""
     write_atomic(Path(out_dir) / "spec.yaml", dump_spec(spec))
     write_history(Path(out_dir) / "history.csv", history)
     write_decisions(Path(out_dir) / "decisions.jsonl", decisions)
     if summary is not None:
         write_json(Path(out_dir) / "summary.json", summary)
-        plot_curves(Path(out_dir) / "curves.png", history, summary["lr_reductions"], summary["stop_epoch"],
-                    title=summary["name"], monitored=spec.monitored)
+        plot_curves(Path(out_dir) / "curves.png", [HistoryRow.from_row(r) for r in history], summary["lr_reductions"],
+                    summary["stop_epoch"], title=summary["name"], monitored=spec.monitored)

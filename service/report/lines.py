@@ -10,7 +10,9 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Optional
 
+from service.report.records import DecisionRecord, HistoryRow
 from service.report.summary import is_finite, non_finite_metrics
 from service.spec import TrainSpec
 from service.stopreason import StopReason, words_of
@@ -22,48 +24,48 @@ def workers_phrase(spec: TrainSpec) -> str:
     scaling, batch = spec.scaling, spec.training.batch_size
     if scaling.elastic:
         return f"{scaling.min_workers}-{scaling.max_workers} workers sharing batch {batch}"
-    if batch % spec.workers:
-        return f"{spec.workers} workers sharing batch {batch}"
-    return f"{spec.workers} worker(s) x batch {batch // spec.workers}"
+    if batch % spec.max_workers:
+        return f"{spec.max_workers} workers sharing batch {batch}"
+    return f"{spec.max_workers} worker(s) x batch {batch // spec.max_workers}"
 
 
-def non_finite_words(values: dict) -> str | None:
+def non_finite_words(values: Mapping[str, Optional[float]]) -> str | None:
     """`stopped: loss is inf` for the first metric of `values` (a history row, a decision's
     values) that is not finite; None when all are."""
     bad = non_finite_metrics(values)
     return f"stopped: {bad[0]} is {values[bad[0]]}" if bad else None
 
 
-def stop_words(decision: dict) -> str:
+def stop_words(decision: DecisionRecord) -> str:
     """A decision's stop reason in words, naming the metric when one was not finite."""
-    reason = decision.get("stop_reason")
+    reason = decision.stop_reason
     if reason == StopReason.NON_FINITE:
-        return non_finite_words(decision["values"]) or StopReason.NON_FINITE.words
+        return non_finite_words(decision.values) or StopReason.NON_FINITE.words
     return words_of(reason, "early stop")
 
 
-def epoch_line(row: dict, decision: dict | None, max_epochs: int, pace: str = "",
+def epoch_line(row: HistoryRow, decision: DecisionRecord | None, max_epochs: int, pace: str = "",
                workers_before: int | None = None) -> str:
     """One terminal line per epoch, with the callbacks' actions spelled out; `pace` (elapsed time
     and ETA, `progress.Pace`) follows the epoch's seconds; a change in the number of workers (an
     elastic run) is said."""
     width = len(str(max_epochs))
     parts = [
-        f"epoch {row['epoch']:>{width}}/{max_epochs}",
-        f"loss {row['loss']:.4f}",
-        f"accuracy {row['accuracy']:.4f}",
-        f"val_loss {row['val_loss']:.4f}",
-        f"val_accuracy {row['val_accuracy']:.4f}",
-        f"lr {row['lr']:.3g}",
-        f"{row['seconds']:.1f}s",
+        f"epoch {row.epoch:>{width}}/{max_epochs}",
+        f"loss {row.loss:.4f}",
+        f"accuracy {row.accuracy:.4f}",
+        f"val_loss {row.val_loss:.4f}",
+        f"val_accuracy {row.val_accuracy:.4f}",
+        f"lr {row.lr:.3g}",
+        f"{row.seconds:.1f}s",
     ]
     if pace:
         parts.append(pace)
-    if workers_before is not None and row.get("workers") not in (None, workers_before):
-        parts.append(f"workers {workers_before} -> {row['workers']}")
-    if decision is not None and decision["reduced"]:
-        parts.append(f"lr -> {decision['lr_after']:.3g}")
-    if decision is not None and decision["stop"]:
+    if workers_before is not None and row.workers not in (None, workers_before):
+        parts.append(f"workers {workers_before} -> {row.workers}")
+    if decision is not None and decision.reduced:
+        parts.append(f"lr -> {decision.lr_after:.3g}")
+    if decision is not None and decision.stop:
         parts.append(stop_words(decision))
     return "  ".join(parts)
 

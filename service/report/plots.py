@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from service.files import write_atomic
+from service.report.records import HistoryRow
 from service.spec import MonitoredSpec
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -22,29 +23,29 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
 
 
-def best_epoch_of(history: list[dict], monitor: str, higher: bool) -> Optional[dict]:
+def best_epoch_of(history: list[HistoryRow], monitor: str, higher: bool) -> Optional[HistoryRow]:
     """The row where `monitor` is best (the highest if `higher`, else the lowest; first of ties)."""
-    rows = [r for r in history if r.get(monitor) is not None]
+    rows = [r for r in history if r.metric(monitor) is not None]
     if not rows:
         return None
-    return max(rows, key=lambda r: r[monitor]) if higher else min(rows, key=lambda r: r[monitor])
+    return max(rows, key=lambda r: r.metric(monitor)) if higher else min(rows, key=lambda r: r.metric(monitor))
 
 
-def _metric_panel(ax: Axes, history: list[dict], keys: tuple[str, str], monitored: Optional[MonitoredSpec],
+def _metric_panel(ax: Axes, history: list[HistoryRow], keys: tuple[str, str], monitored: Optional[MonitoredSpec],
                   ylabel: str) -> None:
     """Two curves on one axis; the monitored one drawn thick, with its best epoch (by the
     callback's own direction, `MonitoredSpec.higher_is_better`) starred."""
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     monitor = monitored.monitor if monitored is not None else None
     for key, color in zip(keys, ("tab:blue", "tab:orange")):
         watched = key == monitor
-        ax.plot(epochs, [r[key] for r in history], marker="o", ms=4 if watched else 3, color=color,
+        ax.plot(epochs, [r.metric(key) for r in history], marker="o", ms=4 if watched else 3, color=color,
                 lw=2.6 if watched else 1.2, alpha=1.0 if watched else 0.75,
                 label=f"{key} (monitored)" if watched else key)
         best = best_epoch_of(history, key, monitored.higher_is_better) if watched else None
         if best is not None:
-            ax.plot([best["epoch"]], [best[key]], marker="*", ms=16, color="gold", mec="black", zorder=5,
-                    label=f"best {key} {best[key]:.4f} (epoch {best['epoch']})")
+            ax.plot([best.epoch], [best.metric(key)], marker="*", ms=16, color="gold", mec="black", zorder=5,
+                    label=f"best {key} {best.metric(key):.4f} (epoch {best.epoch})")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
@@ -62,7 +63,7 @@ def _import_plotting() -> None:
     import matplotlib.pyplot  # noqa: F401
 
 
-def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_epoch: int | None,
+def plot_curves(path: Path, history: list[HistoryRow], reductions: list[dict], stop_epoch: int | None,
                 title: str = "", monitored: Optional[MonitoredSpec] = None) -> None:
     """Loss and val_loss | accuracy and val_accuracy per epoch, the monitored metric drawn thick with
     its best epoch starred; below the accuracy, the learning rate (log axis); LR reductions (dashed green, between
@@ -79,7 +80,7 @@ def plot_curves(path: Path, history: list[dict], reductions: list[dict], stop_ep
     if history:
         _metric_panel(ax_loss, history, ("loss", "val_loss"), monitored, "loss")
         _metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitored, "accuracy")
-        epochs, lrs = [r["epoch"] for r in history], [r["lr"] for r in history]
+        epochs, lrs = [r.epoch for r in history], [r.lr for r in history]
         ax_lr.step(epochs, lrs, where="mid", color="tab:green", label="learning rate")
         if all(lr > 0 for lr in lrs):
             ax_lr.set_yscale("log")
