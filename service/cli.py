@@ -300,8 +300,8 @@ def _check(args: argparse.Namespace) -> int:
     if spec.kind == "compare":
         study = _study_trials(spec)
         trial_specs = [trial.spec for trial in study]
+    refuse_placeholder_buckets(spec)  # with or without --submit: an example bucket is never usable
     if submitting:
-        refuse_placeholder_buckets(spec)
         check_job_server_address(args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
                                  or os.environ.get("RAY_ADDRESS"))
         sys.stdout.write(dump_spec(spec))
@@ -325,7 +325,6 @@ def _check(args: argparse.Namespace) -> int:
 
         check_available(spec.tracking)
     engines.check_available(*trial_specs)
-    refuse_placeholder_buckets(spec)
     skipped += _check_data(trial_specs, train=study is None)
     if study is None:
         if not args.fresh:
@@ -334,9 +333,9 @@ def _check(args: argparse.Namespace) -> int:
             paths = rundir.RunPaths.of(spec)
             rundir.check_could_write(paths.out_dir, paths.storage)
     elif not args.fresh:
-        from service.compare.study import _count_finished
+        from service.compare.study import count_finished
 
-        _count_finished(study)
+        count_finished(study)
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
     skipped.append(f"whether {'the cluster at ' + address if address else 'an embedded Ray'} can place the "
@@ -348,9 +347,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _study_trials(spec: Spec) -> list:
     """Every trial of the study, planned and validated as `compare` would before starting."""
-    from service.compare.grid import expand
+    from service.grid import expand
     from service.compare.plan import plan_workers, with_workers
-    from service.compare.seeding import SeedPlan, check_plan
+    from service.seeding import SeedPlan, check_plan
 
     workers, _ = plan_workers(spec)
     spec = with_workers(spec, workers)

@@ -45,7 +45,8 @@ Echo = Callable[[str], None]
 IDS_FILE = "mlflow.json"  # {"tracking_uri", "experiment_id", "run_id"(, "trials": {name: run_id})}
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "workers")
 RUN_FILES = ("spec.yaml", "history.csv", "decisions.jsonl", "summary.json", "curves.png")
-STUDY_FILES = ("comparison.csv", "settings.csv", "comparison.md", "comparison.png")  # and the plan file
+# A study folder's files; plan.json is `compare.plan.PLAN_FILE` (tracking sits below compare/).
+STUDY_FILES = ("comparison.csv", "settings.csv", "comparison.md", "comparison.png", "plan.json")
 SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_error", "best_epoch", "best_val_accuracy", "best_val_loss",
                    "stop_epoch", "epochs_run", "final_lr", "wall_seconds")
 SUMMARY_TAGS = ("stop_reason", "stopped_early", "replicas_identical", "ranks_agree", "started_at", "finished_at",
@@ -383,9 +384,7 @@ class StudyTracker(_Tracker):
                         if row.get(k) not in (None, "") and _csv_number(row[k]) is not None]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.parent_id, metrics=metrics[start:start + 1000])
-        from service.compare.plan import PLAN_FILE
-
-        self._log_files(self.parent_id, self.folder, (*STUDY_FILES, PLAN_FILE))
+        self._log_files(self.parent_id, self.folder, STUDY_FILES)
         self.client.set_terminated(self.parent_id, status)
 
 

@@ -25,7 +25,7 @@ import pytest
 from service import cli, compare
 from service.report import files as run_files
 from service.compare import aggregate, stats, tables
-from service.compare import grid as grid_lib
+from service import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
 from tests.support.engines import NEEDS_JAX
 from tests.support.limits import COMMAND_S, PROGRAM_S, RUN_S

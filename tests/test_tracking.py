@@ -21,7 +21,7 @@ from service import data as data_lib
 from service import train
 from service.report import files as run_files
 from service.cli import load_with_tracking
-from service.compare.grid import expand_settings
+from service.grid import expand_settings
 from service.spec import SpecError, dump_spec
 from tests.support.engines import NEEDS_JAX
 from tests.support.limits import COMMAND_S, LONG_RUN_S, PROGRAM_S
@@ -102,13 +102,20 @@ def test_the_uri_comes_from_the_flag_then_the_spec_then_the_variable(tmp_path: P
 
 
 def test_a_base_specs_tracking_moves_to_the_study_and_not_into_its_trials():
-    from service.compare.grid import expand
+    from service.grid import expand
     from service.spec import load_spec
 
     spec = load_spec(PROJECT_ROOT / "jobs" / "seed-comparison.yaml",
                      ["base.tracking={experiment: studies}", "tracking.mlflow=sqlite:///s.db"])
     assert (spec.tracking.mlflow, spec.tracking.experiment, spec.base.tracking) == ("sqlite:///s.db", "studies", None)
     assert {t.spec.tracking for t in expand(spec)} == {None}
+
+
+def test_a_studys_parent_run_logs_the_plan_file_the_study_writes():
+    from service import tracking
+    from service.compare.plan import PLAN_FILE
+
+    assert PLAN_FILE in tracking.STUDY_FILES
 
 
 # ---------------------------------------------------------------------------------------------

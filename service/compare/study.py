@@ -27,9 +27,9 @@ import yaml
 from service import cluster, engines, events, progress, raylog, runlock, runs, signals
 from service import data as data_lib
 from service.compare.aggregate import aggregate
-from service.compare.grid import Setting, Trial, expand
+from service.grid import Setting, Trial, expand
 from service.compare.plan import PLAN_FILE, StudyPlan, plan_workers, with_workers
-from service.compare.seeding import SeedPlan, Step, check_plan
+from service.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
                                     table_rows, trial_row)
 from service.console import text_table
@@ -71,7 +71,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
         _pin_data(every, echo, data_cache)
         if fresh and study_dir.exists():
             runlock.clear(study_dir)
-        reused = _count_finished(every)
+        reused = count_finished(every)
         echo(f"{spec.name}: {len(settings)} setting(s) x {seeding.describe()}, {workers} worker(s) per trial"
              f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
         runs.mark_started(study_dir, "compare")
@@ -255,7 +255,7 @@ def _pin_data(trials: list[Trial], echo: Echo, data_cache: Optional[Path]) -> No
             t.spec = t.spec.model_copy(update={"data": t.spec.data.model_copy(update={"source": resolved[key]})})
 
 
-def _count_finished(trials: list[Trial]) -> int:
+def count_finished(trials: list[Trial]) -> int:
     """Trials already finished with the same spec (reused); a different spec there is an error.
     (The output folder may differ: a study folder can be moved.)"""
     reused = 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from service.compare import stats
 from service.compare.aggregate import SettingRecord
-from service.compare.grid import Setting, Trial
+from service.grid import Setting, Trial
 from service.errors import cause_line
 from service.report.plots import save_figure
 from service.spec import CompareSpec, TrainSpec

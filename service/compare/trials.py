@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from service import cluster, progress, raylog, signals
-from service.compare.grid import Trial
+from service.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace

@@ -59,15 +59,15 @@ class DecisionRecord:
 
     epoch: int
     rank: int
-    workers: Optional[int]  # the record's world_size: how many workers trained the epoch
-    values: Mapping[str, float]
-    lr_before: float
-    lr_after: float
-    reduced: bool
-    stop: bool
-    plateau_wait: Optional[int]
+    workers: Optional[int]       # the record's world_size: how many workers trained the epoch
+    values: Mapping[str, float]  # the global metrics every rank saw
+    lr_before: float             # the rate the epoch trained at
+    lr_after: float              # the rate from the next epoch on
+    reduced: bool                # ReduceLROnPlateau lowered the rate
+    stop: bool                   # the run ends at this epoch
+    plateau_wait: Optional[int]  # the deciders' waits (None: not in the stack)
     stopping_wait: Optional[int]
-    stop_reason: Optional[str]
+    stop_reason: Optional[str]   # a StopReason's value when `stop`
     replicas_identical: Optional[bool]
     record: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
 
