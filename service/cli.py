@@ -302,8 +302,8 @@ def _check(args: argparse.Namespace) -> int:
         study = _study_trials(spec)
         trial_specs = [trial.spec for trial in study]
     check_builders(trial_specs)
+    refuse_placeholder_buckets(spec)  # with or without --submit: an example bucket is never usable
     if submitting:
-        refuse_placeholder_buckets(spec)
         if any(s.model.build for s in trial_specs):
             builder_code(spec, find_project_root(args.spec))
         check_job_server_address(args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
@@ -329,7 +329,6 @@ def _check(args: argparse.Namespace) -> int:
 
         check_available(spec.tracking)
     engines.check_available(*trial_specs)
-    refuse_placeholder_buckets(spec)
     skipped += _check_data(trial_specs, train=study is None, workers_here=not address)
     if any(s.model.build for s in trial_specs):
         skipped.append("what model.build builds, and whether it takes the data's shape (it runs in the workers)")
@@ -340,9 +339,9 @@ def _check(args: argparse.Namespace) -> int:
             paths = rundir.RunPaths.of(spec)
             rundir.check_could_write(paths.out_dir, paths.storage)
     elif not args.fresh:
-        from service.compare.study import _count_finished
+        from service.compare.study import count_finished
 
-        _count_finished(study)
+        count_finished(study)
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
     skipped.append(f"whether {'the cluster at ' + address if address else 'an embedded Ray'} can place the "
@@ -354,15 +353,15 @@ def _check(args: argparse.Namespace) -> int:
 
 def _study_trials(spec: Spec) -> list:
     """Every trial of the study, planned and validated as `compare` would before starting."""
-    from service.compare.grid import expand
+    from service.grid import expand
     from service.compare.plan import plan_workers, with_workers
-    from service.compare.seeding import SeedPlan, check_plan
+    from service.seeding import SeedPlan, check_plan
 
     workers, _ = plan_workers(spec)
     spec = with_workers(spec, workers)
-    plan = SeedPlan.of(spec)
-    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(plan.seeds))
-    check_plan(plan, len({t.setting.index for t in trials}))
+    seeding = SeedPlan.of(spec)
+    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(seeding.seeds))
+    check_plan(seeding, len({t.setting.index for t in trials}))
     return trials
 
 
@@ -388,7 +387,7 @@ def _check_data(specs: list, train: bool, workers_here: bool = False) -> list[st
         elif train:
             data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
             if workers_here:
-                data_lib.check_fits(splits, spec.workers)
+                data_lib.check_fits(splits, spec.max_workers)
     return list(dict.fromkeys(skipped))
 
 

@@ -372,7 +372,7 @@ class TrainSpec(_Section):
         return self.monitored.monitor if self.monitored is not None else None
 
     @property
-    def workers(self) -> int:
+    def max_workers(self) -> int:
         """The most processes that train (an elastic run's MAX): local mode (0) still trains in one."""
         return self.scaling.max_workers
 

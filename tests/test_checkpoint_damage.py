@@ -298,7 +298,7 @@ def train_again(here: Path) -> subprocess.CompletedProcess:
 
 
 def assert_resumed_one_epoch_back(done, run: Path, latest: int, why: str, reference) -> None:
-    from service import report
+    from service.report import files as run_files
     from tests.support.runs import without_seconds
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -311,8 +311,8 @@ def assert_resumed_one_epoch_back(done, run: Path, latest: int, why: str, refere
     printed = [int(m) for m in re.findall(r"^epoch (\d+)/", done.stdout, flags=re.M)]
     assert printed == list(range(latest, 6))  # the epoch lost, trained again, and the rest
     out = run.parents[1]
-    assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)
-    assert report.read_decisions(out / "decisions.jsonl") == reference.decisions
+    assert without_seconds(run_files.read_history(out / "history.csv")) == without_seconds(reference.history)
+    assert run_files.read_decisions(out / "decisions.jsonl") == reference.decisions
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] == reference.summary["test_accuracy"]
 
