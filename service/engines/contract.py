@@ -2,7 +2,7 @@
 the engine's package (`service/engines/<engine>/`), declared as `typing.Protocol`s.
 
 The engine-neutral code (`service/deciding.py`, `service/reporting.py`, `service/replicas.py`,
-`service/checkpoint.py`) is written against these; each engine's `worker.py` wires its own
+`service/checkpoints/layout.py`) is written against these; each engine's `worker.py` wires its own
 implementations together. Nothing here imports a framework: a model, a Keras callback class or a
 dataset is `Any` to this module.
 
@@ -47,12 +47,12 @@ class BuildModel(Protocol):
 
 @runtime_checkable
 class State(Protocol):
-    """The model's state in a checkpoint (`service/checkpoint.py`'s layout), by stable names:
+    """The model's state in a checkpoint (`service/checkpoints/layout.py`), by stable names:
     weights, the optimizer's step counter and slots, the learning rate.
 
     * `state_arrays(model)`: those arrays (also what the replica check compares);
     * `save(directory, model, epoch, callbacks)`: rank 0's part of an epoch's checkpoint;
-    * `restore(directory, model)`: the state back in place; returns `checkpoint.Restored`
+    * `restore(directory, model)`: the state back in place; returns `layout.Restored`
       (the epoch and the callbacks' state).
     """
 

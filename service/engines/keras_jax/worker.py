@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 
-from service import checkpoint, deciding, replicas, reporting
+from service import deciding, replicas, reporting
+from service.checkpoints import layout as checkpoint
 from service import data as data_lib
 from service.engines import KERAS_ON_JAX
 from service.engines.keras_jax.backend import COORDINATOR, PROCESS_ID, PROCESSES

@@ -14,7 +14,8 @@ import ray
 import ray.train
 import tensorflow as tf
 
-from service import checkpoint, reporting
+from service import reporting
+from service.checkpoints import layout as checkpoint
 from service import data as data_lib
 from service.compat import tensorflow as compat_tf
 from service.engines.tf_keras import callbacks as tf_callbacks
