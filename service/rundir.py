@@ -121,7 +121,7 @@ def state_line(spec: TrainSpec) -> str:
     out = paths.out_dir
     if (out / "summary.json").exists():
         return f"{out}: finished; train says so and hands back its result (--fresh trains it again)"
-    point = resume.find_resume_point(paths.checkpoints_dir, spec.model.hidden_units)
+    point = resume.find_resume_point(paths.checkpoints_dir, spec.model.weight_shapes())
     if point.damaged:
         epochs = ", ".join(str(epoch) for epoch, _, _ in point.damaged)
         return (f"{out}: interrupted; its checkpoint of epoch {epochs} cannot be read, so train sets it aside "

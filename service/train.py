@@ -271,7 +271,7 @@ def finished_or_resume(plan: Plan, echo: Echo) -> EpochCollector:
 
         collector.tracker = tracking.RunTracker.open(spec, plan.out_dir, echo)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
-    point = resume.resume_point(plan.paths.checkpoints_dir, spec.model.hidden_units, echo)
+    point = resume.resume_point(plan.paths.checkpoints_dir, spec.model.weight_shapes(), echo)
     if point.epoch:
         collector.resume(point.epoch, point.directory)
         echo(f"{spec.name}: resuming after epoch {point.epoch} from its last checkpoint (use --fresh to start over)")

@@ -9,7 +9,11 @@ An epoch checkpoint is a directory (Ray Train merges what every rank put in it):
                            optimizer/<slot>/model/<layer>/<weight>   Adam's m and v of that weight
                            optimizer/learning_rate           the current rate (not an optimizer variable)
                            best/<layer>/<weight>             EarlyStopping's best weights, if it holds some
-    state.json           {"epoch": E, "callbacks": {"reduce_lr": {...}, "early_stopping": {...}}}
+    state.json           {"epoch": E, "callbacks": {"reduce_lr": {...}, "early_stopping": {...}},
+                          "arrays": {"model/0.dense/kernel": {"shape": [784, 128], "dtype": "float32"}, ...}}
+                         `arrays`, the manifest: every array of weights.npz with its shape and dtype,
+                         whatever the model, so that a reader can tell a whole file from a damaged
+                         one without knowing the model (checkpoints before it lack it)
     trace-rank<R>.jsonl  rank R's reports of every epoch so far (metrics and decision record)
 
 Example::
@@ -37,6 +41,8 @@ STATE_FILE = "state.json"
 TRACE_FILE = "trace-rank{rank}.jsonl"
 # The one array-valued piece of callback state; it is stored in weights.npz, not state.json.
 BEST_WEIGHTS = "best_weights"
+# state.json's key of the manifest of weights.npz.
+MANIFEST = "arrays"
 
 
 @dataclasses.dataclass
@@ -84,7 +90,17 @@ def write(directory: str | Path, arrays: dict[str, np.ndarray], weight_names: li
                 arrays.update({f"best/{n}": w for n, w in zip(weight_names, best)})
         plain[name] = state
     np.savez(Path(directory, WEIGHTS_FILE), **arrays)
-    Path(directory, STATE_FILE).write_text(json.dumps({"epoch": epoch, "callbacks": plain}))
+    state = {"epoch": epoch, "callbacks": plain, MANIFEST: manifest(arrays)}
+    Path(directory, STATE_FILE).write_text(json.dumps(state))
+
+
+def manifest(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every array's shape and dtype, by name: `{"optimizer/iterations": {"shape": [], "dtype": "int64"}}`."""
+    described = {}
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        described[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+    return described
 
 
 def read(directory: str | Path, weight_names: list[str]) -> tuple[Restored, dict[str, np.ndarray]]:

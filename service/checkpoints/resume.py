@@ -4,13 +4,14 @@ TensorFlow).
 Ray Train's own record of a run (`service/compat/ray.py`: `checkpoint_manager_snapshot.json` in
 STORAGE/NAME) names the kept checkpoints and the latest one: the one Ray Train hands the workers on
 a restart, and `latest` reads it. Before a run resumes, the driver reads its checkpoints newest
-first, every file whole (`damage`), and `resume_point` sets the unreadable newer ones aside
+first, every file whole and each array against the manifest the checkpoint carries, whatever the
+model (`damage`), and `resume_point` sets the unreadable newer ones aside
 (renamed `damaged-checkpoint_...`, dropped from Ray Train's record), so that the latest checkpoint
 Ray Train hands the workers is the newest one that can be restored.
 
 Example::
 
-    resume_point(checkpoints_dir, hidden_units=784, echo=print).epoch   # 2, if epoch 3's was truncated
+    resume_point(checkpoints_dir, spec.model.weight_shapes(), echo=print).epoch   # 2, if epoch 3's was truncated
     latest(checkpoints_dir)                                              # (2, Path(".../checkpoint_..."))
 """
 
@@ -20,17 +21,19 @@ import dataclasses
 import json
 import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from service.checkpoints.layout import STATE_FILE, TRACE_FILE, WEIGHTS_FILE, epoch_of, read_trace, trace_ranks
+from service.checkpoints.layout import MANIFEST, STATE_FILE, TRACE_FILE, WEIGHTS_FILE, epoch_of, read_trace, trace_ranks
 from service.compat import ray as compat_ray
 from service.compat.ray import SNAPSHOT_FILE as RAY_SNAPSHOT_FILE
 from service.errors import BadInput
 
 # A checkpoint set aside because it cannot be read: `damaged-<its name>`, beside the others.
 DAMAGED_PREFIX = "damaged-"
+Shapes = Mapping[str, tuple[int, ...]]  # a model's weights' shapes by name: {"0.dense/kernel": (784, 128), ...}
+Manifest = dict[str, tuple[tuple[int, ...], str]]  # weights.npz's arrays: name -> (shape, dtype)
 
 
 class CheckpointsDamaged(BadInput):
@@ -63,49 +66,45 @@ def by_epoch(checkpoints_dir: Path) -> dict[int, Path]:
 # Damaged checkpoints
 
 
-def expected_shapes(hidden_units: int) -> dict[str, tuple[int, ...]]:
-    """Every array `restore` reads from a checkpoint of the seed model (784 -> hidden_units ->
-    10, Adam), by name, with its shape; `best/...` comes on top when EarlyStopping kept best
-    weights. No TensorFlow; tests/test_checkpoint_damage.py holds it against `state_arrays` of
-    a built model."""
-    weights = {"0.dense/kernel": (784, hidden_units), "0.dense/bias": (hidden_units,),
-               "2.dense/kernel": (hidden_units, 10), "2.dense/bias": (10,)}
-    arrays: dict[str, tuple[int, ...]] = {f"model/{n}": s for n, s in weights.items()}
-    arrays["optimizer/iterations"] = ()
-    for slot in ("m", "v"):  # Adam's moments
-        arrays.update({f"optimizer/{slot}/model/{n}": s for n, s in weights.items()})
-    arrays["optimizer/learning_rate"] = ()
-    return arrays
-
-
-def _state_damage(directory: Path, epoch: int) -> tuple[Optional[str], bool]:
-    """(what is wrong with state.json, or None; whether it says there are best weights)."""
+def _state_damage(directory: Path, epoch: int) -> tuple[Optional[str], bool, Optional[Manifest]]:
+    """(what is wrong with state.json, or None; whether it says there are best weights; its
+    manifest of weights.npz, None in a checkpoint written before manifests)."""
     try:
         state = json.loads(Path(directory, STATE_FILE).read_text())
-        callbacks = state["callbacks"]
-        best = any(cb.get("has_best_weights") for cb in callbacks.values())
+        best = any(cb.get("has_best_weights") for cb in state["callbacks"].values())
+        listed = state.get(MANIFEST)
+        manifest = None if listed is None else {name: (tuple(int(n) for n in array["shape"]), str(array["dtype"]))
+                                                for name, array in listed.items()}
         if int(state["epoch"]) != epoch:
-            return f"{STATE_FILE} is of epoch {state['epoch']}, not {epoch}", best
+            return f"{STATE_FILE} is of epoch {state['epoch']}, not {epoch}", best, manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return f"{STATE_FILE}: {_why(exc)}", False
-    return None, best
+        return f"{STATE_FILE}: {_why(exc)}", False, None
+    return None, best, manifest
 
 
-def _weights_damage(directory: Path, hidden_units: int, best: bool) -> Optional[str]:
-    """What is wrong with weights.npz (every array read whole, so a bad CRC shows), or None."""
-    wanted = expected_shapes(hidden_units)
-    if best:
-        wanted.update({f"best/{n[len('model/'):]}": s for n, s in wanted.items() if n.startswith("model/")})
+def _weights_damage(directory: Path, best: bool, manifest: Optional[Manifest], model: Optional[Shapes]) -> Optional[str]:
+    """What is wrong with weights.npz, or None: every array read whole (so a bad CRC shows) and
+    held against the manifest; then the model's weights against the shapes the run's spec builds."""
     try:
         with np.load(Path(directory, WEIGHTS_FILE)) as saved:
-            shapes = {name: saved[name].shape for name in saved.files}
+            found = {name: (tuple(array.shape), str(array.dtype)) for name in saved.files for array in [saved[name]]}
     except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
         return f"{WEIGHTS_FILE}: {_why(exc)}"
-    for name, shape in wanted.items():
-        if name not in shapes:
-            return f"{WEIGHTS_FILE} has no array {name}"
-        if tuple(shapes[name]) != shape:
-            return f"{WEIGHTS_FILE}: {name} has shape {tuple(shapes[name])}, not {shape}"
+    if manifest is None:  # written before manifests: at least the best weights of every model weight
+        manifest = {f"best/{n[len('model/'):]}": found[n] for n in found if best and n.startswith("model/")}
+    wanted = [(name, shape, dtype) for name, (shape, dtype) in manifest.items()]
+    wanted += [(f"model/{weight}", tuple(shape), None) for weight, shape in (model or {}).items()]
+    return next(filter(None, (_unlike(found, *array) for array in wanted)), None)
+
+
+def _unlike(found: Manifest, name: str, shape: tuple[int, ...], dtype: Optional[str]) -> Optional[str]:
+    """Why array `name` of weights.npz is not one of `shape` (and `dtype`, unless None), or None."""
+    if name not in found:
+        return f"{WEIGHTS_FILE} has no array {name}"
+    if found[name][0] != shape:
+        return f"{WEIGHTS_FILE}: {name} has shape {found[name][0]}, not {shape}"
+    if dtype is not None and found[name][1] != dtype:
+        return f"{WEIGHTS_FILE}: {name} is {found[name][1]}, not {dtype}"
     return None
 
 
@@ -119,16 +118,21 @@ def _why(exc: BaseException) -> str:
     return text if text else type(exc).__name__
 
 
-def damage(directory: Path, epoch: int, hidden_units: int) -> Optional[str]:
+def damage(directory: Path, epoch: int, model: Optional[Shapes] = None) -> Optional[str]:
     """Why the checkpoint of `epoch` in `directory` cannot be restored, in words; None if it can.
 
     Reads every file whole: state.json (and that it is of `epoch`), every array of weights.npz
-    (and that the model's, Adam's and any best weights are there with the model's shapes), and
-    every rank's trace."""
+    (and that each array its manifest lists is there, of that shape and dtype, whatever the
+    model), and every rank's trace. `model`: the model weights' shapes the run's spec builds
+    (`ModelSpec.weight_shapes`), which the checkpoint's must be; None compares with none.
+
+        damage(directory, 4, ModelSpec(hidden_units=9).weight_shapes())
+        # 'weights.npz: model/0.dense/kernel has shape (784, 8), not (784, 9)'
+    """
     if not Path(directory).is_dir():
         return "its folder is missing"
-    problem, best = _state_damage(directory, epoch)
-    return problem or _weights_damage(directory, hidden_units, best) or _traces_damage(directory)
+    problem, best, manifest = _state_damage(directory, epoch)
+    return problem or _weights_damage(directory, best, manifest, model) or _traces_damage(directory)
 
 
 def _traces_damage(directory: Path) -> Optional[str]:
@@ -174,14 +178,14 @@ def _kept_newest_first(checkpoints_dir: Path) -> Optional[list[tuple[int, str]]]
     return sorted(((e, n) for n, e in kept.items()), key=lambda item: (item[1] != latest_name, -item[0]))
 
 
-def find_resume_point(checkpoints_dir: Path, hidden_units: int) -> ResumePoint:
+def find_resume_point(checkpoints_dir: Path, model: Optional[Shapes]) -> ResumePoint:
     """The newest checkpoint of the run in `checkpoints_dir` that can be read (changes nothing).
 
     CheckpointsDamaged when the run has checkpoints and none of them can be read."""
     kept = _kept_newest_first(checkpoints_dir)
     point = ResumePoint()
     for epoch, name in kept or []:
-        why = damage(Path(checkpoints_dir, name), epoch, hidden_units)
+        why = damage(Path(checkpoints_dir, name), epoch, model)
         if why is None:
             point.epoch, point.directory = epoch, Path(checkpoints_dir, name)
             return point
@@ -193,11 +197,11 @@ def find_resume_point(checkpoints_dir: Path, hidden_units: int) -> ResumePoint:
     return point
 
 
-def resume_point(checkpoints_dir: Path, hidden_units: int, echo: Callable[[str], None]) -> ResumePoint:
+def resume_point(checkpoints_dir: Path, model: Optional[Shapes], echo: Callable[[str], None]) -> ResumePoint:
     """`find_resume_point`, and the damaged newer checkpoints set aside, with a line each: each
     renamed `damaged-<name>` and dropped from Ray Train's record, whose latest becomes the
     checkpoint found, so that the workers restore that one."""
-    point = find_resume_point(checkpoints_dir, hidden_units)
+    point = find_resume_point(checkpoints_dir, model)
     if not point.damaged:
         return point
     for epoch, name, why in point.damaged:
