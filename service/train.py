@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from service import cluster, engines, events, progress, raylog, report, rundir, runlock, runs, signals
 from service import data as data_lib
 from service.checkpoints import layout, resume
+from service.compat import mlflow as compat_mlflow
 from service.console import say
 from service.errors import cause_line
 from service.messages import EpochReport, FinalReport, Message, Placement
@@ -79,7 +80,7 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     command holds it); a study's trials do not, their study holds the study's folder.
     """
     holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
-    with holding:
+    with holding, compat_mlflow.settings_restored():  # MLflow's settings end with the run
         return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
 
 

@@ -10,7 +10,7 @@ are imported only where a function needs them.
   both engines' `backend.py` do the same without importing a framework.
 * `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (`REPORT_POLL_VAR`, Ray Train's
   `HEALTH_CHECK_INTERVAL_S_ENV_VAR`): how often Ray Train's controller polls its workers, and so
-  collects their reports; `cluster.py` shortens it.
+  collects their reports; `cluster.py` shortens it for a Ray session (`report_polling`).
 * `checkpoint_manager_snapshot.json` (`SNAPSHOT_FILE`, Ray Train's
   `CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`): Ray Train's record of a run's kept checkpoints and the
   latest one (Ray Train's `_CheckpointManagerState`), read (`read_snapshot`, `kept_checkpoints`,
@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
 
+from service.envvars import environment
 from service.files import write_atomic
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ def set_log_printer(printer: Callable[..., None]) -> None:
 def autoscaler_events() -> Callable[[list[str]], Any]:
     """Ray's filter of the autoscaler's lines: only its events, as Ray prints them."""
     return _ray_worker().filter_autoscaler_events
+
+
+def report_polling(seconds: str) -> ContextManager[None]:
+    """Ray Train's controller polls its workers every `seconds` during the block, unless the user
+    set `REPORT_POLL_VAR`; put back after."""
+    return environment(**{REPORT_POLL_VAR: seconds})
 
 
 def build_address(host: str, port: int | str) -> str:
