@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from service import progress
+from service.compat import mlflow as compat_mlflow
+from service.compat.mlflow import TRACKING_URI_VAR
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput
 from service.spec import Spec, SpecError, SpecWarning, dump_spec, load_spec, read_yaml
 
 JOB_PYTHON_VAR = "PLATEAU_JOB_PYTHON"
-TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +234,10 @@ def _without_ray_address_variables() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _quiet_warnings() -> None:
-    """Spec warnings (legacy names) in one line; other libraries' deprecations stay hidden."""
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """Spec warnings (legacy names) in one line during the block; other libraries' deprecations
+    stay hidden. Python's own format is back after it."""
     plain = warnings.formatwarning
 
     def short(message: Warning | str, category: type[Warning], *args, **kwargs):
@@ -243,6 +246,10 @@ def _quiet_warnings() -> None:
         return plain(message, category, *args, **kwargs)
 
     warnings.formatwarning = short
+    try:
+        yield
+    finally:
+        warnings.formatwarning = plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet and args.verbose:
         print("plateau: --quiet and --verbose contradict each other; give one of them", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _quiet_warnings()
+    # The command's own settings (warnings' format, MLflow's) end with it.
+    with _quiet_warnings(), compat_mlflow.settings_restored():
+        return _command(args, argv)
+
+
+def _command(args: argparse.Namespace, argv: list[str]) -> int:
+    """The command `args` asks for, with its one-line errors and exit codes."""
     if not args.verbose:
         # Set before TensorFlow is first imported (the driver imports it through Ray Train).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -5,7 +5,7 @@ function below:
 
 1. `prepare`: check the address and the data before anything starts; the run's folders.
 2. `finished_or_resume`: a finished run is not trained again; an interrupted one takes its
-   epochs back from its newest checkpoint that can be read (`checkpoint.resume_point`).
+   epochs back from its newest checkpoint that can be read (`checkpoints.resume.resume_point`).
 3. `fit_and_collect`: Ray (embedded, or joined at an address) runs the spec's engine's worker loop
    (`engines`) on N Ray Train workers; every rank's reports come back through a queue and become one line
    per epoch, history.csv and decisions.jsonl, rewritten after every epoch so that a failure
@@ -31,8 +31,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from service import checkpoint, cluster, engines, events, progress, raylog, rundir, runlock, runs, signals, usermodel
+from service import cluster, engines, events, progress, raylog, rundir, runlock, runs, signals, usermodel
 from service import data as data_lib
+from service.checkpoints import layout, resume
+from service.compat import mlflow as compat_mlflow
 from service.console import say
 from service.core.messages import EpochReport, FinalReport, Message, Placement
 from service.errors import cause_line
@@ -84,7 +86,7 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     command holds it); a study's trials do not, their study holds the study's folder.
     """
     holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
-    with holding:
+    with holding, compat_mlflow.settings_restored():  # MLflow's settings end with the run
         return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
 
 
@@ -202,7 +204,7 @@ class EpochCollector:
         before it saw the last of them); without it (remote storage) the files written so far
         are what there is.
         """
-        traces = checkpoint.read_traces(saved) if saved and saved.is_dir() else {}
+        traces = layout.read_traces(saved) if saved and saved.is_dir() else {}
         if traces:
             # In epoch order: an epoch's rows may come from ranks a later, smaller group lost.
             reports = sorted(((m["epoch"], rank, m) for rank, trace in traces.items() for m in trace),
@@ -290,10 +292,10 @@ def finished_or_resume(setup: RunSetup, echo: Echo) -> EpochCollector:
 
         collector.tracker = tracking.RunTracker.open(spec, setup.out_dir, echo)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
-    resume = checkpoint.resume_point(setup.paths.checkpoints_dir, spec.model.hidden_units, echo)
-    if resume.epoch:
-        collector.resume(resume.epoch, resume.directory)
-        echo(f"{spec.name}: resuming after epoch {resume.epoch} from its last checkpoint (use --fresh to start over)")
+    point = resume.resume_point(setup.paths.checkpoints_dir, spec.model.weight_shapes(), echo)
+    if point.epoch:
+        collector.resume(point.epoch, point.directory)
+        echo(f"{spec.name}: resuming after epoch {point.epoch} from its last checkpoint (use --fresh to start over)")
     write_atomic(setup.out_dir / "spec.yaml", dump_spec(spec))
     runs.mark_started(setup.out_dir, "train")
     sizes = setup.splits.sizes()
@@ -460,7 +462,7 @@ def _diverged_line(last: HistoryRow, out_dir: Path) -> str:
 def _interrupted_line(exc: signals.Interrupted, collector: EpochCollector, checkpoints_dir: Path) -> str:
     """One line for a run stopped by Ctrl-C or SIGTERM: what is kept, and how to go on."""
     trained = collector.history[-1].epoch if collector.history else 0
-    saved, _ = checkpoint.latest(checkpoints_dir)
+    saved, _ = resume.latest(checkpoints_dir)
     kept = (f"the checkpoint of epoch {saved} is in {checkpoints_dir}: run the same command again to resume"
             if saved else "no epoch was checkpointed, so the same command starts it over")
     return f"interrupted by {exc.name} after epoch {trained}; {kept}"
@@ -481,9 +483,9 @@ def _failure_line(error: BaseException, collector: EpochCollector, checkpoints_d
         where, text = f" on rank {rank}", f"{text}\n{type(error).__name__}: {error}"
     replicas = REPLICA_MISMATCH.search(text)
     cause = cause_line(error).partition(": ")[2] or type(error).__name__
-    resume = (f"the checkpoint of epoch {last} is in {checkpoints_dir}: run the same command again to resume"
+    how_on = (f"the checkpoint of epoch {last} is in {checkpoints_dir}: run the same command again to resume"
               if last else "no epoch finished, so there is no checkpoint to resume from")
     if replicas:  # every rank raised the same verdict: it is the whole story
-        return f"{replicas.group(1)}; {resume}"
-    return (f"training failed{where} during epoch {last + 1}: {cause}; {resume} "
+        return f"{replicas.group(1)}; {how_on}"
+    return (f"training failed{where} during epoch {last + 1}: {cause}; {how_on} "
             f"(history.csv and decisions.jsonl keep the finished epochs)")

@@ -403,10 +403,10 @@ def test_sigterm_to_a_driver_on_the_cluster_ends_its_actors_and_the_same_command
 
 def _wait_for_checkpoint(checkpoints_dir: Path, epoch: int, timeout: float = 60) -> None:
     """Until Ray Train has registered the checkpoint of `epoch` (its latest)."""
-    from service import checkpoint
+    from service.checkpoints import resume
 
     deadline = time.monotonic() + timeout
-    while (checkpoint.latest(checkpoints_dir)[0] or 0) < epoch:
+    while (resume.latest(checkpoints_dir)[0] or 0) < epoch:
         assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} after {timeout}s"
         time.sleep(0.2)
 

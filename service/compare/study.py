@@ -32,6 +32,7 @@ from service.compare.plan import PLAN_FILE, StudyPlan, plan_workers, with_worker
 from service.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
                                     table_rows, trial_row)
+from service.compat import mlflow as compat_mlflow
 from service.console import text_table
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
@@ -67,7 +68,8 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     engines.check_available(*(trial.spec for trial in every))
     settings = _settings(every)
     check_plan(seeding, len(settings))
-    with runlock.hold(study_dir, command, echo, also=("trials/*",)):
+    # MLflow's settings (the study's tracker sets them) end with the study.
+    with runlock.hold(study_dir, command, echo, also=("trials/*",)), compat_mlflow.settings_restored():
         _pin_data(every, echo, data_cache)
         if fresh and study_dir.exists():
             runlock.clear(study_dir)

@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster, progress, raylog, signals
+from service import cluster, envvars, progress, raylog, signals
 from service.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
@@ -233,7 +233,7 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
             shutil.rmtree(study_dir / "tune" / spec.name)
         # Tune's own SIGINT handler would end the study as if it had finished (exit 0); without it
         # Ctrl-C reaches `signals`, as SIGTERM does, and the study ends as an interrupted run.
-        with cluster.tune_console(verbose), cluster.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
+        with cluster.tune_console(verbose), envvars.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
             results = tuner.fit()
         outcomes = {}
         for result in results:
