@@ -36,16 +36,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from service import report
 from service.compat import mlflow as compat_mlflow
 from service.errors import BadInput, first_line, one_line
+from service.report import files as run_files
 from service.spec import CompareSpec, TrackingSpec, TrainSpec
 
 Echo = Callable[[str], None]
 IDS_FILE = "mlflow.json"  # {"tracking_uri", "experiment_id", "run_id"(, "trials": {name: run_id})}
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "workers")
 RUN_FILES = ("spec.yaml", "history.csv", "decisions.jsonl", "summary.json", "curves.png")
-STUDY_FILES = ("comparison.csv", "settings.csv", "comparison.md", "comparison.png")  # and the plan file
+# A study folder's files; plan.json is `compare.plan.PLAN_FILE` (tracking sits below compare/).
+STUDY_FILES = ("comparison.csv", "settings.csv", "comparison.md", "comparison.png", "plan.json")
 SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_error", "best_epoch", "best_val_accuracy", "best_val_loss",
                    "stop_epoch", "epochs_run", "final_lr", "wall_seconds")
 SUMMARY_TAGS = ("stop_reason", "stopped_early", "replicas_identical", "ranks_agree", "started_at", "finished_at",
@@ -126,11 +127,11 @@ class _Tracker:
     def _start(self, spec: Any) -> None:
         raise NotImplementedError
 
-    def _begin(self, name: str, kind: str) -> Any:
+    def _begin(self, name: str, role: str) -> Any:
         """Connect, then find or make the command's own MLflow run; its id is kept in the folder."""
         self.client = _client(self.tracking.mlflow)
         self.ids = self._read_ids()
-        run = self._open_run(name, {"plateau.kind": kind}, run_id=self.ids.get("run_id"))
+        run = self._open_run(name, {"plateau.kind": role}, run_id=self.ids.get("run_id"))
         self.ids["run_id"] = run.info.run_id
         self.ids.setdefault("experiment_id", run.info.experiment_id)
         return run
@@ -185,7 +186,7 @@ class _Tracker:
         return ids if ids.get("tracking_uri") == self.tracking.mlflow else {}
 
     def _write_ids(self) -> None:
-        report.write_json(self.folder / IDS_FILE, {"tracking_uri": self.tracking.mlflow, **self.ids})
+        run_files.write_json(self.folder / IDS_FILE, {"tracking_uri": self.tracking.mlflow, **self.ids})
 
     def _log_params(self, run_id: str, params: dict[str, str], logged: dict) -> None:
         """Params the run does not hold yet (MLflow refuses to change one; a resume may move `output`)."""
@@ -383,9 +384,7 @@ class StudyTracker(_Tracker):
                         if row.get(k) not in (None, "") and _csv_number(row[k]) is not None]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.parent_id, metrics=metrics[start:start + 1000])
-        from service.compare.plan import PLAN_FILE
-
-        self._log_files(self.parent_id, self.folder, (*STUDY_FILES, PLAN_FILE))
+        self._log_files(self.parent_id, self.folder, STUDY_FILES)
         self.client.set_terminated(self.parent_id, status)
 
 

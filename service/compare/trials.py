@@ -26,8 +26,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster, progress, raylog, signals
-from service.compare.grid import Trial
+from service import cluster, envvars, progress, raylog, signals
+from service.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
@@ -165,7 +165,7 @@ def _trial_dirname(tune_trial: TuneTrial) -> str:
 def study_cpus(trials: list[Trial]) -> int:
     """Logical CPUs for an embedded Ray: the machine's, or more when one trial's workers need more
     (they then share the cores)."""
-    return max(os.cpu_count() or 1, math.ceil(max(t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)))
+    return max(os.cpu_count() or 1, math.ceil(max(t.spec.max_workers * t.spec.scaling.cpus_per_worker for t in trials)))
 
 
 def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo: Callable[[str], None], data_cache: Path | None,
@@ -209,7 +209,7 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
         signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling
-            cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
+            cluster.wait_for_resources(scaling.resources_per_worker, t.spec.max_workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s, echo=echo)
         yield StudyRay(dict(ray.cluster_resources()), embedded=started_here and not address)
 
@@ -233,7 +233,7 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
             shutil.rmtree(study_dir / "tune" / spec.name)
         # Tune's own SIGINT handler would end the study as if it had finished (exit 0); without it
         # Ctrl-C reaches `signals`, as SIGTERM does, and the study ends as an interrupted run.
-        with cluster.tune_console(verbose), cluster.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
+        with cluster.tune_console(verbose), envvars.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
             results = tuner.fit()
         outcomes = {}
         for result in results:
