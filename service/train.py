@@ -200,6 +200,7 @@ class EpochCollector:
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
         self.tracker = None  # the run's MLflow run (tracking.RunTracker), when the spec asks for one
+        self.shapes: tuple[tuple[int, ...], int] = ((784,), 10)  # one example's features, the classes
 
     def resume(self, epoch: int, saved: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
@@ -295,6 +296,7 @@ def finished_or_resume(setup: RunSetup, echo: Echo) -> EpochCollector:
         from service import tracking
 
         collector.tracker = tracking.RunTracker.open(spec, setup.out_dir, echo)
+        collector.shapes = (setup.splits.feature_shape, setup.splits.classes)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
     point = resume.resume_point(setup.paths.checkpoints_dir, spec.model.weight_shapes(), echo)
     if point.epoch:
@@ -453,7 +455,7 @@ def _track_end(collector: EpochCollector, summary: Optional[dict], status: str) 
     """The MLflow run's summary, files and model, and its end (the folder's files are written)."""
     if collector.tracker is not None:
         model = collector.out_dir / run_files.MODEL_FILE if collector.model_file is not None else None
-        collector.tracker.finish(summary, status, model)
+        collector.tracker.finish(summary, status, model, collector.shapes)
 
 
 def _diverged_line(last: HistoryRow, out_dir: Path) -> str:
