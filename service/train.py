@@ -110,7 +110,8 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
     starting = progress.Startup(echo, f"starting Ray and {spec.max_workers} worker(s)")
     ray_log = setup.out_dir / raylog.LOG_FILE   # Ray's own lines, out of the user's view
     try:
-        with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo) as started_here:
+        with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo,
+                                                 code=usermodel.shipped_code([spec])) as started_here:
             fit_end = fit_and_collect(setup, collector, started_here, verbose, callbacks, starting)
             # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
             return finish(setup, collector, fit_end, time.perf_counter() - started, echo,
@@ -384,9 +385,8 @@ def _trainer(setup: RunSetup, config: dict, callbacks: Sequence, verbose: bool):
         failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
         checkpoint_config=_checkpoint_config(setup.spec, CheckpointConfig),
         callbacks=list(callbacks),
-        worker_runtime_env={**engine.runtime_env(cluster.worker_runtime_env(verbose)),
-                            **(usermodel.runtime_env_for(usermodel.resolve(setup.spec.model.build, None))
-                               if setup.spec.model.build else {})},
+        # A builder's code is the session's (`cluster.ray_session`): Ray uploads local code only there.
+        worker_runtime_env=engine.runtime_env(cluster.worker_runtime_env(verbose)),
     )
     return DataParallelTrainer(
         engine.loop,
