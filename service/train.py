@@ -71,7 +71,8 @@ class RunResult:
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
-        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True) -> RunResult:
+        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True,
+        model_tried: bool = False) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -85,16 +86,18 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     is the command line that asked for the run, for summary.json and the folder's lock.
     `lock`: hold OUTPUT/NAME's lock for the whole run (`runlock`; `RunLocked` while another
     command holds it); a study's trials do not, their study holds the study's folder.
+    `model_tried`: `spec.model.build` was already tried on this data (`probe`), as a study does
+    for all its trials before Tune starts; the run does not try it again.
     """
     holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
     with holding, compat_mlflow.settings_restored():  # MLflow's settings end with the run
-        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
+        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command, model_tried)
 
 
 def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, echo: Echo, callbacks: Sequence,
-         data_cache: Optional[Path], tensorboard: bool, command: Optional[str]) -> RunResult:
+         data_cache: Optional[Path], tensorboard: bool, command: Optional[str], model_tried: bool) -> RunResult:
     started, started_at = time.perf_counter(), utc_now()
-    setup = prepare(spec, address, fresh, echo, data_cache)
+    setup = prepare(spec, address, fresh, echo, data_cache, model_tried)
     rundir.check_same_spec(spec)
     done = setup.finished_result()
     if done is not None:
@@ -155,7 +158,7 @@ class RunSetup:
 
 
 def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
-            data_cache: Optional[Path]) -> RunSetup:
+            data_cache: Optional[Path], model_tried: bool = False) -> RunSetup:
     if address:
         cluster.check_gcs_address(address)
     if spec.tracking is not None:
@@ -169,7 +172,7 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
                            cache_dir=data_cache, layout=data_lib.Layout.of(spec))
     if not address:  # an embedded Ray: every worker on this machine
         data_lib.check_fits(splits, spec.max_workers)
-    if spec.model.build is not None:  # a user's model: tried on the data's shape before Ray starts
+    if spec.model.build is not None and not model_tried:  # a user's model: tried on the data's shape before Ray starts
         probe.check_model(spec, engines.ENGINES[spec.training.engine], splits.x_train.shape[1:], splits.classes,
                           str(splits.x_train.dtype))
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)

@@ -158,7 +158,7 @@ def test_a_study_varies_a_builder_kwarg(tmp_path, module_ray):
     (tmp_path / "study.yaml").write_text(
         "kind: compare\nname: filters\nbase:\n  model: {build: 'tests.support.models:cnn'}\n"
         "  training: {epochs: 1, batch_size: 200}\n  data: {source: sample}\n"
-        f"  output: {tmp_path / 'results'}\ngrid:\n  model.kwargs.filters: [2, 4]\nseeds: [7]\n"
+        f"output: {tmp_path / 'results'}\ngrid:\n  model.kwargs.filters: [2, 4]\nseeds: [7]\n"
         "workers_per_trial: 1\n")
     spec = load_spec(tmp_path / "study.yaml")
     assert compare.run(spec, address=None, verbose=False, fresh=False, echo=lambda line: None) == 0

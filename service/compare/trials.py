@@ -96,7 +96,8 @@ def run_trial(config: dict) -> dict:
     echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
     try:
         result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
-                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False)
+                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False,
+                           model_tried=True)  # the study tried every trial's model before Tune started
     except Exception as exc:  # noqa: BLE001 - a trial's failure, of any kind, is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
     outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
