@@ -338,7 +338,7 @@ def _check(args: argparse.Namespace) -> int:
     engines.check_available(*trial_specs)
     skipped += _check_data(trial_specs, train=study is None, workers_here=not address)
     if any(s.model.build for s in trial_specs):
-        skipped.append("what model.build builds, and whether it takes the data's shape (it runs in the workers)")
+        skipped.append("what model.build builds, and whether it takes the data's shape (train and compare try it)")
     if study is None:
         if not args.fresh:
             rundir.check_same_spec(spec)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 from service.compat import ray as compat_ray
 from service.console import say
@@ -125,8 +125,10 @@ def worker_runtime_env(verbose: bool) -> dict:
 
 @contextlib.contextmanager
 def ray_session(address: Optional[str], cpus: float, verbose: bool, log: Optional[Path] = None,
-                echo: Callable[[str], None] = say) -> Iterator[bool]:
-    """Ray for one run; yields True when this session started (and will stop) it.
+                echo: Callable[[str], None] = say, code: Sequence[str] = ()) -> Iterator[bool]:
+    """Ray for one run; yields True when this session started (and will stop) it. `code`: local
+    files and folders every worker must import (a builder's, `usermodel.shipped_code`), uploaded
+    with the session.
 
     Ray's own lines (its workers' output, the cluster's messages) go to `log` (the run's
     `ray.log`), to stdout only with `verbose`; a lost node is a line through `echo`
@@ -140,15 +142,17 @@ def ray_session(address: Optional[str], cpus: float, verbose: bool, log: Optiona
             yield False
             return
         with RayLines(log, verbose, echo):
-            _join_or_start(ray, address, cpus, verbose, to_driver=verbose or log is not None)
+            _join_or_start(ray, address, cpus, verbose, to_driver=verbose or log is not None, code=code)
             try:
                 yield True
             finally:
                 ray.shutdown()
 
 
-def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool, to_driver: bool) -> None:
-    quiet = dict(log_to_driver=to_driver, logging_level=logging.INFO if verbose else logging.ERROR)
+def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool, to_driver: bool,
+                   code: Sequence[str] = ()) -> None:
+    quiet = dict(log_to_driver=to_driver, logging_level=logging.INFO if verbose else logging.ERROR,
+                 runtime_env={"py_modules": list(code)} if code else None)
     if address:
         try:
             ray.init(address=str(address), **quiet)

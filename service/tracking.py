@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from service.compat import mlflow as compat_mlflow
 from service.errors import BadInput, first_line, one_line
+from service.engines import ENGINES
 from service.report import files as run_files
 from service.spec import CompareSpec, TrackingSpec, TrainSpec
 
@@ -59,16 +60,6 @@ MODEL_NAME = "model"  # `runs:/RUN_ID/model` loads it
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 KERAS_ARTIFACT = "keras"
 BATCH = 100  # MLflow's most params per log_batch call
-
-
-def keras_major(model_file: Path) -> int:
-    """The major version of the Keras that saved `model_file` (its metadata.json): 2 for the tf_keras
-    engine's, 3 for the keras_jax engine's. mlflow_model.py reads it the same way where the model is
-    loaded: it runs without plateau, so it cannot import this."""
-    import zipfile
-
-    with zipfile.ZipFile(model_file) as archive:
-        return int(json.loads(archive.read("metadata.json"))["keras_version"].split(".")[0])
 
 
 class TrackingError(BadInput):
@@ -213,6 +204,7 @@ class RunTracker(_Tracker):
     last_step = 0  # the last epoch the MLflow run holds: a resume logs only later ones
 
     def _start(self, spec: TrainSpec) -> None:
+        self.engine = ENGINES[spec.training.engine]  # whose Keras loads the model
         run = self._begin(spec.name, "train")
         self.run_id = run.info.run_id
         self._write_ids()
@@ -243,23 +235,26 @@ class RunTracker(_Tracker):
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         self.last_step = step
 
-    def finish(self, summary: Optional[dict], status: str, model_file: Optional[Path] = None) -> None:
-        """The summary's figures, the folder's files and the model; the MLflow run ends as `status`
-        (FINISHED, FAILED, KILLED)."""
+    def finish(self, summary: Optional[dict], status: str, model_file: Optional[Path] = None,
+               shapes: tuple[tuple[int, ...], int] = ((784,), 10)) -> None:
+        """The summary's figures, the folder's files and the model (`shapes`: one example's features
+        and the number of classes, its signature); the MLflow run ends as `status` (FINISHED,
+        FAILED, KILLED)."""
         if self.enabled and self.run_id:
-            self.safely(self._finish, summary, status, model_file)
+            self.safely(self._finish, summary, status, model_file, shapes)
 
     def end(self, status: str) -> None:
         """Only the MLflow run's end (Ctrl-C: no time for files; the resume logs them)."""
         if self.enabled and self.run_id:
             self.safely(self.client.set_terminated, self.run_id, status)
 
-    def _finish(self, summary: Optional[dict], status: str, model_file: Optional[Path]) -> None:
+    def _finish(self, summary: Optional[dict], status: str, model_file: Optional[Path],
+                shapes: tuple[tuple[int, ...], int]) -> None:
         if summary is not None:
             self._log_summary(self.run_id, summary)
         self._log_files(self.run_id, self.folder, RUN_FILES)
         if model_file is not None and model_file.is_file():
-            self._log_model(model_file)
+            self._log_model(model_file, shapes)
         self.client.set_terminated(self.run_id, status)
 
     def _log_summary(self, run_id: str, summary: dict) -> None:
@@ -275,7 +270,7 @@ class RunTracker(_Tracker):
             tags["mlflow.source.git.commit"] = summary["git_commit"].removesuffix("-dirty")
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def _log_model(self, model_file: Path) -> None:
+    def _log_model(self, model_file: Path, shapes: tuple[tuple[int, ...], int]) -> None:
         """model.keras as an MLflow pyfunc model (service/mlflow_model.py); TensorFlow stays out of
         the driver: the model is only loaded where someone loads it back."""
         import mlflow
@@ -285,13 +280,10 @@ class RunTracker(_Tracker):
 
         from service import provenance
 
-        versions = provenance.versions({"keras": "keras", "jax": "jax"})
-        if keras_major(model_file) >= 3:  # the keras_jax engine's file: Keras 3 loads it, on JAX
-            requirements = [f"keras=={versions['keras']}", f"jax[cpu]=={versions['jax']}"]
-        else:
-            requirements = [f"tensorflow=={versions['tensorflow']}", f"tf-keras=={versions['tf_keras']}"]
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 784))]),
-                                   outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 10))]))
+        requirements = self.engine.requirements(provenance.versions(dict(self.engine.versions)))
+        features, classes = shapes
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *features))]),
+                                   outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes))]))
         # The fluent API's store is this run's. set_tracking_uri also exports MLFLOW_TRACKING_URI
         # (for MLflow's subprocesses): put the variable back, or every later command of this
         # process, and every process it starts, would be tracked there too.

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from service import cluster, engines, events, progress, raylog, rundir, runlock, runs, signals, usermodel
+from service.engines import probe
 from service import data as data_lib
 from service.checkpoints import layout, resume
 from service.compat import mlflow as compat_mlflow
@@ -70,7 +71,8 @@ class RunResult:
 
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
-        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True) -> RunResult:
+        tensorboard: bool = True, command: Optional[str] = None, lock: bool = True,
+        model_tried: bool = False) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -84,16 +86,18 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     is the command line that asked for the run, for summary.json and the folder's lock.
     `lock`: hold OUTPUT/NAME's lock for the whole run (`runlock`; `RunLocked` while another
     command holds it); a study's trials do not, their study holds the study's folder.
+    `model_tried`: `spec.model.build` was already tried on this data (`probe`), as a study does
+    for all its trials before Tune starts; the run does not try it again.
     """
     holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
     with holding, compat_mlflow.settings_restored():  # MLflow's settings end with the run
-        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command)
+        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command, model_tried)
 
 
 def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, echo: Echo, callbacks: Sequence,
-         data_cache: Optional[Path], tensorboard: bool, command: Optional[str]) -> RunResult:
+         data_cache: Optional[Path], tensorboard: bool, command: Optional[str], model_tried: bool) -> RunResult:
     started, started_at = time.perf_counter(), utc_now()
-    setup = prepare(spec, address, fresh, echo, data_cache)
+    setup = prepare(spec, address, fresh, echo, data_cache, model_tried)
     rundir.check_same_spec(spec)
     done = setup.finished_result()
     if done is not None:
@@ -109,7 +113,8 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
     starting = progress.Startup(echo, f"starting Ray and {spec.max_workers} worker(s)")
     ray_log = setup.out_dir / raylog.LOG_FILE   # Ray's own lines, out of the user's view
     try:
-        with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo) as started_here:
+        with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo,
+                                                 code=usermodel.shipped_code([spec])) as started_here:
             fit_end = fit_and_collect(setup, collector, started_here, verbose, callbacks, starting)
             # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
             return finish(setup, collector, fit_end, time.perf_counter() - started, echo,
@@ -153,7 +158,7 @@ class RunSetup:
 
 
 def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
-            data_cache: Optional[Path]) -> RunSetup:
+            data_cache: Optional[Path], model_tried: bool = False) -> RunSetup:
     if address:
         cluster.check_gcs_address(address)
     if spec.tracking is not None:
@@ -167,6 +172,9 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
                            cache_dir=data_cache, layout=data_lib.Layout.of(spec))
     if not address:  # an embedded Ray: every worker on this machine
         data_lib.check_fits(splits, spec.max_workers)
+    if spec.model.build is not None and not model_tried:  # a user's model: tried on the data's shape before Ray starts
+        probe.check_model(spec, engines.ENGINES[spec.training.engine], splits.x_train.shape[1:], splits.classes,
+                          str(splits.x_train.dtype))
     steps = data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
     paths = rundir.RunPaths.of(spec)
     if fresh and paths.out_dir.exists():
@@ -196,6 +204,7 @@ class EpochCollector:
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
         self.tracker = None  # the run's MLflow run (tracking.RunTracker), when the spec asks for one
+        self.shapes: tuple[tuple[int, ...], int] = ((784,), 10)  # one example's features, the classes
 
     def resume(self, epoch: int, saved: Optional[Path]) -> None:
         """Take the interrupted run's rows up to the checkpoint that training resumes from.
@@ -291,6 +300,7 @@ def finished_or_resume(setup: RunSetup, echo: Echo) -> EpochCollector:
         from service import tracking
 
         collector.tracker = tracking.RunTracker.open(spec, setup.out_dir, echo)
+        collector.shapes = (setup.splits.feature_shape, setup.splits.classes)
     # The newest checkpoint that can be read; newer, damaged ones are set aside, each with a line.
     point = resume.resume_point(setup.paths.checkpoints_dir, spec.model.weight_shapes(), echo)
     if point.epoch:
@@ -378,9 +388,8 @@ def _trainer(setup: RunSetup, config: dict, callbacks: Sequence, verbose: bool):
         failure_config=FailureConfig(max_failures=scaling.max_failures) if scaling.num_workers else None,
         checkpoint_config=_checkpoint_config(setup.spec, CheckpointConfig),
         callbacks=list(callbacks),
-        worker_runtime_env={**engine.runtime_env(cluster.worker_runtime_env(verbose)),
-                            **(usermodel.runtime_env_for(usermodel.resolve(setup.spec.model.build, None))
-                               if setup.spec.model.build else {})},
+        # A builder's code is the session's (`cluster.ray_session`): Ray uploads local code only there.
+        worker_runtime_env=engine.runtime_env(cluster.worker_runtime_env(verbose)),
     )
     return DataParallelTrainer(
         engine.loop,
@@ -449,7 +458,7 @@ def _track_end(collector: EpochCollector, summary: Optional[dict], status: str) 
     """The MLflow run's summary, files and model, and its end (the folder's files are written)."""
     if collector.tracker is not None:
         model = collector.out_dir / run_files.MODEL_FILE if collector.model_file is not None else None
-        collector.tracker.finish(summary, status, model)
+        collector.tracker.finish(summary, status, model, collector.shapes)
 
 
 def _diverged_line(last: HistoryRow, out_dir: Path) -> str:

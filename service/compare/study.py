@@ -34,6 +34,7 @@ from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdo
                                     table_rows, trial_row)
 from service.compat import mlflow as compat_mlflow
 from service.console import text_table
+from service.engines import probe
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
 from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line
@@ -243,18 +244,25 @@ def _pin_data(trials: list[Trial], echo: Echo, data_cache: Optional[Path]) -> No
     trials to what was found: "auto" becomes the source it resolved to, and a relative path
     becomes absolute (Tune runs each trial in its own working directory)."""
     resolved: dict[tuple, str] = {}
+    shapes: dict[tuple, tuple] = {}
+    tried: set[str] = set()
     for t in trials:
         # The layout too: a grid may vary the model, and with it what the data must be.
         key = (t.spec.data.source, t.spec.data.validation, data_lib.Layout.of(t.spec))
         if key not in resolved:
             splits = data_lib.load(key[0], key[1], warn=lambda m: echo(f"WARNING: {m}"), cache_dir=data_cache,
                                    layout=key[2])
+            shapes[key] = (splits.x_train.shape[1:], splits.classes, str(splits.x_train.dtype))
             source = key[0]
             if source == "auto":
                 source = splits.source
             elif Path(source).exists():
                 source = str(Path(source).resolve())
             resolved[key] = source
+        model = json.dumps([t.spec.training.engine, t.spec.model.model_dump(mode="json"), repr(key)], sort_keys=True)
+        if t.spec.model.build is not None and model not in tried:  # each distinct user model, tried once
+            tried.add(model)
+            probe.check_model(t.spec, engines.ENGINES[t.spec.training.engine], *shapes[key])
         if resolved[key] != t.spec.data.source:
             t.spec = t.spec.model_copy(update={"data": t.spec.data.model_copy(update={"source": resolved[key]})})
 

@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster, envvars, progress, raylog, signals
+from service import cluster, envvars, progress, raylog, signals, usermodel
 from service.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
@@ -96,7 +96,8 @@ def run_trial(config: dict) -> dict:
     echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
     try:
         result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
-                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False)
+                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False,
+                           model_tried=True)  # the study tried every trial's model before Tune started
     except Exception as exc:  # noqa: BLE001 - a trial's failure, of any kind, is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
     outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
@@ -205,7 +206,8 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
     own lines (the trials' output among them) go to `log`."""
     import ray
 
-    with cluster.ray_session(address, study_cpus(trials), verbose, log, echo) as started_here:
+    code = usermodel.shipped_code(t.spec for t in trials)
+    with cluster.ray_session(address, study_cpus(trials), verbose, log, echo, code=code) as started_here:
         signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling

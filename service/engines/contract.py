@@ -9,7 +9,7 @@ a Keras callback class or a dataset is `Any` to this module.
 | --- | --- |
 | `EngineWorker(spec, rank, workers)` | the process ready for the framework (threads, JAX's processes joined) |
 | `prepare_devices()` | "CPU", or its GPU's name; `DeviceError` when the spec's device is not there |
-| `build_model(split)` | the compiled model, the same weights on every rank (from the seed) |
+| `build_model(split, input_shape, classes)` | the compiled model, the same weights on every rank (from the seed) |
 | `restore(directory, model)` / `save(...)` / `state_arrays(model)` | the model's state in a checkpoint (`service/checkpoints/layout.py`) |
 | `collective()` | a `Collective`: all-gather and sum of small float64 vectors, in rank order |
 | `evaluator(model, x, y)` | a `ShardEvaluator`: the loss and accuracy sums of this rank's shard |
@@ -89,9 +89,10 @@ class EngineWorker(abc.ABC):
         built: a GPU run that cannot see a GPU raises `DeviceError` with one line."""
 
     @abc.abstractmethod
-    def build_model(self, split: Any) -> Any:
-        """The compiled model, its weights drawn from `spec.training.seed` so that every rank
-        builds the same values without any exchange; `split` is the global batch's `BatchSplit`."""
+    def build_model(self, split: Any, input_shape: tuple[int, ...], classes: int) -> Any:
+        """The spec's model (its builder's, or the seed's MLP), compiled, its weights drawn from
+        `spec.training.seed` so that every rank builds the same values without any exchange; `split`
+        is the global batch's `BatchSplit`, `input_shape` one example's, `classes` the labels' count."""
 
     @abc.abstractmethod
     def restore(self, directory: str | Path, model: Any) -> Any:

@@ -38,9 +38,9 @@ def engine_worker(spec: TrainSpec, rank: int, workers: int):
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point.
 
-    `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "steps": steps per epoch,
-    "progress": a ray.util.queue.Queue for the driver, or None, "attempt": an id of the driver
-    invocation}.
+    `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "classes": the number of
+    classes, "steps": steps per epoch, "progress": a ray.util.queue.Queue for the driver, or None,
+    "attempt": an id of the driver invocation}.
     """
     # -- who this worker is, and its shards of the data
     spec = TrainSpec.model_validate(config["spec"])
@@ -57,7 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
     part = {name: data_lib.shard(len(arrays[f"x_{name}"]), workers, rank) for name in ("val", "test")}
 
     # -- the model, from the latest checkpoint when Ray Train restarts the run
-    model = engine.build_model(split)
+    model = engine.build_model(split, arrays["x_train"].shape[1:], config["classes"])
     restored, traces = layout.Restored(), {}
     saved = ray.train.get_checkpoint()
     if saved is not None:

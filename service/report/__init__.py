@@ -7,7 +7,3 @@
 
 The worker side's per-epoch reports are `service.core.reporting`, not this package.
 """
-
-from service.report.files import MODEL_FILE  # each engine's export.py names the model file by it
-
-__all__ = ["MODEL_FILE"]

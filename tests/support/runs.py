@@ -68,12 +68,13 @@ def checkpoints(spec) -> dict[int, Path]:
     return resume.by_epoch(RunPaths.of(spec).checkpoints_dir)
 
 
-def model_at(spec, directory: Path):
-    """The seed model (tf_keras) with the weights of one epoch's checkpoint."""
+def model_at(spec, directory: Path, input_shape: tuple[int, ...] = (784,), classes: int = 10):
+    """The spec's model, built with tf_keras whatever the run's engine (the checkpoint's names are
+    every engine's), with the weights of one epoch's checkpoint."""
     from service.checkpoints import layout
     from service.engines.tf_keras.model import build_model
 
-    model = build_model(spec.model, seed=spec.training.seed)
+    model = build_model(spec.model, seed=spec.training.seed, input_shape=input_shape, classes=classes)
     layout.load_weights(directory, model)
     return model
 
@@ -82,16 +83,17 @@ def exact_metrics(model, x, y) -> tuple[float, float]:
     """Loss and accuracy over a whole split in one process: the reference for global metrics."""
     import tf_keras as keras
 
-    probs = model.predict(x.astype("float32") / 255.0, batch_size=4096, verbose=0)
-    onehot = np.eye(10, dtype="float32")[y]
+    features = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")  # as the engines scale
+    probs = model.predict(features, batch_size=4096, verbose=0)
+    onehot = np.eye(probs.shape[1], dtype="float32")[y]
     loss = keras.losses.categorical_crossentropy(onehot, probs).numpy().astype("float64")
     return float(loss.mean()), float((probs.argmax(axis=1) == y).mean())
 
 
-def score_model_file(engine: str, path: Path, data: str) -> dict:
+def score_model_file(engine: str, path: Path, data: str, spec_file: Path | None = None) -> dict:
     """{accuracy, layers, keras} of a model.keras loaded in a fresh process with the engine's Keras
-    (programs/score_model.py)."""
-    return program_json("score_model", engine, str(path), data)
+    (programs/score_model.py); with the run's spec.yaml, on the data as the run read it."""
+    return program_json("score_model", engine, str(path), data, *([str(spec_file)] if spec_file else []))
 
 
 def read_events(logdir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -1,31 +1,33 @@
-"""The seed's model in Keras 3 on JAX, and the keras_jax engine's jitted maths.
+"""The keras_jax engine's model and its jitted maths: any Keras 3 model, trained over the processes.
 
-The model is a stock Keras 3 Sequential (784 -> Dense 784 relu -> Dropout 0.5 -> Dense 10 softmax,
-Adam 0.01): its variables hold the weights and Adam's state between epochs, the stock callbacks
-read and change it, and rank 0 saves it as the run's `model.keras`. An epoch runs as one jitted
-function over every process (`Epoch`): a `lax.scan` of the steps inside `shard_map` over a mesh
-of one CPU device per process, where each process holds its rows of every global batch.
+The model is the spec's (its builder's, or the seed's MLP: 784 -> Dense 784 relu -> dropout 0.5
+-> Dense 10 softmax), compiled with Adam: its variables hold the weights and Adam's state between
+epochs, the stock callbacks read and change it, and rank 0 saves it as the run's `model.keras`. An
+epoch runs as one jitted function over every process (`Epoch`): a `lax.scan` of the steps inside
+`shard_map` over a mesh of one CPU device per process, where each process holds its rows of every
+global batch, and each step is the model's own forward pass (`stateless_call`).
 
 Data parallelism never changes the maths, whatever the number of workers:
 
 * each rank's loss is the sum of its rows' losses over the *global* batch size, and the ranks'
   gradients are summed (`psum`): the mean over the global batch, also for 200 over 3 (67/67/66);
-* the dropout mask is drawn for the whole global batch from a (seed, optimizer step) key, and
-  each rank takes its rows of it;
-* epoch e's order of the training images is a pure function of (seed, e) (`epoch_order`).
+* a `SeededDropout`'s mask is drawn for the whole global batch from a (seed, optimizer step) key,
+  and each rank takes its rows of it (a stock `Dropout` draws per rank: see docs/your-model.md);
+* epoch e's order of the training examples is a pure function of (seed, e) (`epoch_order`).
 
 Ranks hold the same number of rows per step (the largest share), padded with zero-weight rows, so
 that every process runs the same program.
 
 Example::
 
-    model = build_model(spec.model, seed=7)
-    epoch = Epoch(model, mesh, split=BatchSplit.of(200, 3), rank=1, seed=7, dropout=0.5)
+    model = build_model(spec.model, seed=7, input_shape=(784,), classes=10)
+    epoch = Epoch(model, mesh, split=BatchSplit.of(200, 3), rank=1, seed=7, classes=10)
     logs = epoch.run(x_train, y_train, epoch_order(7, 0, len(x_train), steps, 200))  # {"loss": ..., "accuracy": ...}
 """
 
 from __future__ import annotations
 
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -35,52 +37,105 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from service.data import BatchSplit
+from service.compat.keras import seed_keras
+from service.engines.building import model_of, seeded_dropout_layers
 from service.engines.contract import DATA_ORDER, DROPOUT
 from service.spec import ModelSpec
 
 AXIS = "ranks"  # the mesh's one axis: a device per process, in rank order
 
 
-def build_model(spec: ModelSpec, seed: int = 7) -> keras.Model:
-    """The seed's MLP from stock Keras 3 layers, compiled, with Adam's state built.
+class SeededDropout(keras.layers.Layer):
+    """Dropout whose mask is this rank's rows of one mask drawn for the whole global batch from
+    (seed, optimizer step): the same masks whatever the number of workers, and after a resume.
 
-    Weights start from `seed` on every rank: the initialisers are seeded, so every process
-    builds the same values without any exchange. TensorFlow is never imported.
+    It draws only inside the engine's epoch (`Epoch`, which says how); at inference it passes its
+    input through, as Dropout does. The exported model has a stock `Dropout` in its place.
+
+    Example (in a builder that asks for `seeded_dropout`)::
+
+        x = seeded_dropout(0.5)(x)
     """
-    # No keras.utils.set_random_seed: the weights' initialisers are seeded here, the dropout masks
-    # come from the engine's own keys, and that helper would import TensorFlow (it seeds it too).
-    # 'normal' in the seed = RandomNormal(stddev=0.05); pinned seeds, as the tf_keras engine's.
-    init = lambda k: keras.initializers.RandomNormal(mean=0.0, stddev=0.05, seed=seed + k)  # noqa: E731
-    model = keras.Sequential([
-        keras.Input(shape=(784,)),
-        keras.layers.Dense(spec.hidden_units, activation="relu", kernel_initializer=init(0)),
-        keras.layers.Dropout(spec.dropout),
-        keras.layers.Dense(10, activation="softmax", kernel_initializer=init(1)),
-    ])
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.stream = 0  # the layer's own random stream among the model's seeded dropouts (`build_model`)
+
+    def call(self, inputs: jax.Array, training: bool = False) -> jax.Array:
+        if not training or self.rate == 0:
+            return inputs
+        if _MASKS is None:
+            raise RuntimeError("SeededDropout draws its masks in plateau's epoch only; the exported model "
+                               "has a stock Dropout")
+        keep = _MASKS.keep(tuple(inputs.shape[1:]), self.rate, self.stream)
+        return jnp.where(keep, inputs / (1.0 - self.rate), 0.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate}
+
+
+class StepMasks:
+    """How `SeededDropout` draws inside one training step: the step's key, the global batch, this
+    rank's rows (`rows`, padded) and the first of them (`first`, a traced value)."""
+
+    def __init__(self, key: jax.Array, global_batch: int, rows: int, first: jax.Array):
+        self.key, self.global_batch, self.rows, self.first = key, global_batch, rows, first
+
+    def keep(self, shape: tuple[int, ...], rate: float, stream: int) -> jax.Array:
+        key = self.key if stream == 0 else jax.random.fold_in(self.key, stream)
+        uniform = jax.random.uniform(key, (self.global_batch, *shape))
+        # The zero rows below it keep the slice in bounds for a padded rank (its padding has weight 0).
+        uniform = jnp.concatenate([uniform, jnp.zeros((self.rows, *shape), uniform.dtype)])
+        start = (self.first, *([0] * len(shape)))
+        return jax.lax.dynamic_slice(uniform, start, (self.rows, *shape)) >= rate
+
+
+_MASKS: StepMasks | None = None  # set while `Epoch` traces a step's forward pass
+
+
+@contextlib.contextmanager
+def drawing(masks: StepMasks):
+    """`SeededDropout` layers draw from `masks` inside this block (the block runs while JAX traces)."""
+    global _MASKS
+    before, _MASKS = _MASKS, masks
+    try:
+        yield
+    finally:
+        _MASKS = before
+
+
+def build_model(spec: ModelSpec, seed: int = 7, input_shape: tuple[int, ...] = (784,), classes: int = 10
+                ) -> keras.Model:
+    """The spec's model (its builder's, or the seed's MLP), compiled with Adam at the spec's learning
+    rate, categorical cross-entropy and accuracy, with Adam's state built.
+
+    Weights start from `seed` on every rank: every process builds the same values without any
+    exchange. TensorFlow is never imported.
+    """
+    # Not keras.utils.set_random_seed: that helper imports TensorFlow (it seeds it too).
+    seed_keras(seed)
+    model = model_of(spec, keras, SeededDropout, input_shape, classes, seed)
+    # Each seeded dropout its own stream: two layers of one shape must not drop the same units.
+    for stream, layer in enumerate(seeded_dropout_layers(model, SeededDropout)):
+        layer.stream = stream
     model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
                   metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)
     return model
 
 
-def scale_pixels(x: jax.Array) -> jax.Array:
-    """uint8 pixels 0..255 -> float32 in [0, 1], as the tf_keras engine scales them."""
-    return x.astype(jnp.float32) / 255.0
+def scale_features(x: jax.Array) -> jax.Array:
+    """The model's input: uint8 pixels 0..255 -> float32 in [0, 1] (as the tf_keras engine scales
+    them); other features as float32."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 255.0
+    return x.astype(jnp.float32)
 
 
-def forward(weights: list, x: jax.Array, keep: jax.Array | None = None, rate: float = 0.0) -> jax.Array:
-    """The Sequential's maths on `weights` ([kernel, bias, kernel, bias]), with Keras's own ops:
-    Dense(relu), dropout by the mask `keep` (None: inference), Dense(softmax)."""
-    kernel1, bias1, kernel2, bias2 = weights
-    hidden = keras.activations.relu(keras.ops.matmul(x, kernel1) + bias1)
-    if keep is not None:
-        hidden = jnp.where(keep, hidden / (1.0 - rate), 0.0)
-    return keras.activations.softmax(keras.ops.matmul(hidden, kernel2) + bias2)
-
-
-def example_losses(probs: jax.Array, labels: jax.Array) -> jax.Array:
+def example_losses(probs: jax.Array, labels: jax.Array, classes: int) -> jax.Array:
     """Keras's categorical cross-entropy of each example (the loss the model is compiled with)."""
-    return keras.losses.categorical_crossentropy(jax.nn.one_hot(labels, 10), probs)
+    return keras.losses.categorical_crossentropy(jax.nn.one_hot(labels, classes), probs)
 
 
 def epoch_order(seed: int, epoch: int, n: int, steps: int, global_batch: int) -> np.ndarray:
@@ -111,51 +166,55 @@ def rank_rows(batches: np.ndarray, split: BatchSplit, rank: int) -> tuple[np.nda
 class Epoch:
     """One epoch of training as one jitted call on every process (see the module's docstring).
 
-    `run` reads the weights and Adam's state (its learning rate included: a callback may have
-    changed it) from the Keras model, trains `steps` global batches, and writes them back.
+    `run` reads the model's variables and Adam's state (its learning rate included: a callback may
+    have changed it) from the Keras model, trains `steps` global batches, and writes them back. The
+    forward pass is the model's own (`stateless_call`), so any Keras 3 model trains here.
     """
 
-    def __init__(self, model: keras.Model, mesh: Mesh, split: BatchSplit, rank: int, seed: int, dropout: float):
+    def __init__(self, model: keras.Model, mesh: Mesh, split: BatchSplit, rank: int, seed: int, classes: int):
         self.model, self.mesh, self.split, self.rank = model, mesh, split, rank
         self.rows = max(split.sizes)  # every rank's rows per step, padding included
         optimizer = model.optimizer
-        global_batch, rows, hidden = split.global_batch, self.rows, int(model.layers[0].units)
+        global_batch, rows = split.global_batch, self.rows
         dropout_key = jax.random.fold_in(jax.random.key(seed), DROPOUT)
         # Where Adam's step counter is among its variables (the state `stateless_apply` takes).
         counter = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
+        # Float non-trainable variables (a BatchNormalization's moving statistics) follow each rank's
+        # rows: their mean over the ranks keeps the replicas identical. Integer ones (a stock
+        # Dropout's random state) advance the same on every rank.
+        averaged = [jnp.issubdtype(v.dtype, jnp.floating) for v in model.non_trainable_variables]
 
-        def one_rank(weights: list, state: list, x: jax.Array, y: jax.Array, w: jax.Array, first: jax.Array):
+        def one_rank(weights: list, fixed: list, state: list, x: jax.Array, y: jax.Array, w: jax.Array,
+                     first: jax.Array):
             def step(carry: tuple, batch: tuple):
-                weights, state = carry
+                weights, fixed, state = carry
                 xb, yb, wb = batch
-                # The whole global batch's mask from (seed, step); this rank's rows of it. The zero
-                # rows below it keep the slice in bounds for a padded rank (its padding has weight 0).
-                uniform = jax.random.uniform(jax.random.fold_in(dropout_key, state[counter]), (global_batch, hidden))
-                uniform = jnp.concatenate([uniform, jnp.zeros((rows, hidden), uniform.dtype)])
-                keep = jax.lax.dynamic_slice(uniform, (first[0], 0), (rows, hidden)) >= dropout
+                masks = StepMasks(jax.random.fold_in(dropout_key, state[counter]), global_batch, rows, first[0])
 
                 def loss_of(weights: list):
-                    probs = forward(weights, scale_pixels(xb), keep, dropout)
-                    losses = example_losses(probs, yb) * wb
-                    return jnp.sum(losses) / global_batch, (losses, probs)
+                    with drawing(masks):
+                        probs, fixed_after = model.stateless_call(weights, fixed, scale_features(xb), training=True)
+                    losses = example_losses(probs, yb, classes) * wb
+                    return jnp.sum(losses) / global_batch, (losses, probs, fixed_after)
 
-                (_, (losses, probs)), grads = jax.value_and_grad(loss_of, has_aux=True)(weights)
+                (_, (losses, probs, fixed)), grads = jax.value_and_grad(loss_of, has_aux=True)(weights)
                 grads = jax.lax.psum(grads, AXIS)  # the mean over the global batch
+                fixed = [jax.lax.pmean(v, AXIS) if mean else v for v, mean in zip(fixed, averaged)]
                 correct = jnp.sum((jnp.argmax(probs, axis=-1) == yb) * wb)
                 sums = jax.lax.psum(jnp.stack([jnp.sum(losses), correct]), AXIS)
                 weights, state = optimizer.stateless_apply(state, grads, weights)
-                return (weights, state), sums
+                return (weights, fixed, state), sums
 
-            (weights, state), sums = jax.lax.scan(step, (weights, state), (x, y, w))
-            return weights, state, sums
+            (weights, fixed, state), sums = jax.lax.scan(step, (weights, fixed, state), (x, y, w))
+            return weights, fixed, state, sums
 
         replicated, by_rank = P(), P(None, AXIS)
         # check_vma off: with it, JAX's autodiff would itself sum the gradient of the replicated
         # weights over the ranks (the transpose of their broadcast), and the explicit psum above
         # would count it N times. Off, each rank's gradient is its own until that psum.
         self._run = jax.jit(jax.shard_map(
-            one_rank, mesh=mesh, in_specs=(replicated, replicated, by_rank, by_rank, by_rank, P(AXIS)),
-            out_specs=(replicated, replicated, replicated), check_vma=False))
+            one_rank, mesh=mesh, in_specs=(replicated, replicated, replicated, by_rank, by_rank, by_rank, P(AXIS)),
+            out_specs=(replicated, replicated, replicated, replicated), check_vma=False))
 
     def _global(self, local: np.ndarray, spec: P) -> jax.Array:
         return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), np.asarray(local))
@@ -166,16 +225,15 @@ class Epoch:
         idx, weight = rank_rows(batches, self.split, self.rank)
         first = self.split.offsets[self.rank]
         model, optimizer = self.model, self.model.optimizer
-        weights = [self._global(np.asarray(v.value), P()) for v in model.trainable_variables]
-        state = [self._global(np.asarray(v.value), P()) for v in optimizer.variables]
-        weights, state, sums = self._run(weights, state, self._global(x[idx], P(None, AXIS)),
-                                         self._global(y[idx].astype(np.int32), P(None, AXIS)),
-                                         self._global(weight, P(None, AXIS)),
-                                         self._global(np.array([first], np.int32), P(AXIS)))
-        for variable, value in zip(model.trainable_variables, weights):
-            variable.assign(value.addressable_data(0))
-        for variable, value in zip(optimizer.variables, state):
-            variable.assign(value.addressable_data(0))
+        groups = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
+        values = [[self._global(np.asarray(v.value), P()) for v in group] for group in groups]
+        *values, sums = self._run(*values, self._global(x[idx], P(None, AXIS)),
+                                  self._global(y[idx].astype(np.int32), P(None, AXIS)),
+                                  self._global(weight, P(None, AXIS)),
+                                  self._global(np.array([first], np.int32), P(AXIS)))
+        for group, new in zip(groups, values):
+            for variable, value in zip(group, new):
+                variable.assign(value.addressable_data(0))
         loss_sum, correct = np.asarray(sums.addressable_data(0), np.float64).sum(axis=0)
         count = len(batches) * self.split.global_batch
         return {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
@@ -188,21 +246,22 @@ class ShardEvaluator:
     summed here in float64, so the sums of the ranks add up to the whole split's.
     """
 
-    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 4096):
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, classes: int, batch: int = 4096):
         self.model, self.x, self.y, self.batch = model, x, y, batch
-        self._examples = jax.jit(self._per_example)
 
-    @staticmethod
-    def _per_example(weights: list, x: jax.Array, y: jax.Array):
-        probs = forward(weights, scale_pixels(x))
-        return example_losses(probs, y), jnp.argmax(probs, axis=-1) == y
+        def per_example(weights: list, fixed: list, x: jax.Array, y: jax.Array):
+            probs, _ = model.stateless_call(weights, fixed, scale_features(x), training=False)
+            return example_losses(probs, y, classes), jnp.argmax(probs, axis=-1) == y
+
+        self._examples = jax.jit(per_example)
 
     def sums(self) -> np.ndarray:
         """[loss sum, correct count, example count] over this shard."""
         weights = [v.value for v in self.model.trainable_variables]
+        fixed = [v.value for v in self.model.non_trainable_variables]
         total = np.zeros(3)
         for start in range(0, len(self.x), self.batch):
-            losses, hits = self._examples(weights, self.x[start:start + self.batch],
+            losses, hits = self._examples(weights, fixed, self.x[start:start + self.batch],
                                           self.y[start:start + self.batch].astype(np.int32))
             total += (np.asarray(losses, np.float64).sum(), np.asarray(hits).sum(), 0.0)
         total[2] = len(self.x)

@@ -32,7 +32,16 @@ def state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
         arrays[f"optimizer/m/model/{name}"] = np.asarray(m.value)
         arrays[f"optimizer/v/model/{name}"] = np.asarray(v.value)
     arrays["optimizer/learning_rate"] = np.asarray(optimizer.learning_rate.value, dtype=np.float32)
+    for index, variable in enumerate(random_states(model)):
+        arrays[f"model/random/{index}"] = np.asarray(variable.value)
     return arrays
+
+
+def random_states(model: keras.Model) -> list:
+    """The model's variables that are not weights: the random state of its stock layers (a
+    Dropout's seed generator), which a resume must carry on from, in the model's order."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.non_trainable_variables if id(v) not in weights]
 
 
 def load_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
@@ -45,6 +54,8 @@ def load_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
         m.assign(arrays[f"optimizer/m/model/{name}"])
         v.assign(arrays[f"optimizer/v/model/{name}"])
     optimizer.learning_rate.assign(arrays["optimizer/learning_rate"])
+    for index, variable in enumerate(random_states(model)):
+        variable.assign(arrays[f"model/random/{index}"])
 
 
 def save(directory: Any, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:

@@ -109,8 +109,10 @@ class Worker(EngineWorker):
     def prepare_devices(self) -> str:
         return prepare_devices(self.spec.scaling.use_gpu, self.rank)
 
-    def build_model(self, split: BatchSplit) -> Any:
-        return self._model.build_model(self.spec.model, seed=self.spec.training.seed)
+    def build_model(self, split: BatchSplit, input_shape: tuple[int, ...], classes: int) -> Any:
+        self.classes = classes
+        return self._model.build_model(self.spec.model, seed=self.spec.training.seed, input_shape=input_shape,
+                                       classes=classes)
 
     def restore(self, directory: Any, model: Any) -> Any:
         return self._state.restore(directory, model)
@@ -125,7 +127,7 @@ class Worker(EngineWorker):
         return self._collective(self.workers)
 
     def evaluator(self, model: Any, x: np.ndarray, y: np.ndarray) -> Any:
-        return self._model.ShardEvaluator(model, x, y)
+        return self._model.ShardEvaluator(model, x, y, self.classes)
 
     def train(self, model: Any, callbacks: list, *, steps: int, x: np.ndarray, y: np.ndarray,
               split: BatchSplit, start: int) -> None:
@@ -134,8 +136,7 @@ class Worker(EngineWorker):
         import keras
 
         spec, jax_model = self.spec, self._model
-        epoch_fn = jax_model.Epoch(model, jax_model.make_mesh(), split, self.rank, spec.training.seed,
-                                   spec.model.dropout)
+        epoch_fn = jax_model.Epoch(model, jax_model.make_mesh(), split, self.rank, spec.training.seed, self.classes)
         hooks = keras.callbacks.CallbackList(callbacks, model=model, epochs=spec.training.epochs, steps=steps,
                                              verbose=0)
         model.stop_training = False

@@ -27,6 +27,7 @@ import tf_keras as keras
 
 from service.compat.tensorflow import sync_to_numpy_or_python_type, validate_target_and_loss
 from service.data import BatchSplit
+from service.engines.building import model_of, seeded_dropout_layers
 from service.engines.contract import DROPOUT
 from service.spec import ModelSpec
 
@@ -36,9 +37,12 @@ def random_key(seed: int, stream: int, counter: int | tf.Tensor):
     return tf.stack([tf.constant(seed * 1009 + stream, tf.int64), tf.cast(counter, tf.int64)])
 
 
-def scale_pixels(x: tf.Tensor):
-    """uint8 pixels 0..255 -> float32 in [0, 1]: the model's input, for training and evaluation."""
-    return tf.cast(x, tf.float32) / 255.0
+def scale_features(x: tf.Tensor):
+    """The model's input, for training and evaluation: uint8 pixels 0..255 -> float32 in [0, 1];
+    other features as float32."""
+    if x.dtype == tf.uint8:
+        return tf.cast(x, tf.float32) / 255.0
+    return tf.cast(x, tf.float32)
 
 
 def _replica_id():
@@ -58,6 +62,7 @@ class StepSeededDropout(keras.layers.Dropout):
     def __init__(self, rate: float, seed: int = 0, split: Optional[BatchSplit] = None, **kwargs):
         super().__init__(rate, **kwargs)
         self.seed, self.split = seed, split
+        self.stream = 0  # the layer's own random stream among the model's seeded dropouts (`build_model`)
         # A function, not the variable itself: an attribute holding the optimizer's step
         # counter would make Keras count it among this layer's weights.
         self._step = None
@@ -70,20 +75,24 @@ class StepSeededDropout(keras.layers.Dropout):
         if not training or self.rate == 0 or self._step is None:
             return inputs
         key = random_key(self.seed, DROPOUT, self._step())
+        if self.stream:
+            key = tf.random.experimental.stateless_fold_in(key, self.stream)
         if self.split is None:  # one process holds the whole batch
             rows, first = tf.shape(inputs)[0], 0
         else:
             rows, first = self.split.global_batch, tf.gather(self.split.offsets, _replica_id())
-        uniform = tf.random.stateless_uniform([rows, tf.shape(inputs)[1]], seed=key)
-        keep = tf.slice(uniform, [first, 0], tf.shape(inputs)) >= self.rate
+        features = tf.shape(inputs)[1:]
+        uniform = tf.random.stateless_uniform(tf.concat([[rows], features], 0), seed=key)
+        begin = tf.concat([[first], tf.zeros_like(features)], 0)
+        keep = tf.slice(uniform, begin, tf.shape(inputs)) >= self.rate
         return tf.where(keep, inputs / (1.0 - self.rate), tf.zeros_like(inputs))
 
     def get_config(self):
         return {**super().get_config(), "seed": 0}
 
 
-class SeedModel(keras.Sequential):
-    """A Sequential whose training step updates the metrics without reading them.
+class QuietSteps:
+    """A model whose training step updates the metrics without reading them.
 
     Stock `train_step` returns every metric's result after every step. Under
     MultiWorkerMirroredStrategy a metric's totals are SyncOnRead variables, so each read is an
@@ -126,6 +135,21 @@ class SeedModel(keras.Sequential):
         return sync_to_numpy_or_python_type(self.get_metrics_result())
 
 
+class SeedModel(QuietSteps, keras.Sequential):
+    """A Sequential with `QuietSteps`' training step (the seed's MLP, or a builder's Sequential).
+
+    `functional(model)`: any other builder's model (its inputs, outputs and layers) with it.
+    """
+
+    @staticmethod
+    def functional(model: keras.Model) -> keras.Model:
+        return FunctionalModel(inputs=model.inputs, outputs=model.outputs)
+
+
+class FunctionalModel(QuietSteps, keras.Model):
+    """A functional model with `QuietSteps`' training step."""
+
+
 def replica_scaled_loss(split: BatchSplit):
     """Keras's categorical cross-entropy times this replica's `BatchSplit.loss_factors`."""
     factors = tf.constant(split.loss_factors(), tf.float32)
@@ -136,26 +160,25 @@ def replica_scaled_loss(split: BatchSplit):
     return categorical_crossentropy
 
 
-def build_model(spec: ModelSpec, seed: int = 7, split: Optional[BatchSplit] = None,
-                steps_per_execution: int = 1) -> keras.Model:
-    """The seed's MLP, compiled. Call inside the strategy's scope.
+def build_model(spec: ModelSpec, seed: int = 7, split: Optional[BatchSplit] = None, steps_per_execution: int = 1,
+                input_shape: tuple[int, ...] = (784,), classes: int = 10) -> keras.Model:
+    """The spec's model (its builder's, or the seed's MLP), compiled with Adam at the spec's learning
+    rate, categorical cross-entropy and accuracy. Call inside the strategy's scope.
 
     Weights start from `seed` on every rank (MultiWorkerMirroredStrategy also broadcasts rank
     0's initial values, so the ranks agree even if seeding changes). `split` is how each global
     batch is shared among the replicas (None: one process, the whole batch).
     """
     keras.utils.set_random_seed(seed)
-    # 'normal' in the seed = RandomNormal(stddev=0.05); pin seeds so every rank builds the same.
-    init = lambda k: keras.initializers.RandomNormal(mean=0.0, stddev=0.05, seed=seed + k)  # noqa: E731
-    dropout = StepSeededDropout(spec.dropout, seed=seed, split=split)
-    model = SeedModel(
-        [
-            keras.Input(shape=(784,)),
-            keras.layers.Dense(spec.hidden_units, activation="relu", kernel_initializer=init(0)),
-            dropout,
-            keras.layers.Dense(10, activation="softmax", kernel_initializer=init(1)),
-        ]
-    )
+
+    def seeded_dropout(rate: float, **kwargs) -> StepSeededDropout:
+        return StepSeededDropout(rate, seed=seed, split=split, **kwargs)
+
+    built = model_of(spec, keras, seeded_dropout, input_shape, classes, seed)
+    if isinstance(built, keras.Sequential):  # the same layers, so the same weight names
+        model = SeedModel([keras.Input(shape=input_shape), *built.layers])
+    else:
+        model = SeedModel.functional(built)
     # An even split needs no scaling: Keras's own loss, exactly.
     loss = "categorical_crossentropy" if split is None or split.even else replica_scaled_loss(split)
     model.compile(
@@ -164,7 +187,11 @@ def build_model(spec: ModelSpec, seed: int = 7, split: Optional[BatchSplit] = No
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
-    dropout.follow(model.optimizer)
+    # Each seeded dropout its own stream (two layers of one shape must not drop the same units),
+    # keyed on the optimizer's step.
+    for stream, layer in enumerate(seeded_dropout_layers(model, StepSeededDropout)):
+        layer.stream = stream
+        layer.follow(model.optimizer)
     return model
 
 
@@ -180,15 +207,15 @@ class ShardEvaluator:
     `model.evaluate` reports on the whole split, up to float32 rounding of the sum order.
     """
 
-    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 4096):
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, classes: int, batch: int = 4096):
         self.model = model
-        self.x, self.y = x, y
+        self.x, self.y, self.classes = x, y, classes
         self.batch = batch
         self._step = tf.function(self._sums, reduce_retracing=True)
 
     def _sums(self, x: tf.Tensor, y: tf.Tensor):
-        probs = self.model(scale_pixels(x), training=False)
-        onehot = tf.one_hot(tf.cast(y, tf.int32), 10)
+        probs = self.model(scale_features(x), training=False)
+        onehot = tf.one_hot(tf.cast(y, tf.int32), self.classes)
         loss = keras.losses.categorical_crossentropy(onehot, probs)
         correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float64)
         return tf.reduce_sum(tf.cast(loss, tf.float64)), tf.reduce_sum(correct)

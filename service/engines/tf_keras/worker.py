@@ -22,7 +22,7 @@ from service.engines.contract import DATA_ORDER, DeviceError, EngineWorker
 from service.engines.tf_keras import callbacks as tf_callbacks
 from service.engines.tf_keras import export, state
 from service.engines.tf_keras.collective import Collective
-from service.engines.tf_keras.model import BatchSplit, ShardEvaluator, build_model, random_key, scale_pixels
+from service.engines.tf_keras.model import BatchSplit, ShardEvaluator, build_model, random_key, scale_features
 from service.spec import TrainSpec
 
 
@@ -81,7 +81,8 @@ def make_strategy(world_size: int, collective: str = "auto", use_gpu: bool = Fal
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(collective, use_gpu))
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int, epochs: int):
+def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, global_batch: int, seed: int, start_epoch: int,
+                  epochs: int, classes: int = 10):
     """This rank's part of every global batch for epochs [start_epoch, epochs).
 
     Epoch e's order of all training images is a pure function of (seed, e), whatever the number
@@ -98,7 +99,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, *, steps: int, rows: slice, glob
         return tf.data.Dataset.from_tensor_slices(batches[:, rows.start:rows.stop])
 
     def to_batch(idx: tf.Tensor):
-        return scale_pixels(tf.gather(x, idx)), tf.one_hot(tf.cast(tf.gather(y, idx), tf.int32), 10)
+        return scale_features(tf.gather(x, idx)), tf.one_hot(tf.cast(tf.gather(y, idx), tf.int32), classes)
 
     # Repeated, so its cardinality is infinite: fit draws exactly steps x epochs batches anyway,
     # and on a dataset of unknown size MultiWorkerMirroredStrategy would all-reduce an "is there
@@ -152,13 +153,15 @@ class Worker(EngineWorker):
     def prepare_devices(self) -> str:
         return prepare_devices(self.spec.scaling.use_gpu, self.rank)
 
-    def build_model(self, split: BatchSplit) -> Any:
+    def build_model(self, split: BatchSplit, input_shape: tuple[int, ...], classes: int) -> Any:
         scaling = self.spec.scaling
+        self.classes = classes
         self.strategy = make_strategy(self.workers, scaling.collective, scaling.use_gpu)
         with self.strategy.scope():
             return build_model(self.spec.model, seed=self.spec.training.seed,
                                split=split if self.workers > 1 else None,
-                               steps_per_execution=self.spec.training.steps_per_execution)
+                               steps_per_execution=self.spec.training.steps_per_execution,
+                               input_shape=input_shape, classes=classes)
 
     def restore(self, directory: Any, model: Any) -> Any:
         # In the strategy's scope: Adam builds its slots there, as mirrored variables.
@@ -175,7 +178,7 @@ class Worker(EngineWorker):
         return Collective(self.strategy, self.workers)
 
     def evaluator(self, model: Any, x: np.ndarray, y: np.ndarray) -> ShardEvaluator:
-        return ShardEvaluator(model, x, y)
+        return ShardEvaluator(model, x, y, self.classes)
 
     def train(self, model: Any, callbacks: list, *, steps: int, x: np.ndarray, y: np.ndarray,
               split: BatchSplit, start: int) -> None:
@@ -183,9 +186,9 @@ class Worker(EngineWorker):
         dataset = train_dataset(x, y, steps=steps, rows=slice(split.offsets[self.rank],
                                                               split.offsets[self.rank] + split.sizes[self.rank]),
                                 global_batch=split.global_batch, seed=self.spec.training.seed, start_epoch=start,
-                                epochs=epochs)
+                                epochs=epochs, classes=self.classes)
         model.fit(per_replica(self.strategy, dataset, self.workers), epochs=epochs, initial_epoch=start,
                   steps_per_epoch=steps, callbacks=callbacks, verbose=0)
 
     def keras_file(self, model: Any) -> bytes:
-        return export.keras_file(model, self.spec.model)
+        return export.keras_file(model)

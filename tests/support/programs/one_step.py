@@ -17,12 +17,12 @@ def main(workers: int) -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * workers)
     from service import data as data_lib
-    from service.engines.tf_keras.model import BatchSplit, build_model, scale_pixels
+    from service.engines.tf_keras.model import BatchSplit, build_model, scale_features
     from service.spec import ModelSpec
     from tests.support.project import say_json
 
     splits = data_lib.load("sample", "test", warn=lambda m: None)
-    x = scale_pixels(splits.x_train[:200])
+    x = scale_features(splits.x_train[:200])
     y = tf.one_hot(tf.cast(splits.y_train[:200], tf.int32), 10)
 
     def first_moments(model: object) -> list:

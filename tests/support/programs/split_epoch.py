@@ -33,7 +33,7 @@ def main(workers: int) -> None:
         model = jm.build_model(ModelSpec(), seed=7)
         mesh = Mesh(np.array(jax.devices()[:ranks]), (jm.AXIS,))
         split = data_lib.BatchSplit.of(200, ranks)
-        epoch = jm.Epoch(model, mesh, split, 0, seed=7, dropout=0.5)
+        epoch = jm.Epoch(model, mesh, split, 0, seed=7, classes=10)
         # Every rank's rows, as each process would hand over its own (one process holds them all here).
         parts = [jm.rank_rows(batches, split, r) for r in range(ranks)]
         idx = np.concatenate([p[0] for p in parts], axis=1)
@@ -44,8 +44,9 @@ def main(workers: int) -> None:
             return jax.device_put(a, NamedSharding(mesh, spec))
 
         variables = [put(np.asarray(v.value), P()) for v in model.trainable_variables]
+        fixed = [put(np.asarray(v.value), P()) for v in model.non_trainable_variables]
         state = [put(np.asarray(v.value), P()) for v in model.optimizer.variables]
-        weights, state, sums = epoch._run(variables, state, put(x[idx], P(None, jm.AXIS)),
+        weights, fixed, state, sums = epoch._run(variables, fixed, state, put(x[idx], P(None, jm.AXIS)),
                                           put(y[idx].astype(np.int32), P(None, jm.AXIS)), put(weight, P(None, jm.AXIS)),
                                           put(first, P(jm.AXIS)))
         # Adam's first moment after one step is 0.1 x the gradient.
