@@ -48,7 +48,7 @@ WORKERS = 2
 
 def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec: Path, index: int) -> dict:
     """One `plateau train` subprocess; its epoch seconds, cycle gaps and (on) check seconds."""
-    from service import checkpoint
+    from service.checkpoints import layout, resume
     from service.rundir import RunPaths
     from service.spec import load_spec
 
@@ -64,8 +64,8 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec: Path, ind
         raise SystemExit(f"{mode} failed (exit {proc.returncode})")
     with open(workdir / name / "history.csv") as f:
         seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
-    _, last = checkpoint.latest(RunPaths.of(load_spec(spec, [f"output={workdir}", f"name={name}"])).checkpoints_dir)
-    traces = [checkpoint.read_trace(last, rank) for rank in range(WORKERS)]
+    _, last = resume.latest(RunPaths.of(load_spec(spec, [f"output={workdir}", f"name={name}"])).checkpoints_dir)
+    traces = [layout.read_trace(last, rank) for rank in range(WORKERS)]
     checks = [max(t[e].get("replica_check_seconds") or 0.0 for t in traces) for e in range(args.epochs)]
     return {"epoch_seconds": seconds[1:], "cycle_seconds": [b - a for a, b in zip(arrivals, arrivals[1:])],
             "check_seconds": checks[1:] if mode == "on" else []}

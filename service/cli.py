@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from service import progress
+from service.compat import mlflow as compat_mlflow
+from service.compat.mlflow import TRACKING_URI_VAR
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput
 from service.spec import Spec, SpecError, SpecWarning, dump_spec, load_spec, read_yaml
 
 JOB_PYTHON_VAR = "PLATEAU_JOB_PYTHON"
-TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +234,10 @@ def _without_ray_address_variables() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _quiet_warnings() -> None:
-    """Spec warnings (legacy names) in one line; other libraries' deprecations stay hidden."""
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """Spec warnings (legacy names) in one line during the block; other libraries' deprecations
+    stay hidden. Python's own format is back after it."""
     plain = warnings.formatwarning
 
     def short(message: Warning | str, category: type[Warning], *args, **kwargs):
@@ -243,6 +246,10 @@ def _quiet_warnings() -> None:
         return plain(message, category, *args, **kwargs)
 
     warnings.formatwarning = short
+    try:
+        yield
+    finally:
+        warnings.formatwarning = plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,8 +309,8 @@ def _check(args: argparse.Namespace) -> int:
         study = _study_trials(spec)
         trial_specs = [trial.spec for trial in study]
     check_builders(trial_specs)
+    refuse_placeholder_buckets(spec)  # with or without --submit: an example bucket is never usable
     if submitting:
-        refuse_placeholder_buckets(spec)
         if any(s.model.build for s in trial_specs):
             builder_code(spec, find_project_root(args.spec))
         check_job_server_address(args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
@@ -329,7 +336,6 @@ def _check(args: argparse.Namespace) -> int:
 
         check_available(spec.tracking)
     engines.check_available(*trial_specs)
-    refuse_placeholder_buckets(spec)
     skipped += _check_data(trial_specs, train=study is None, workers_here=not address)
     if any(s.model.build for s in trial_specs):
         skipped.append("what model.build builds, and whether it takes the data's shape (train and compare try it)")
@@ -340,9 +346,9 @@ def _check(args: argparse.Namespace) -> int:
             paths = rundir.RunPaths.of(spec)
             rundir.check_could_write(paths.out_dir, paths.storage)
     elif not args.fresh:
-        from service.compare.study import _count_finished
+        from service.compare.study import count_finished
 
-        _count_finished(study)
+        count_finished(study)
     sys.stdout.write(dump_spec(spec))
     _warn(spec)
     skipped.append(f"whether {'the cluster at ' + address if address else 'an embedded Ray'} can place the "
@@ -354,15 +360,15 @@ def _check(args: argparse.Namespace) -> int:
 
 def _study_trials(spec: Spec) -> list:
     """Every trial of the study, planned and validated as `compare` would before starting."""
-    from service.compare.grid import expand
+    from service.grid import expand
     from service.compare.plan import plan_workers, with_workers
-    from service.compare.seeding import SeedPlan, check_plan
+    from service.seeding import SeedPlan, check_plan
 
     workers, _ = plan_workers(spec)
     spec = with_workers(spec, workers)
-    plan = SeedPlan.of(spec)
-    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(plan.seeds))
-    check_plan(plan, len({t.setting.index for t in trials}))
+    seeding = SeedPlan.of(spec)
+    trials = expand(spec, (Path(spec.output) / spec.name).resolve() / "trials", seeds=list(seeding.seeds))
+    check_plan(seeding, len({t.setting.index for t in trials}))
     return trials
 
 
@@ -388,7 +394,7 @@ def _check_data(specs: list, train: bool, workers_here: bool = False) -> list[st
         elif train:
             data_lib.steps_per_epoch(len(splits.x_train), spec.training.batch_size)
             if workers_here:
-                data_lib.check_fits(splits, spec.workers)
+                data_lib.check_fits(splits, spec.max_workers)
     return list(dict.fromkeys(skipped))
 
 
@@ -447,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet and args.verbose:
         print("plateau: --quiet and --verbose contradict each other; give one of them", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _quiet_warnings()
+    # The command's own settings (warnings' format, MLflow's) end with it.
+    with _quiet_warnings(), compat_mlflow.settings_restored():
+        return _command(args, argv)
+
+
+def _command(args: argparse.Namespace, argv: list[str]) -> int:
+    """The command `args` asks for, with its one-line errors and exit codes."""
     if not args.verbose:
         # Set before TensorFlow is first imported (the driver imports it through Ray Train).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -23,10 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
-from service.compat.ray import REPORT_POLL_VAR
+from service.compat import ray as compat_ray
 from service.console import say
+from service.envvars import environment
 from service.errors import BadInput, first_line
 from service.raylog import RayLines
 
@@ -35,7 +36,7 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", "RAY_DEDUP
 # Ray Train's controller collects reports when it polls its workers (every 2 s by default), and a
 # worker's next report waits until the previous one was collected: with 1-second epochs, half of
 # every epoch-to-epoch cycle went waiting. The driver's value is handed to the controller.
-REPORT_POLL_S = "0.2"  # REPORT_POLL_VAR: Ray Train's own setting (service/compat/ray.py)
+REPORT_POLL_S = "0.2"  # Ray Train's own setting (service/compat/ray.py: `report_polling`)
 # Tune's newer console output prints its experiment box whatever the verbosity.
 TUNE_OUTPUT_VAR = "RAY_AIR_NEW_OUTPUT"
 
@@ -123,26 +124,11 @@ def worker_runtime_env(verbose: bool) -> dict:
 
 
 @contextlib.contextmanager
-def environment(**values: Optional[str]) -> Iterator[None]:
-    """Set Ray's environment settings for the block, unless the user set them; restore after."""
-    saved = {name: os.environ.get(name) for name in values}
-    for name, value in values.items():
-        if value is not None and saved[name] is None:
-            os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
 def ray_session(address: Optional[str], cpus: float, verbose: bool, log: Optional[Path] = None,
-                echo: Callable[[str], None] = say) -> Iterator[bool]:
-    """Ray for one run; yields True when this session started (and will stop) it.
+                echo: Callable[[str], None] = say, code: Sequence[str] = ()) -> Iterator[bool]:
+    """Ray for one run; yields True when this session started (and will stop) it. `code`: local
+    files and folders every worker must import (a builder's, `usermodel.shipped_code`), uploaded
+    with the session.
 
     Ray's own lines (its workers' output, the cluster's messages) go to `log` (the run's
     `ray.log`), to stdout only with `verbose`; a lost node is a line through `echo`
@@ -151,20 +137,22 @@ def ray_session(address: Optional[str], cpus: float, verbose: bool, log: Optiona
     """
     import ray
 
-    with environment(**{REPORT_POLL_VAR: REPORT_POLL_S}):
+    with compat_ray.report_polling(REPORT_POLL_S):
         if ray.is_initialized():   # inside a Tune trial: the study's driver routes Ray's lines
             yield False
             return
         with RayLines(log, verbose, echo):
-            _join_or_start(ray, address, cpus, verbose, to_driver=verbose or log is not None)
+            _join_or_start(ray, address, cpus, verbose, to_driver=verbose or log is not None, code=code)
             try:
                 yield True
             finally:
                 ray.shutdown()
 
 
-def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool, to_driver: bool) -> None:
-    quiet = dict(log_to_driver=to_driver, logging_level=logging.INFO if verbose else logging.ERROR)
+def _join_or_start(ray: ModuleType, address: Optional[str], cpus: float, verbose: bool, to_driver: bool,
+                   code: Sequence[str] = ()) -> None:
+    quiet = dict(log_to_driver=to_driver, logging_level=logging.INFO if verbose else logging.ERROR,
+                 runtime_env={"py_modules": list(code)} if code else None)
     if address:
         try:
             ray.init(address=str(address), **quiet)

@@ -145,7 +145,6 @@ class Splits:
         }
 
 
-MnistSplits = Splits  # the name before models of your own
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ from ray.job_submission import JobSubmissionClient
 from service.compat import ray as compat_ray
 from service.console import text_table
 from service.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, one_line
-from service.compare.grid import expand
+from service.grid import expand
 from service.spec import BUILD_KEY, Spec, load_spec, parse_override
 from service.storage import is_node_local
 from service.submitting import (ADDRESS_HINT, JobError, _suggest, builder_code,  # noqa: F401 - jobs.X
@@ -350,7 +350,7 @@ def warn_if_checkpoints_stay_on_one_node(spec: Spec, nodes: int) -> None:
     scaling = train_spec.scaling
     where = scaling.storage_path or f"{output}/{train_spec.name}/checkpoints"
     shared = [scaling.storage_path] if scaling.storage_shared and scaling.storage_path else []
-    if nodes > 1 and train_spec.workers > 1 and is_node_local(where, shared_mounts=shared):
+    if nodes > 1 and train_spec.max_workers > 1 and is_node_local(where, shared_mounts=shared):
         print(f"warning: checkpoints go to {where}, a path on one node's disk, and the cluster has {nodes} "
               "nodes: a restarted worker on another node cannot resume; set scaling.storage_path to shared "
               "storage (s3://..., gs://...), or scaling.storage_shared: true if that path is mounted on every node",

@@ -85,7 +85,7 @@ def lint(spec: Spec) -> list[str]:
     if isinstance(spec, TrainSpec):
         return lint_train(spec)
     assert isinstance(spec, CompareSpec)
-    from service.compare.grid import expand
+    from service.grid import expand
 
     found: dict[str, None] = {}
     for trial in expand(spec):

@@ -30,7 +30,8 @@ def keras_major(path: str) -> int:
 
 
 class KerasFile(PythonModel):
-    """A stock `.keras` file (tf_keras's, or Keras 3's): 784 pixels in [0, 1] -> the 10 class probabilities."""
+    """A stock `.keras` file (tf_keras's, or Keras 3's): features (the seed model's 784 pixels in [0, 1])
+    -> the class probabilities."""
 
     def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's PythonModelContext
         path = context.artifacts[KERAS_ARTIFACT]

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from service import checkpoint
+from service.checkpoints import resume
 from service.errors import BadInput
 from service.spec import TrainSpec
 
@@ -100,7 +100,7 @@ def holds_a_run(spec: TrainSpec) -> bool:
     paths = RunPaths.of(spec)
     out = paths.out_dir
     return ((out / "summary.json").exists() or (out / "history.csv").exists()
-            or checkpoint.latest(paths.checkpoints_dir)[0] is not None)
+            or resume.latest(paths.checkpoints_dir)[0] is not None)
 
 
 def check_same_spec(spec: TrainSpec) -> None:
@@ -115,13 +115,13 @@ def check_same_spec(spec: TrainSpec) -> None:
 
 
 def state_line(spec: TrainSpec) -> str:
-    """What `plateau train` would do with the folder, in words (`checkpoint.CheckpointsDamaged`
+    """What `plateau train` would do with the folder, in words (`resume.CheckpointsDamaged`
     when it would refuse to resume: no checkpoint can be read)."""
     paths = RunPaths.of(spec)
     out = paths.out_dir
     if (out / "summary.json").exists():
         return f"{out}: finished; train says so and hands back its result (--fresh trains it again)"
-    point = checkpoint.find_resume_point(paths.checkpoints_dir, spec.model.hidden_units)
+    point = resume.find_resume_point(paths.checkpoints_dir, spec.model.weight_shapes())
     if point.damaged:
         epochs = ", ".join(str(epoch) for epoch, _, _ in point.damaged)
         return (f"{out}: interrupted; its checkpoint of epoch {epochs} cannot be read, so train sets it aside "

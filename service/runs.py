@@ -30,9 +30,10 @@ from typing import Optional
 
 import yaml
 
-from service import report, runlock
+from service import runlock
 from service.console import text_table
 from service.errors import BadInput
+from service.report import files as run_files
 from service.stopreason import StopReason
 
 STATUS = "status.json"
@@ -62,14 +63,14 @@ def read_status(folder: Path) -> dict:
 def mark_started(folder: Path, kind: str) -> None:
     """The run starts (or resumes: its first start time stays)."""
     earlier = read_status(folder)
-    report.write_json(Path(folder) / STATUS, {
+    run_files.write_json(Path(folder) / STATUS, {
         "kind": kind, "state": "running", "started": earlier.get("started") or _now(),
         "host": socket.gethostname(), "pid": os.getpid()})
 
 
 def _update(folder: Path, **fields) -> None:
     status = read_status(folder)
-    report.write_json(Path(folder) / STATUS, {**status, **fields, "ended": _now()})
+    run_files.write_json(Path(folder) / STATUS, {**status, **fields, "ended": _now()})
 
 
 def mark_failed(folder: Path, error: str) -> None:
@@ -139,7 +140,7 @@ def train_row(folder: Path) -> dict:
                 "data": (summary.get("data") or {}).get("source") or (spec.get("data") or {}).get("source"),
                 "holder": None}
     history = folder / "history.csv"
-    epochs = len(report.read_history(history)) if history.exists() else 0
+    epochs = len(run_files.read_history(history)) if history.exists() else 0
     holder = runlock.holder(folder)
     state = _state(status, False, holder)
     return {**row, "status": state, "epochs": epochs, "stop_reason": status.get("error", "") if state == "failed" else "",
@@ -241,7 +242,7 @@ def show(folder: Path) -> str:
     if isinstance(summary, dict):
         lines += summary_lines(summary)
     spec_data = _load(folder / "spec.yaml")
-    decisions = report.read_decisions(folder / "decisions.jsonl") if (folder / "decisions.jsonl").exists() else []
+    decisions = run_files.read_decisions(folder / "decisions.jsonl") if (folder / "decisions.jsonl").exists() else []
     if isinstance(spec_data, dict) and decisions:
         lines += ["", "decisions:"] + explain(validate_train(spec_data), decisions)
     return "\n".join(lines) + "\n"

@@ -110,6 +110,17 @@ class ModelSpec(_Section):
     def _legacy_lr(cls, data: Any) -> Any:
         return _legacy_name(data, "lr", "learning_rate", "model")
 
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The seed network's weights (784 -> hidden_units -> 10) by their names in a checkpoint,
+        for the driver, which does not build the model: a run resumes only from a checkpoint of
+        these shapes. `{"0.dense/kernel": (784, 128), "0.dense/bias": (128,), ...}`; nothing for a
+        model of your own, whose shapes only its builder knows (each checkpoint's manifest still holds)."""
+        if self.build is not None:
+            return {}
+        hidden = self.hidden_units
+        return {"0.dense/kernel": (784, hidden), "0.dense/bias": (hidden,),
+                "2.dense/kernel": (hidden, 10), "2.dense/bias": (10,)}
+
 
 class TrainingSpec(_Section):
     epochs: int = Field(30, ge=1)
@@ -372,7 +383,7 @@ class TrainSpec(_Section):
         return self.monitored.monitor if self.monitored is not None else None
 
     @property
-    def workers(self) -> int:
+    def max_workers(self) -> int:
         """The most processes that train (an elastic run's MAX): local mode (0) still trains in one."""
         return self.scaling.max_workers
 

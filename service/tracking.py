@@ -36,16 +36,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from service import report
 from service.compat import mlflow as compat_mlflow
 from service.errors import BadInput, first_line, one_line
+from service.engines import ENGINES
+from service.report import files as run_files
 from service.spec import CompareSpec, TrackingSpec, TrainSpec
 
 Echo = Callable[[str], None]
 IDS_FILE = "mlflow.json"  # {"tracking_uri", "experiment_id", "run_id"(, "trials": {name: run_id})}
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "workers")
 RUN_FILES = ("spec.yaml", "history.csv", "decisions.jsonl", "summary.json", "curves.png")
-STUDY_FILES = ("comparison.csv", "settings.csv", "comparison.md", "comparison.png")  # and the plan file
+# A study folder's files; plan.json is `compare.plan.PLAN_FILE` (tracking sits below compare/).
+STUDY_FILES = ("comparison.csv", "settings.csv", "comparison.md", "comparison.png", "plan.json")
 SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_error", "best_epoch", "best_val_accuracy", "best_val_loss",
                    "stop_epoch", "epochs_run", "final_lr", "wall_seconds")
 SUMMARY_TAGS = ("stop_reason", "stopped_early", "replicas_identical", "ranks_agree", "started_at", "finished_at",
@@ -58,16 +60,6 @@ MODEL_NAME = "model"  # `runs:/RUN_ID/model` loads it
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 KERAS_ARTIFACT = "keras"
 BATCH = 100  # MLflow's most params per log_batch call
-
-
-def keras_major(model_file: Path) -> int:
-    """The major version of the Keras that saved `model_file` (its metadata.json): 2 for the tf_keras
-    engine's, 3 for the keras_jax engine's. mlflow_model.py reads it the same way where the model is
-    loaded: it runs without plateau, so it cannot import this."""
-    import zipfile
-
-    with zipfile.ZipFile(model_file) as archive:
-        return int(json.loads(archive.read("metadata.json"))["keras_version"].split(".")[0])
 
 
 class TrackingError(BadInput):
@@ -126,11 +118,11 @@ class _Tracker:
     def _start(self, spec: Any) -> None:
         raise NotImplementedError
 
-    def _begin(self, name: str, kind: str) -> Any:
+    def _begin(self, name: str, role: str) -> Any:
         """Connect, then find or make the command's own MLflow run; its id is kept in the folder."""
         self.client = _client(self.tracking.mlflow)
         self.ids = self._read_ids()
-        run = self._open_run(name, {"plateau.kind": kind}, run_id=self.ids.get("run_id"))
+        run = self._open_run(name, {"plateau.kind": role}, run_id=self.ids.get("run_id"))
         self.ids["run_id"] = run.info.run_id
         self.ids.setdefault("experiment_id", run.info.experiment_id)
         return run
@@ -185,7 +177,7 @@ class _Tracker:
         return ids if ids.get("tracking_uri") == self.tracking.mlflow else {}
 
     def _write_ids(self) -> None:
-        report.write_json(self.folder / IDS_FILE, {"tracking_uri": self.tracking.mlflow, **self.ids})
+        run_files.write_json(self.folder / IDS_FILE, {"tracking_uri": self.tracking.mlflow, **self.ids})
 
     def _log_params(self, run_id: str, params: dict[str, str], logged: dict) -> None:
         """Params the run does not hold yet (MLflow refuses to change one; a resume may move `output`)."""
@@ -212,6 +204,7 @@ class RunTracker(_Tracker):
     last_step = 0  # the last epoch the MLflow run holds: a resume logs only later ones
 
     def _start(self, spec: TrainSpec) -> None:
+        self.engine = ENGINES[spec.training.engine]  # whose Keras loads the model
         run = self._begin(spec.name, "train")
         self.run_id = run.info.run_id
         self._write_ids()
@@ -242,23 +235,26 @@ class RunTracker(_Tracker):
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         self.last_step = step
 
-    def finish(self, summary: Optional[dict], status: str, model_file: Optional[Path] = None) -> None:
-        """The summary's figures, the folder's files and the model; the MLflow run ends as `status`
-        (FINISHED, FAILED, KILLED)."""
+    def finish(self, summary: Optional[dict], status: str, model_file: Optional[Path] = None,
+               shapes: tuple[tuple[int, ...], int] = ((784,), 10)) -> None:
+        """The summary's figures, the folder's files and the model (`shapes`: one example's features
+        and the number of classes, its signature); the MLflow run ends as `status` (FINISHED,
+        FAILED, KILLED)."""
         if self.enabled and self.run_id:
-            self.safely(self._finish, summary, status, model_file)
+            self.safely(self._finish, summary, status, model_file, shapes)
 
     def end(self, status: str) -> None:
         """Only the MLflow run's end (Ctrl-C: no time for files; the resume logs them)."""
         if self.enabled and self.run_id:
             self.safely(self.client.set_terminated, self.run_id, status)
 
-    def _finish(self, summary: Optional[dict], status: str, model_file: Optional[Path]) -> None:
+    def _finish(self, summary: Optional[dict], status: str, model_file: Optional[Path],
+                shapes: tuple[tuple[int, ...], int]) -> None:
         if summary is not None:
             self._log_summary(self.run_id, summary)
         self._log_files(self.run_id, self.folder, RUN_FILES)
         if model_file is not None and model_file.is_file():
-            self._log_model(model_file)
+            self._log_model(model_file, shapes)
         self.client.set_terminated(self.run_id, status)
 
     def _log_summary(self, run_id: str, summary: dict) -> None:
@@ -274,7 +270,7 @@ class RunTracker(_Tracker):
             tags["mlflow.source.git.commit"] = summary["git_commit"].removesuffix("-dirty")
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def _log_model(self, model_file: Path) -> None:
+    def _log_model(self, model_file: Path, shapes: tuple[tuple[int, ...], int]) -> None:
         """model.keras as an MLflow pyfunc model (service/mlflow_model.py); TensorFlow stays out of
         the driver: the model is only loaded where someone loads it back."""
         import mlflow
@@ -284,13 +280,10 @@ class RunTracker(_Tracker):
 
         from service import provenance
 
-        versions = provenance.versions({"keras": "keras", "jax": "jax"})
-        if keras_major(model_file) >= 3:  # the keras_jax engine's file: Keras 3 loads it, on JAX
-            requirements = [f"keras=={versions['keras']}", f"jax[cpu]=={versions['jax']}"]
-        else:
-            requirements = [f"tensorflow=={versions['tensorflow']}", f"tf-keras=={versions['tf_keras']}"]
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 784))]),
-                                   outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 10))]))
+        requirements = self.engine.requirements(provenance.versions(dict(self.engine.versions)))
+        features, classes = shapes
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *features))]),
+                                   outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes))]))
         # The fluent API's store is this run's. set_tracking_uri also exports MLFLOW_TRACKING_URI
         # (for MLflow's subprocesses): put the variable back, or every later command of this
         # process, and every process it starts, would be tracked there too.
@@ -383,9 +376,7 @@ class StudyTracker(_Tracker):
                         if row.get(k) not in (None, "") and _csv_number(row[k]) is not None]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.parent_id, metrics=metrics[start:start + 1000])
-        from service.compare.plan import PLAN_FILE
-
-        self._log_files(self.parent_id, self.folder, (*STUDY_FILES, PLAN_FILE))
+        self._log_files(self.parent_id, self.folder, STUDY_FILES)
         self.client.set_terminated(self.parent_id, status)
 
 

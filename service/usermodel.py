@@ -30,7 +30,7 @@ import keyword
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from service.errors import BadInput, first_line
 
@@ -207,6 +207,18 @@ def runtime_env_for(ref: ModelRef) -> dict:
     """
     shipped = local_code(ref)
     return {"py_modules": [str(shipped)]} if shipped is not None else {}
+
+
+def shipped_code(specs: Iterable[Any]) -> list[str]:
+    """The `py_modules` of a Ray session that trains `specs` (train specs): every builder's file or
+    package folder, once. Ray uploads such local code only with the session (`ray.init`'s runtime
+    env, the job's), not with a trainer's workers, so the session carries it for every worker of
+    every run and trial in it."""
+    found: dict[str, None] = {}
+    for spec in specs:
+        if spec.model.build:
+            found.update(dict.fromkeys(runtime_env_for(resolve(spec.model.build, None)).get("py_modules", [])))
+    return list(found)
 
 
 def local_code(ref: ModelRef) -> Optional[Path]:

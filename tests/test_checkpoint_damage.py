@@ -1,7 +1,8 @@
-"""A damaged checkpoint costs one epoch, not the run (service/checkpoint.py's `resume_point`).
+"""A damaged checkpoint costs one epoch, not the run (service/checkpoints/resume.py's `resume_point`).
 
-Fast: checkpoints written here with numpy in Ray Train's layout (its own snapshot model), each
-kind of damage found and named, the newest readable one chosen, the damaged ones set aside and
+Fast: checkpoints written here by the workers' own writer (`layout.write`, zeros) in Ray Train's
+layout (its own snapshot model), each kind of damage found and named, with and without the
+checkpoint's manifest, the newest readable one chosen, the damaged ones set aside and
 Ray Train's record rewritten so that Ray Train itself reads the good one as its latest. Slow: a
 real run interrupted by SIGTERM, its newest checkpoint damaged on disk, and the same command:
 it resumes from the one before and ends with the history of the run that never stopped; with
@@ -22,27 +23,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import checkpoint, cli
-from service.checkpoint import DAMAGED_PREFIX, RAY_SNAPSHOT_FILE, CheckpointsDamaged
-from service.spec import SpecError, dump_spec, load_spec
+from service import cli
+from service.checkpoints import layout, resume
+from service.checkpoints.resume import DAMAGED_PREFIX, RAY_SNAPSHOT_FILE, CheckpointsDamaged
+from service.spec import ModelSpec, SpecError, dump_spec, load_spec
 from tests.support.limits import COMMAND_S, LONG_RUN_S
 
 HIDDEN = 8
+MODEL = ModelSpec(hidden_units=HIDDEN).weight_shapes()  # what the driver holds a checkpoint's model against
+
+
+def seed_state_shapes(hidden_units: int) -> dict[str, tuple[int, ...]]:
+    """Every array the seed model (784 -> hidden_units -> 10, Adam) saves, by name, with its shape."""
+    weights = ModelSpec(hidden_units=hidden_units).weight_shapes()
+    arrays: dict[str, tuple[int, ...]] = {f"model/{n}": s for n, s in weights.items()}
+    arrays["optimizer/iterations"] = ()
+    for slot in ("m", "v"):  # Adam's moments
+        arrays.update({f"optimizer/{slot}/model/{n}": s for n, s in weights.items()})
+    arrays["optimizer/learning_rate"] = ()
+    return arrays
 
 
 def write_checkpoint(checkpoints_dir: Path, name: str, epoch: int, best: bool = False) -> Path:
     """A checkpoint of the seed model with HIDDEN units, as rank 0 and 1 write it (zeros)."""
     directory = checkpoints_dir / name
     directory.mkdir(parents=True)
-    arrays = {n: np.zeros(shape, np.float32) for n, shape in checkpoint.expected_shapes(HIDDEN).items()}
-    if best:
-        arrays.update({f"best/{n[6:]}": a for n, a in arrays.items() if n.startswith("model/")})
-    np.savez(directory / checkpoint.WEIGHTS_FILE, **arrays)
-    state = {"epoch": epoch, "callbacks": {"reduce_lr": {"best": 0.3, "wait": 1},
-                                           "early_stopping": {"wait": 0, "has_best_weights": best}}}
-    (directory / checkpoint.STATE_FILE).write_text(json.dumps(state))
+    arrays = {n: np.zeros(shape, np.float32) for n, shape in seed_state_shapes(HIDDEN).items()}
+    best_weights = [np.zeros(shape, np.float32) for shape in MODEL.values()] if best else None
+    layout.write(directory, arrays, list(MODEL), epoch, {"reduce_lr": {"best": 0.3, "wait": 1},
+                                                         "early_stopping": {"wait": 0, "best_weights": best_weights}})
     for rank in (0, 1):
-        checkpoint.write_trace(directory, rank, [{"epoch": e, "rank": rank} for e in range(1, epoch + 1)])
+        layout.write_trace(directory, rank, [{"epoch": e, "rank": rank} for e in range(1, epoch + 1)])
     return directory
 
 
@@ -72,22 +83,27 @@ def checkpoints_dir(tmp_path) -> Path:
 
 
 def named(run: Path, epoch: int) -> Path:
-    return checkpoint.by_epoch(run)[epoch]
+    return resume.by_epoch(run)[epoch]
 
 
 # ---------------------------------------------------------------------------------------------
 # What counts as damaged
 
 
-def test_the_arrays_the_driver_expects_are_the_ones_a_real_model_saves():
+def test_the_arrays_the_driver_expects_are_the_ones_a_real_model_saves(tmp_path):
     from service.engines.tf_keras import state
     from service.engines.tf_keras.model import build_model
-    from service.spec import ModelSpec
 
     model = build_model(ModelSpec(hidden_units=HIDDEN))
     model.optimizer.build(model.trainable_variables)
     saved = {name: tuple(array.shape) for name, array in state.state_arrays(model).items()}
-    assert saved == checkpoint.expected_shapes(HIDDEN)
+    assert saved == seed_state_shapes(HIDDEN)
+    assert {n[len("model/"):]: s for n, s in saved.items() if n.startswith("model/")} == MODEL
+    state.save(tmp_path, model, 1, {})  # the manifest lists every array, with its dtype
+    written = json.loads((tmp_path / layout.STATE_FILE).read_text())[layout.MANIFEST]
+    assert {n: tuple(a["shape"]) for n, a in written.items()} == saved
+    assert written["optimizer/iterations"]["dtype"] == "int64" and written["model/0.dense/kernel"]["dtype"] == "float32"
+    assert resume.damage(tmp_path, 1, MODEL) is None
 
 
 def truncate(path: Path) -> None:
@@ -125,16 +141,50 @@ def drop_array(path: Path, name: str) -> None:
 ])
 def test_each_kind_of_damage_is_found_and_named(checkpoints_dir, harm, why):
     latest, before = named(checkpoints_dir, 4), named(checkpoints_dir, 3)
-    assert checkpoint.damage(latest, 4, HIDDEN) is None
+    assert resume.damage(latest, 4, MODEL) is None
     harm(latest)
-    found = checkpoint.damage(latest, 4, HIDDEN)
+    found = resume.damage(latest, 4, MODEL)
     assert found is not None and found.startswith(why), found
-    assert checkpoint.damage(before, 3, HIDDEN) is None  # the one before is whole
+    assert resume.damage(before, 3, MODEL) is None  # the one before is whole
 
 
 def test_the_model_of_another_size_is_damage_too(checkpoints_dir):
-    assert checkpoint.damage(named(checkpoints_dir, 4), 4, HIDDEN + 1) == \
+    assert resume.damage(named(checkpoints_dir, 4), 4, ModelSpec(hidden_units=HIDDEN + 1).weight_shapes()) == \
         f"weights.npz: model/0.dense/kernel has shape (784, {HIDDEN}), not (784, {HIDDEN + 1})"
+
+
+def test_the_manifest_not_the_model_says_which_arrays_a_checkpoint_holds(checkpoints_dir):
+    latest = named(checkpoints_dir, 4)
+    assert resume.damage(latest, 4) is None  # no model to compare with: the checkpoint's own manifest
+    drop_array(latest / "weights.npz", "optimizer/m/model/0.dense/bias")
+    assert resume.damage(latest, 4) == "weights.npz has no array optimizer/m/model/0.dense/bias"
+    before = named(checkpoints_dir, 3)
+    with np.load(before / "weights.npz") as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    np.savez(before / "weights.npz", **{**arrays, "optimizer/iterations": np.zeros((), np.float64)})
+    assert resume.damage(before, 3) == "weights.npz: optimizer/iterations is float64, not float32"
+
+
+def without_manifest(directory: Path) -> None:
+    """The checkpoint as written before state.json listed the arrays."""
+    state = json.loads((directory / "state.json").read_text())
+    del state[layout.MANIFEST]
+    (directory / "state.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("harm, why", [
+    (lambda d: truncate(d / "weights.npz"), "weights.npz: File is not a zip file"),
+    (lambda d: flip_a_byte_inside_an_array(d / "weights.npz"),
+     "weights.npz: Bad CRC-32 for file 'model/0.dense/kernel.npy'"),
+    (lambda d: drop_array(d / "weights.npz", "best/0.dense/bias"), "weights.npz has no array best/0.dense/bias"),
+    (lambda d: drop_array(d / "weights.npz", "model/2.dense/bias"), "weights.npz has no array model/2.dense/bias"),
+])
+def test_a_checkpoint_without_a_manifest_is_still_read_and_checked(checkpoints_dir, harm, why):
+    latest = named(checkpoints_dir, 4)
+    without_manifest(latest)
+    assert resume.damage(latest, 4, MODEL) is None
+    harm(latest)
+    assert resume.damage(latest, 4, MODEL) == why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +194,7 @@ def test_the_model_of_another_size_is_damage_too(checkpoints_dir):
 def test_a_whole_latest_checkpoint_is_where_the_run_resumes_and_nothing_moves(checkpoints_dir):
     before = (checkpoints_dir / RAY_SNAPSHOT_FILE).read_text()
     said: list[str] = []
-    point = checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append)
+    point = resume.resume_point(checkpoints_dir, MODEL, said.append)
     assert (point.epoch, point.directory, point.damaged, said) == (4, named(checkpoints_dir, 4), [], [])
     assert (checkpoints_dir / RAY_SNAPSHOT_FILE).read_text() == before
 
@@ -154,11 +204,11 @@ def test_a_damaged_latest_is_set_aside_and_ray_train_reads_the_one_before_as_its
 
     damaged, good = named(checkpoints_dir, 4), named(checkpoints_dir, 3)
     truncate(damaged / "weights.npz")
-    looked = checkpoint.find_resume_point(checkpoints_dir, HIDDEN)  # what `plateau check` reads: changes nothing
+    looked = resume.find_resume_point(checkpoints_dir, MODEL)  # what `plateau check` reads: changes nothing
     assert (looked.epoch, looked.damaged) == (3, [(4, damaged.name, "weights.npz: File is not a zip file")])
     assert damaged.is_dir()
     said: list[str] = []
-    point = checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append)
+    point = resume.resume_point(checkpoints_dir, MODEL, said.append)
     assert (point.epoch, point.directory) == (3, good)
     aside = checkpoints_dir / (DAMAGED_PREFIX + damaged.name)
     assert said == [f"warning: the checkpoint of epoch 4 cannot be read (weights.npz: File is not a zip file); "
@@ -171,8 +221,8 @@ def test_a_damaged_latest_is_set_aside_and_ray_train_reads_the_one_before_as_its
     assert [r.checkpoint_dir_name for r in state.checkpoint_results] == [named(checkpoints_dir, 2).name, good.name]
     assert state.checkpoint_report_indices == [1, 2] and state.current_report_index == 4
     assert all((checkpoints_dir / r.checkpoint_dir_name).is_dir() for r in state.checkpoint_results)
-    assert checkpoint.latest(checkpoints_dir) == (3, good)
-    assert checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append).epoch == 3 and len(said) == 1  # once
+    assert resume.latest(checkpoints_dir) == (3, good)
+    assert resume.resume_point(checkpoints_dir, MODEL, said.append).epoch == 3 and len(said) == 1  # once
 
 
 def test_two_damaged_checkpoints_fall_back_two_epochs(checkpoints_dir):
@@ -180,10 +230,10 @@ def test_two_damaged_checkpoints_fall_back_two_epochs(checkpoints_dir):
     (last / "state.json").write_text("{")
     truncate(before / "weights.npz")
     said: list[str] = []
-    point = checkpoint.resume_point(checkpoints_dir, HIDDEN, said.append)
+    point = resume.resume_point(checkpoints_dir, MODEL, said.append)
     assert point.epoch == 2 and [epoch for epoch, _, _ in point.damaged] == [4, 3]
     assert len(said) == 2 and said[0].startswith("warning: the checkpoint of epoch 4 cannot be read (state.json: ")
-    assert checkpoint.latest(checkpoints_dir)[0] == 2
+    assert resume.latest(checkpoints_dir)[0] == 2
 
 
 def test_no_readable_checkpoint_is_one_line_naming_the_folder_and_fresh(checkpoints_dir):
@@ -191,7 +241,7 @@ def test_no_readable_checkpoint_is_one_line_naming_the_folder_and_fresh(checkpoi
         truncate(named(checkpoints_dir, epoch) / "weights.npz")
     before = sorted(p.name for p in checkpoints_dir.iterdir())
     with pytest.raises(CheckpointsDamaged) as refused:
-        checkpoint.resume_point(checkpoints_dir, HIDDEN, print)
+        resume.resume_point(checkpoints_dir, MODEL, print)
     assert str(refused.value) == (
         f"no checkpoint in {checkpoints_dir} can be read (epoch 4: weights.npz: File is not a zip file; epoch 3: "
         f"weights.npz: File is not a zip file; epoch 2: weights.npz: File is not a zip file); use --fresh to "
@@ -204,9 +254,9 @@ def test_a_damaged_ray_train_record_is_one_line(checkpoints_dir):
     snapshot = re.escape(str(checkpoints_dir / RAY_SNAPSHOT_FILE))
     with pytest.raises(CheckpointsDamaged, match=rf"^{snapshot} is damaged \(no 'checkpoint_dir_name'\), so the "
                                                  r"run cannot resume; use --fresh"):
-        checkpoint.find_resume_point(checkpoints_dir, HIDDEN)
+        resume.find_resume_point(checkpoints_dir, MODEL)
     (checkpoints_dir / RAY_SNAPSHOT_FILE).unlink()
-    assert checkpoint.find_resume_point(checkpoints_dir, HIDDEN) == checkpoint.ResumePoint()  # a new run
+    assert resume.find_resume_point(checkpoints_dir, MODEL) == resume.ResumePoint()  # a new run
 
 
 def test_keep_is_at_least_two():
@@ -287,8 +337,8 @@ def copy_of(interrupted: Path, tmp_path: Path) -> tuple[Path, Path, int]:
     run = here / "results" / "ft" / "checkpoints" / "ft"
     # The signal came after the epoch 3 line; epoch 3's checkpoint may not have been registered
     # yet (and on a slow machine epoch 4's may have been).
-    latest, _ = checkpoint.latest(run)
-    assert latest in (2, 3, 4) and latest - 1 in checkpoint.by_epoch(run)  # keep: 2
+    latest, _ = resume.latest(run)
+    assert latest in (2, 3, 4) and latest - 1 in resume.by_epoch(run)  # keep: 2
     return here, run, latest
 
 
@@ -298,7 +348,7 @@ def train_again(here: Path) -> subprocess.CompletedProcess:
 
 
 def assert_resumed_one_epoch_back(done, run: Path, latest: int, why: str, reference) -> None:
-    from service import report
+    from service.report import files as run_files
     from tests.support.runs import without_seconds
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -311,8 +361,8 @@ def assert_resumed_one_epoch_back(done, run: Path, latest: int, why: str, refere
     printed = [int(m) for m in re.findall(r"^epoch (\d+)/", done.stdout, flags=re.M)]
     assert printed == list(range(latest, 6))  # the epoch lost, trained again, and the rest
     out = run.parents[1]
-    assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)
-    assert report.read_decisions(out / "decisions.jsonl") == reference.decisions
+    assert without_seconds(run_files.read_history(out / "history.csv")) == without_seconds(reference.history)
+    assert run_files.read_decisions(out / "decisions.jsonl") == reference.decisions
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] == reference.summary["test_accuracy"]
 
@@ -320,7 +370,7 @@ def assert_resumed_one_epoch_back(done, run: Path, latest: int, why: str, refere
 @pytest.mark.slow
 def test_a_truncated_latest_weights_file_costs_one_epoch(interrupted, reference, tmp_path):
     here, run, latest = copy_of(interrupted, tmp_path)
-    truncate(checkpoint.latest(run)[1] / "weights.npz")
+    truncate(resume.latest(run)[1] / "weights.npz")
     done = train_again(here)
     assert_resumed_one_epoch_back(done, run, latest, "weights.npz: File is not a zip file", reference)
 
@@ -328,7 +378,7 @@ def test_a_truncated_latest_weights_file_costs_one_epoch(interrupted, reference,
 @pytest.mark.slow
 def test_a_corrupt_latest_state_file_costs_one_epoch(interrupted, reference, tmp_path):
     here, run, latest = copy_of(interrupted, tmp_path)
-    (checkpoint.latest(run)[1] / "state.json").write_text('{"epoch": ')
+    (resume.latest(run)[1] / "state.json").write_text('{"epoch": ')
     done = train_again(here)
     assert_resumed_one_epoch_back(done, run, latest, "state.json: Expecting value: line 1 column 11 (char 10)",
                                   reference)
@@ -337,7 +387,7 @@ def test_a_corrupt_latest_state_file_costs_one_epoch(interrupted, reference, tmp
 @pytest.mark.slow
 def test_every_checkpoint_damaged_is_one_line_and_exit_2(interrupted, tmp_path):
     here, run, _ = copy_of(interrupted, tmp_path)
-    for directory in checkpoint.by_epoch(run).values():
+    for directory in resume.by_epoch(run).values():
         truncate(directory / "weights.npz")
     done = train_again(here)
     assert done.returncode == 2 and "Traceback" not in done.stderr

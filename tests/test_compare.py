@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, compare, report
+from service import cli, compare
+from service.report import files as run_files
 from service.compare import aggregate, stats, tables
-from service.compare import grid as grid_lib
+from service import grid as grid_lib
 from service.spec import CompareSpec, SpecError, load_spec
 from tests.support.engines import NEEDS_JAX
 from tests.support.limits import COMMAND_S, PROGRAM_S, RUN_S
@@ -199,23 +200,23 @@ ROWS = [
 
 
 def test_aggregate_maths_on_handcrafted_rows():
-    records = {r["setting"]: r for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])}
+    records = {r.setting: r for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])}
     a, b, c, d = records["A"], records["B"], records["C"], records["D"]
-    assert a["test_accuracy_mean"] == pytest.approx(0.92)
-    assert a["test_accuracy_std"] == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))  # sample std
-    assert a["test_error_mean"] == pytest.approx(0.08)
-    assert a["epochs_run_mean"] == pytest.approx(5.0) and a["epochs_run_std"] == pytest.approx(1.0)
-    assert b["test_accuracy_mean"] == pytest.approx((0.91 + 0.93 + 0.93) / 3)
+    assert a.test_accuracy_mean == pytest.approx(0.92)
+    assert a.test_accuracy_sd == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))  # sample sd
+    assert a.test_error_mean == pytest.approx(0.08)
+    assert a.epochs_run_mean == pytest.approx(5.0) and a.epochs_run_sd == pytest.approx(1.0)
+    assert b.test_accuracy_mean == pytest.approx((0.91 + 0.93 + 0.93) / 3)
     # Seed by seed against the first setting: B wins on 7 and 8, loses on 9.
-    assert a["baseline"] and not b["baseline"]
-    assert (b["beats"], b["compared"]) == (2, 3)
-    # Failed and stopped trials count in n, not in the means; one finished seed has no std.
-    assert (c["n"], c["n_ok"], c["test_accuracy_mean"], c["test_accuracy_std"]) == (3, 1, 0.99, None)
-    assert (c["beats"], c["compared"]) == (1, 1)
-    assert (d["n_ok"], d["test_accuracy_mean"], d["compared"]) == (0, None, 0)
+    assert a.baseline and not b.baseline
+    assert (b.beats, b.compared) == (2, 3)
+    # Failed and stopped trials count in n, not in the means; one finished seed has no sd.
+    assert (c.n, c.n_ok, c.test_accuracy_mean, c.test_accuracy_sd) == (3, 1, 0.99, None)
+    assert (c.beats, c.compared) == (1, 1)
+    assert (d.n_ok, d.test_accuracy_mean, d.compared) == (0, None, 0)
     # Ranked by mean test accuracy; a setting with nothing finished goes last.
-    assert [r["setting"] for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])] == ["C", "B", "A", "D"]
-    assert [records[s]["rank"] for s in "CBAD"] == [1, 2, 3, 4]
+    assert [r.setting for r in aggregate.aggregate(ROWS, ["A", "B", "C", "D"])] == ["C", "B", "A", "D"]
+    assert [records[s].rank for s in "CBAD"] == [1, 2, 3, 4]
 
 
 def test_markdown_and_csv_carry_the_aggregates():
@@ -391,7 +392,7 @@ def _check_progress_lines(stdout: str, root: Path, rows: list[dict]) -> None:
     assert len(epoch_lines) == 8 and all(epoch_lines), stdout
     for m in epoch_lines:
         r = rows[int(m.group(1)) - 1]
-        history = {h["epoch"]: h for h in report.read_history(root / "trials" / r["trial"] / "history.csv")}
+        history = {h["epoch"]: h for h in run_files.read_history(root / "trials" / r["trial"] / "history.csv")}
         h = history[int(m.group(3))]
         assert (m.group(2), m.group(4), m.group(5)) == (r["setting"], f"{h['val_accuracy']:.4f}", f"{h['lr']:.3g}")
         assert (m.group(6) is not None) == (r["reduce_lr"] == "on" and m.group(3) == "2")
@@ -423,7 +424,7 @@ def _check_trial_events(root: Path, rows: list[dict]) -> None:
     for r in rows:
         folder = root / "trials" / r["trial"]
         got = read_events(folder / "tensorboard")
-        history = report.read_history(folder / "history.csv")
+        history = run_files.read_history(folder / "history.csv")
         assert got["val_accuracy"] == [(h["epoch"], round(h["val_accuracy"], 6)) for h in history]
         assert got["test/accuracy"] == [(2, round(float(r["test_accuracy"]), 6))]
     assert not list((root / "tune").rglob("events.out.tfevents*"))
@@ -477,11 +478,11 @@ def test_settings_csv_and_markdown_carry_the_paired_statistics():
     assert (c["p_value"], c["p_sign"], c["resolved"]) == ("1.0", "1.0", "False")
     assert float(c["diff_sd"]) == pytest.approx(statistics.stdev([0.05, -0.02]))
     # ((1.96 + 0.84) * sd / mean)^2 = 85.5 with normal quantiles; t quantiles at n - 1 df add a few
-    paired_c = next(r["paired"] for r in records if r["setting"] == "x.y=C")
+    paired_c = next(r.paired for r in records if r.setting == "x.y=C")
     assert int(c["seeds_needed"]) == stats.seeds_needed(paired_c.diff_mean, paired_c.diff_sd) == 88
     assert stats.seeds_needed(paired_c.diff_mean, paired_c.diff_sd, method="normal") == 86
 
-    md = tables.markdown(study({}), records, PAIRED_ROWS, settings, outcome="Sequential seeding: max 4 seeds reached.")
+    md = tables.markdown(study({}), records, PAIRED_ROWS, settings, how_it_ran="Sequential seeding: max 4 seeds reached.")
     cells = {r[1]: r for r in _md_rows(md)}
     assert cells["x.y=A"][7:] == ["baseline", "", "", "", ""]
     assert cells["x.y=B"][8:] == ["+0.0100", "[+0.0100, +0.0100]", "0.25", "2"]
@@ -496,7 +497,6 @@ def test_settings_csv_and_markdown_carry_the_paired_statistics():
 
 def _finished_trial(trial, acc: float) -> None:
     """A trial folder as a finished run leaves it (what a study reuses without Ray)."""
-    from service import report
 
     history = [{"epoch": 1, "loss": 0.3, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": acc, "lr": 0.01,
                 "seconds": 1.0, "workers": 1}]
@@ -505,7 +505,7 @@ def _finished_trial(trial, acc: float) -> None:
     summary = {"name": trial.name, "data": {"source": "sample"}, "epochs_run": 1, "stopped_early": False,
                "stop_epoch": None, "best_epoch": 1, "best_val_accuracy": acc, "test_accuracy": acc,
                "test_error": 1 - acc, "lr_reductions": [], "wall_seconds": 1.0}
-    report.write_run(Path(trial.spec.output) / trial.name, trial.spec, history, [decision], summary)
+    run_files.write_run(Path(trial.spec.output) / trial.name, trial.spec, history, [decision], summary)
 
 
 @pytest.mark.parametrize("unresolved, expected", [

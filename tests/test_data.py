@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service import data
-from service.data import DataError, MnistSplits, load, shard, steps_per_epoch
+from service.data import DataError, Splits, load, shard, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def write_npz(path, **arrays):
 
 def test_sample_holdout_sizes_and_dtypes():
     s = load("sample")
-    assert isinstance(s, MnistSplits)
+    assert isinstance(s, Splits)
     assert s.sizes() == {"source": "sample", "validation": "holdout", "n_train": 8334, "n_val": 1666, "n_test": 2000}
     for x in (s.x_train, s.x_val, s.x_test):
         assert x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 784

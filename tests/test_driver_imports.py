@@ -5,6 +5,7 @@ the import cost at start-up). Fast: one fresh interpreter that imports Ray, no R
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -32,3 +33,12 @@ def test_driver_modules_do_not_import_tensorflow():
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing {', '.join(DRIVER_MODULES)} loaded {', '.join(loaded)}"
+
+
+def test_only_the_command_line_imports_the_studies_package_from_outside_it():
+    """compare/ sits on top of the driver's modules: below it, nothing reaches up into it."""
+    service = ROOT / "service"
+    reaching_up = [str(path.relative_to(ROOT)) for path in sorted(service.rglob("*.py"))
+                   if path.parent != service / "compare" and path != service / "cli.py"
+                   and re.search(r"service\.compare\b|from service import .*\bcompare\b", path.read_text())]
+    assert reaching_up == []

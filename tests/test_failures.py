@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service import report, train
+from service import train
+from service.report import files as run_files
 from service.signals import EXIT_SIGINT, EXIT_SIGTERM
 from service.spec import dump_spec
 from tests.support.limits import COMMAND_S, LONG_RUN_S, SIGNAL_EXIT_WITHIN_S
@@ -68,7 +69,7 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
         time.sleep(5)
     out = Path(spec.output) / "ft"
     assert not (out / "summary.json").exists()
-    assert [r["epoch"] for r in report.read_history(out / "history.csv")][:2] == [1, 2]  # saved before printed
+    assert [r["epoch"] for r in run_files.read_history(out / "history.csv")][:2] == [1, 2]  # saved before printed
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -79,8 +80,8 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
     first_trained = int(resumed.group(1)) + 1
     printed = [int(m) for m in re.findall(r"^epoch (\d+)/", again.stdout, flags=re.M)]
     assert printed[0] == first_trained
-    assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)
-    assert report.read_decisions(out / "decisions.jsonl") == reference.decisions
+    assert without_seconds(run_files.read_history(out / "history.csv")) == without_seconds(reference.history)
+    assert run_files.read_decisions(out / "decisions.jsonl") == reference.decisions
 
     finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=COMMAND_S)
     assert finished.returncode == 0
@@ -97,8 +98,8 @@ def test_failure_without_restarts_says_where_and_keeps_what_finished(tmp_path):
     assert "the checkpoint of epoch 2 is in" in result.error and "run the same command again" in result.error
     assert lines[-1] == f"plateau: {result.error}"
     out = Path(spec.output) / "dies"
-    assert [r["epoch"] for r in report.read_history(out / "history.csv")] == [1, 2]
-    assert {(d["epoch"], d["rank"]) for d in report.read_decisions(out / "decisions.jsonl")} == {
+    assert [r["epoch"] for r in run_files.read_history(out / "history.csv")] == [1, 2]
+    assert {(d["epoch"], d["rank"]) for d in run_files.read_decisions(out / "decisions.jsonl")} == {
         (1, 0), (1, 1), (2, 0), (2, 1)}
     assert not (out / "summary.json").exists()
 
@@ -144,7 +145,7 @@ def _assert_ended_cleanly(driver, stderr: str, processes: list, seconds: float, 
     time.sleep(2)  # let the kernel reap what the driver's exit took down
     left = [p for p in processes if p.is_running() and p.status() != "zombie"]
     assert not left, [(p.pid, p.name()) for p in left]
-    assert [r["epoch"] for r in report.read_history(out / "history.csv")][:2] == [1, 2]
+    assert [r["epoch"] for r in run_files.read_history(out / "history.csv")][:2] == [1, 2]
     assert not (out / "summary.json").exists()
 
 
@@ -156,12 +157,12 @@ def test_sigterm_ends_the_run_cleanly_and_the_same_command_resumes_it(tmp_path):
     assert len(processes) >= 4  # gcs, raylet, the two training workers at least
     out = tmp_path / "results" / "ft"
     _assert_ended_cleanly(driver, stderr, processes, seconds, "SIGTERM", EXIT_SIGTERM, out)
-    before = without_seconds(report.read_history(out / "history.csv"))
+    before = without_seconds(run_files.read_history(out / "history.csv"))
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     resumed = re.search(r"^ft: resuming after epoch ([1-3]) from its last checkpoint", again.stdout, re.M)
     assert resumed, again.stdout
-    after = without_seconds(report.read_history(out / "history.csv"))
+    after = without_seconds(run_files.read_history(out / "history.csv"))
     kept = int(resumed.group(1))
     assert [r["epoch"] for r in after] == [1, 2, 3, 4, 5] and after[:kept] == before[:kept]
 
@@ -177,5 +178,5 @@ def test_ctrl_c_ends_the_run_and_the_same_command_resumes_it(reference, tmp_path
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"^ft: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
-    assert without_seconds(report.read_history(out / "history.csv")) == without_seconds(reference.history)
-    assert report.read_decisions(out / "decisions.jsonl") == reference.decisions
+    assert without_seconds(run_files.read_history(out / "history.csv")) == without_seconds(reference.history)
+    assert run_files.read_decisions(out / "decisions.jsonl") == reference.decisions

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service import cli
-from service.compare.grid import expand
+from service.grid import expand
 from service.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from service import report, train
+from service import train
+from service.report import files as run_files
 from service.rundir import RunPaths
 from service.spec import load_spec
 from tests.support.cluster import LocalCluster, cmdline
@@ -214,7 +215,7 @@ def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster,
     assert {(p["node_id"], p["pid"]) for p in placement} == actors
     assert summary["ranks_agree"] is True and summary["epochs_run"] == 3
 
-    decisions = report.read_decisions(tmp_path / "seed-reduce-lr" / "decisions.jsonl")
+    decisions = run_files.read_decisions(tmp_path / "seed-reduce-lr" / "decisions.jsonl")
     spec = load_spec(tmp_path / "seed-reduce-lr" / "spec.yaml")
     lrs, stop_epoch, _ = stock_replay_on(engine, spec, [d["values"] for d in decisions if d["rank"] == 0])
     assert [d["lr_after"] for d in decisions if d["rank"] == 0] == lrs
@@ -315,8 +316,8 @@ def test_losing_the_node_of_rank_1_changes_nothing(multinode_cluster, tmp_path, 
         assert len(placements) >= 2, "the worker group was not restarted"
         assert lost not in _rank_nodes(placements[-1], cluster).values()
         run = out / "loss"
-        assert without_seconds(report.read_history(run / "history.csv")) == without_seconds(undisturbed.history)
-        assert report.read_decisions(run / "decisions.jsonl") == undisturbed.decisions
+        assert without_seconds(run_files.read_history(run / "history.csv")) == without_seconds(undisturbed.history)
+        assert run_files.read_decisions(run / "decisions.jsonl") == undisturbed.decisions
         summary = json.loads((run / "summary.json").read_text())
         assert summary["test_accuracy"] == undisturbed.summary["test_accuracy"]
         assert summary["lr_reductions"] == undisturbed.summary["lr_reductions"]
@@ -347,9 +348,9 @@ def test_a_study_across_nodes_lands_where_its_driver_runs(multinode_cluster):
     nodes_used = set()
     for row in rows:
         folder = study / "trials" / row["trial"]
-        history = report.read_history(folder / "history.csv")
+        history = run_files.read_history(folder / "history.csv")
         assert len(history) == int(row["epochs_run"]) == 2
-        assert {d["rank"] for d in report.read_decisions(folder / "decisions.jsonl")} == {0}
+        assert {d["rank"] for d in run_files.read_decisions(folder / "decisions.jsonl")} == {0}
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["test_accuracy"] == float(row["test_accuracy"])
         nodes_used |= {p["node_id"] for p in summary["placement"]}
@@ -424,16 +425,16 @@ def test_sigterm_to_a_driver_on_the_cluster_ends_its_actors_and_the_same_command
                            timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"^term: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
-    history = report.read_history(tmp_path / "term" / "history.csv")
+    history = run_files.read_history(tmp_path / "term" / "history.csv")
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
 
 
 def _wait_for_checkpoint(checkpoints_dir: Path, epoch: int, timeout: float = 60) -> None:
     """Until Ray Train has registered the checkpoint of `epoch` (its latest)."""
-    from service import checkpoint
+    from service.checkpoints import resume
 
     deadline = time.monotonic() + timeout
-    while (checkpoint.latest(checkpoints_dir)[0] or 0) < epoch:
+    while (resume.latest(checkpoints_dir)[0] or 0) < epoch:
         assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} after {timeout}s"
         time.sleep(0.2)
 
@@ -483,7 +484,7 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
     assert f"node {lost_id[:8]} lost (missed heartbeats)" in lines, "\n".join(lines)
     assert not [ln for ln in lines if "marked dead" in ln or "\x1b" in ln or ln.startswith("(")], "\n".join(lines)
     assert f"node id: {lost_id}" in (run / "ray.log").read_text()
-    history = report.read_history(run / "history.csv")
+    history = run_files.read_history(run / "history.csv")
     sizes = [row["workers"] for row in history]
     back = sizes.index(2, 2) + 1 if 2 in sizes[2:] else None   # the first epoch at 2 workers again
     assert sizes[:4] == [2, 2, 1, 1] and back and set(sizes[2:back - 1]) == {1} and set(sizes[back - 1:]) == {2}, (
@@ -496,7 +497,7 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
     assert any(re.match(r"epoch +3/16 .* workers 2 -> 1", ln) for ln in lines)
     assert any(re.match(rf"epoch +{back}/16 .* workers 1 -> 2", ln) for ln in lines)
 
-    decisions = report.read_decisions(run / "decisions.jsonl")
+    decisions = run_files.read_decisions(run / "decisions.jsonl")
     for epoch, rows in by_epoch(decisions).items():   # every rank of each epoch's group reported, and agreed
         assert sorted(r["rank"] for r in rows) == list(range(rows[0]["world_size"]))
         assert rows[0]["world_size"] == sizes[epoch - 1]

@@ -11,7 +11,8 @@ import socket
 
 import pytest
 
-from service import console, jobs, report
+from service import console, jobs
+from service.report import files as run_files
 from tests.support.project import plateau
 
 
@@ -22,15 +23,15 @@ from tests.support.project import plateau
 def test_output_files_follow_the_umask_and_json_is_strict(tmp_path):
     old = os.umask(0o027)
     try:
-        report.write_json(tmp_path / "summary.json", {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
-        report.write_decisions(tmp_path / "decisions.jsonl", [{"values": {"val_loss": float("nan")}}])
+        run_files.write_json(tmp_path / "summary.json", {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
+        run_files.write_decisions(tmp_path / "decisions.jsonl", [{"values": {"val_loss": float("nan")}}])
     finally:
         os.umask(old)
     for name in ("summary.json", "decisions.jsonl"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o640
     strict = dict(parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert json.loads((tmp_path / "summary.json").read_text(), **strict) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
-    assert report.read_decisions(tmp_path / "decisions.jsonl") == [{"values": {"val_loss": None}}]
+    assert run_files.read_decisions(tmp_path / "decisions.jsonl") == [{"values": {"val_loss": None}}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decisions.jsonl", "summary.json"]  # no temporaries
 
 

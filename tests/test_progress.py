@@ -1,13 +1,14 @@
 """Progress lines and ETAs (service/progress.py, service/compare/watch.py) with a fake clock, and
-sequential seeding's decisions (service/compare/seeding.py). Fast: no Ray, no TensorFlow."""
+sequential seeding's decisions (service/seeding.py). Fast: no Ray, no TensorFlow."""
 
 from __future__ import annotations
 
 import pytest
 
 from service import progress
-from service.compare import grid as grid_lib
-from service.compare.seeding import SeedPlan
+from service import grid as grid_lib
+from service.compare.aggregate import SettingRecord
+from service.seeding import SeedPlan
 from service.compare.stats import paired
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
@@ -132,9 +133,9 @@ def test_quiet_echo_keeps_errors_warnings_and_the_final_summary():
 
 def records(*settings):
     """Aggregate-like records: the baseline, then (label, {seed: acc}, {seed: base acc})."""
-    out = [{"setting": "base", "position": 0, "baseline": True, "paired": None}]
+    out = [SettingRecord(setting="base", position=0, baseline=True, paired=None)]
     for i, (label, mine, base) in enumerate(settings, 1):
-        out.append({"setting": label, "position": i, "baseline": False, "paired": paired(mine, base)})
+        out.append(SettingRecord(setting=label, position=i, baseline=False, paired=paired(mine, base)))
     return out
 
 
@@ -191,7 +192,7 @@ def test_bad_seed_plans_are_one_line(seeds, message, tmp_path):
 
 
 def test_sequential_seeding_needs_two_settings():
-    from service.compare.seeding import check_plan
+    from service.seeding import check_plan
 
     plan = SeedPlan.of(study({}, seeds={"start": 3, "max": 10}))
     with pytest.raises(SpecError, match="the grid has only one setting"):

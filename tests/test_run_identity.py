@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from service import report, rundir
+from service import rundir
+from service.report import files as run_files
 from service.spec import dump_spec, load_spec
 from tests.support.runs import make_spec
 from tests.support.project import PROJECT_ROOT
@@ -35,7 +36,7 @@ def test_a_folder_without_a_trained_epoch_is_not_a_run_to_protect(tmp_path):
     out.mkdir(parents=True)
     (out / "spec.yaml").write_text(dump_spec(make_spec(tmp_path, "training.epochs=9")))
     rundir.check_same_spec(spec)  # a run that died before its first epoch: nothing to lose
-    report.write_history(out / "history.csv", [])
+    run_files.write_history(out / "history.csv", [])
     with pytest.raises(rundir.RunFolderError) as caught:
         rundir.check_same_spec(spec)
     assert str(caught.value) == (f"{out} holds a run of another spec (training.epochs 9 -> 3); use --fresh to "

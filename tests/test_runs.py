@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, events, report, runs
+from service import cli, events, runs
+from service.report import files as run_files
 from service.explain import explain, pair, short
 from service.spec import validate_train
 from tests.support.limits import COMMAND_S
@@ -38,7 +39,7 @@ def recorded(spec, values: list[dict]) -> list[dict]:
     """The records our decision stack (stock tf_keras deciders, one rank) writes for scripted
     global metrics, as decisions.jsonl holds them (inf as null)."""
     filled = [{"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5, **v} for v in values]
-    return [report.finite_or_null(d.to_json()) for d in run_stack(spec, filled)[0]]
+    return [run_files.finite_or_null(d.to_json()) for d in run_stack(spec, filled)[0]]
 
 
 def test_numbers_read_as_written():
@@ -183,9 +184,9 @@ def fake_run(output: Path, name: str, *, summary=None, history=HISTORY, status=N
     folder = output / name
     spec = validate_train({"name": name, "output": str(output), "data": {"source": "sample"},
                            "reduce_lr": {"monitor": "val_accuracy", "patience": 1}})
-    report.write_run(folder, spec, history, decisions or [], summary)
+    run_files.write_run(folder, spec, history, decisions or [], summary)
     if status is not None:
-        report.write_json(folder / runs.STATUS, status)
+        run_files.write_json(folder / runs.STATUS, status)
     return folder
 
 
@@ -203,7 +204,7 @@ def test_the_index_lists_runs_and_studies_newest_first(tmp_path):
     fake_run(out / "st" / "trials", "st-base-s7", summary={**SUMMARY, "name": "st-base-s7"})
     (out / "st" / "comparison.csv").write_text("trial,setting,seed,status,test_accuracy\n"
                                                "st-base-s7,base,7,ok,0.94\nst-base-s8,base,8,failed,\n")
-    report.write_json(out / "st" / runs.STATUS, {"kind": "compare", "state": "finished", "started": "2026-01-04T09:00:00+00:00",
+    run_files.write_json(out / "st" / runs.STATUS, {"kind": "compare", "state": "finished", "started": "2026-01-04T09:00:00+00:00",
                                                  "note": "every setting resolved after 6 seeds"})
     (out / "not-a-run").mkdir()
     rows = runs.index(out)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service import report
+from service.report import plots
+from service.report.records import HistoryRow
 from service.lint import SEED_ADVICE, inferred_mode, lint
 from service.spec import EarlyStoppingSpec, ReduceLRSpec, dump_spec, higher_is_better, load_spec
 from tests.support.deciders import spec_with
@@ -114,12 +115,12 @@ def test_the_curves_star_the_best_epoch_in_the_direction_the_callbacks_use(monit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = [{"epoch": e, "loss": 0.5, "val_loss": vl, "accuracy": 0.9, "val_accuracy": va}
+    history = [HistoryRow.from_row({"epoch": e, "loss": 0.5, "val_loss": vl, "accuracy": 0.9, "val_accuracy": va})
                for e, vl, va in ((1, 0.4, 0.8), (2, 0.2, 0.9), (3, 0.6, 0.95))]
     monitored = spec_with(f"reduce_lr={{monitor: {monitor}, mode: {mode}}}").monitored
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2)
-    report._metric_panel(ax_loss, history, ("loss", "val_loss"), monitored, "loss")
-    report._metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitored, "accuracy")
+    plots._metric_panel(ax_loss, history, ("loss", "val_loss"), monitored, "loss")
+    plots._metric_panel(ax_acc, history, ("accuracy", "val_accuracy"), monitored, "accuracy")
     stars = [(int(line.get_xdata()[0]), float(line.get_ydata()[0]))
              for ax in (ax_loss, ax_acc) for line in ax.lines if line.get_marker() == "*"]
     plt.close(fig)

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import tf_keras as keras
 
-from service import report
+from service.report.lines import stop_words
+from service.report.records import DecisionRecord
 from service.engines.tf_keras import callbacks as tf_callbacks
 from service.engines.tf_keras.collective import Collective
 from tests.support.stock import stock_replay, tiny_model
@@ -82,4 +83,4 @@ def test_a_non_finite_global_metric_stops_at_that_epoch_with_no_early_stopping_c
             break
     assert [(d.epoch, d.stop, d.stop_reason) for d in trace] == [(1, False, None), (2, True, "non_finite")]
     assert math.isnan(trace[-1].values["val_loss"])
-    assert report.stop_words(trace[-1].to_json()) == "stopped: val_loss is nan"
+    assert stop_words(DecisionRecord.from_json(trace[-1].to_json())) == "stopped: val_loss is nan"

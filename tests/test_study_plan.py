@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.compare import grid as grid_lib
+from service import grid as grid_lib
 from service.compare.plan import StudyPlan, plan_processes, plan_workers, with_workers
 from service.spec import SpecError, load_spec
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from service import data as data_lib
-from service import report, train
+from service import train
+from service.report import files as run_files
 from service.cli import load_with_tracking
-from service.compare.grid import expand_settings
+from service.grid import expand_settings
 from service.spec import SpecError, dump_spec
 from tests.support.engines import NEEDS_JAX
 from tests.support.limits import COMMAND_S, LONG_RUN_S, PROGRAM_S
@@ -54,7 +55,7 @@ def _run_id(out: Path) -> str:
 
 
 def _assert_epochs_equal_history(client: MlflowClient, run_id: str, out: Path) -> None:
-    history = report.read_history(out / "history.csv")
+    history = run_files.read_history(out / "history.csv")
     for key in EPOCH_METRICS:
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert logged == [(r["epoch"], float(r[key])) for r in history], key
@@ -101,13 +102,20 @@ def test_the_uri_comes_from_the_flag_then_the_spec_then_the_variable(tmp_path: P
 
 
 def test_a_base_specs_tracking_moves_to_the_study_and_not_into_its_trials():
-    from service.compare.grid import expand
+    from service.grid import expand
     from service.spec import load_spec
 
     spec = load_spec(PROJECT_ROOT / "jobs" / "seed-comparison.yaml",
                      ["base.tracking={experiment: studies}", "tracking.mlflow=sqlite:///s.db"])
     assert (spec.tracking.mlflow, spec.tracking.experiment, spec.base.tracking) == ("sqlite:///s.db", "studies", None)
     assert {t.spec.tracking for t in expand(spec)} == {None}
+
+
+def test_a_studys_parent_run_logs_the_plan_file_the_study_writes():
+    from service import tracking
+    from service.compare.plan import PLAN_FILE
+
+    assert PLAN_FILE in tracking.STUDY_FILES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +272,7 @@ def test_a_run_logs_over_http_and_outlives_the_server(tmp_path: Path):
         run_id = _run_id(out)
         live = MlflowClient(tracking_uri=uri)
         assert [(m.step, m.value) for m in live.get_metric_history(run_id, "val_accuracy")] == [
-            (1, report.read_history(out / "history.csv")[0]["val_accuracy"])]
+            (1, run_files.read_history(out / "history.csv")[0]["val_accuracy"])]
         _stop(server)  # mid-run: epochs 2 and 3 are still to come
         rest, stderr = driver.communicate(timeout=PROGRAM_S)
     finally:
@@ -275,7 +283,7 @@ def test_a_run_logs_over_http_and_outlives_the_server(tmp_path: Path):
     warnings = [ln for ln in stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: MLflow tracking at {uri} failed ("), stderr
     assert "Traceback" not in stderr
-    assert [r["epoch"] for r in report.read_history(out / "history.csv")] == [1, 2, 3]
+    assert [r["epoch"] for r in run_files.read_history(out / "history.csv")] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["stop_reason"] == "max_epochs"
     assert "done: 3 epochs" in rest
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from service import data as data_lib
-from service import report, train
+from service import train
+from service.report import files as run_files
 from service.spec import load_spec
 from tests.support.engines import ENGINES
 from tests.support.project import plateau
@@ -59,8 +60,8 @@ def test_files_follow_the_contract(uneven_run):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_spec(out / "spec.yaml").model_dump() == spec.model_dump()
-    history = report.read_history(out / "history.csv")
-    assert list(history[0]) == report.HISTORY_COLUMNS
+    history = run_files.read_history(out / "history.csv")
+    assert list(history[0]) == run_files.HISTORY_COLUMNS
     assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"] == {"source": spec.data.source, "validation": "holdout",
@@ -71,7 +72,7 @@ def test_files_follow_the_contract(uneven_run):
 
         assert (summary["versions"]["keras"], summary["versions"]["jax"]) == (metadata.version("keras"),
                                                                              metadata.version("jax"))
-    for row in report.read_decisions(out / "decisions.jsonl"):
+    for row in run_files.read_decisions(out / "decisions.jsonl"):
         assert {"epoch", "rank", "values", "lr_before", "lr_after", "reduced", "stop",
                 "plateau_wait", "stopping_wait"} <= set(row)
 

@@ -18,7 +18,8 @@ from importlib import metadata
 
 import pytest
 
-from service import report
+from service.report import files as run_files
+from service.report.summary import non_finite_metrics
 from service.lint import SEED_ADVICE
 from tests.support.engines import ENGINES, NEEDS_JAX
 from tests.support.limits import COMMAND_S, LONG_RUN_S, PROGRAM_S
@@ -83,7 +84,7 @@ def test_summary_says_when_with_what_from_where_and_why(early):
     dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
     assert summary["git_commit"] == head + ("-dirty" if dirty else "")
     assert summary["command"] == "plateau " + " ".join(args)
-    decisions = report.read_decisions(folder / "decisions.jsonl")
+    decisions = run_files.read_decisions(folder / "decisions.jsonl")
     assert [(d["epoch"], d["rank"], d["stop_reason"]) for d in decisions if d["stop_reason"]] == [
         (6, 0, "patience"), (6, 1, "patience")]
     assert [d["replicas_identical"] for d in decisions] == [True] * 12
@@ -137,8 +138,8 @@ def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path, engi
     done = plateau(*args)
     assert done.returncode == 1, done.stdout + done.stderr
     folder = tmp_path / "boom"
-    history = report.read_history(folder / "history.csv")
-    assert [r["epoch"] for r in history] == [1] and report.non_finite_metrics(history[0]) == non_finite
+    history = run_files.read_history(folder / "history.csv")
+    assert [r["epoch"] for r in history] == [1] and non_finite_metrics(history[0]) == non_finite
     epoch, value = 1, history[0]["loss"]
     assert str(value) == words  # the training loss overflowed float32 in the first epoch
     assert done.stderr.splitlines()[-1] == (
@@ -148,7 +149,7 @@ def test_a_diverging_run_stops_every_rank_at_the_non_finite_epoch(tmp_path, engi
     assert done.stdout.splitlines()[-1].endswith(f"  stopped: loss is {words}")
     summary = json.loads((folder / "summary.json").read_text(), **STRICT)
     assert (summary["stop_reason"], summary["stop_epoch"], summary["epochs_run"]) == ("non_finite", epoch, epoch)
-    decisions = report.read_decisions(folder / "decisions.jsonl")
+    decisions = run_files.read_decisions(folder / "decisions.jsonl")
     assert [(d["rank"], d["stop"], d["stop_reason"]) for d in decisions if d["epoch"] == epoch] == [
         (0, True, "non_finite"), (1, True, "non_finite")]
     assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG" and (folder / "model.keras").is_file()
@@ -169,6 +170,6 @@ def test_the_replica_check_fails_the_run_at_the_epoch_one_rank_drifted(tmp_path,
         r"plateau: replicas differ after epoch 2: rank 1's model/2\.dense/bias is not rank 0's "
         r"\(1 of 14 variables differ\); the checkpoint of epoch 1 is in .*/drift/checkpoints/drift: "
         r"run the same command again to resume", line), line
-    assert [r["epoch"] for r in report.read_history(folder / "history.csv")] == [1]
-    assert [d["replicas_identical"] for d in report.read_decisions(folder / "decisions.jsonl")] == [True, True]
+    assert [r["epoch"] for r in run_files.read_history(folder / "history.csv")] == [1]
+    assert [d["replicas_identical"] for d in run_files.read_decisions(folder / "decisions.jsonl")] == [True, True]
     assert not (folder / "summary.json").exists()

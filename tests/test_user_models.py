@@ -108,8 +108,9 @@ def test_a_cnn_replica_that_drifts_fails_the_run_at_that_epoch(engine, tmp_path,
 def test_the_seed_mlp_through_the_builder_path_is_the_default_run(engine, tmp_path, module_ray):
     common = ("training.epochs=2", f"training.engine={engine}", *DECIDING)
     default = train.run(make_spec(tmp_path / "default", *common, name="seed"), echo=lambda line: None)
+    # A builder's MNIST keeps its 28x28 shape; the seed's MLP takes the 784 pixels in a row.
     built = train.run(make_spec(tmp_path / "built", *common, "model.build=tests.support.models:seed_mlp_by_name",
-                                name="seed"), echo=lambda line: None)
+                                "data.shape=[784]", name="seed"), echo=lambda line: None)
     assert default.ok and built.ok, (default.error, built.error)
     assert without_seconds(built.history) == without_seconds(default.history)
     assert built.decisions == default.decisions
@@ -157,7 +158,7 @@ def test_a_study_varies_a_builder_kwarg(tmp_path, module_ray):
     (tmp_path / "study.yaml").write_text(
         "kind: compare\nname: filters\nbase:\n  model: {build: 'tests.support.models:cnn'}\n"
         "  training: {epochs: 1, batch_size: 200}\n  data: {source: sample}\n"
-        f"  output: {tmp_path / 'results'}\ngrid:\n  model.kwargs.filters: [2, 4]\nseeds: [7]\n"
+        f"output: {tmp_path / 'results'}\ngrid:\n  model.kwargs.filters: [2, 4]\nseeds: [7]\n"
         "workers_per_trial: 1\n")
     spec = load_spec(tmp_path / "study.yaml")
     assert compare.run(spec, address=None, verbose=False, fresh=False, echo=lambda line: None) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.compare.grid import expand
+from service.grid import expand
 from service.lint import lint
 from service.spec import SpecError, dump_spec, load_spec, validate_train
 from service.submitting import builder_code

@@ -1,9 +1,10 @@
 """Ray Tune comparison of callback settings: a grid of settings x seeds, one train run per trial.
 
 `plateau compare SPEC` runs `study.run`: every combination of the grid's values, each over
-several seeds, as Ray Tune trials; each trial is a full distributed train run. The parts:
+several seeds, as Ray Tune trials; each trial is a full distributed train run. Which settings and
+seeds a study has, and every trial's train spec, are `service.grid` and `service.seeding` (no Ray:
+`plateau check` and the spec lint read them too). The parts here:
 
-* `grid`       which settings a study compares (the grid's rules), and every trial's train spec;
 * `trials`     the Tune side: a trial runs `train.run`, the study's driver runs the trials;
 * `aggregate`  one record per setting over its seeds;
 * `tables`     comparison.csv, comparison.md, comparison.png and the lines printed.

@@ -14,7 +14,7 @@ compare spec (`workers_per_trial`, or `--workers`; `max_concurrent_trials`). Oth
 * CPUs: one worker per trial, as many trials at once as the CPUs hold: no trial's gradients
   cross a socket on the cores that compute. With `benchmarks/study.py` (the seed's experiment,
   2 arms x 2 seeds, full MNIST, 2 cores) this plan took 1.00-1.17x the by-hand time; studies
-  of 2-worker trials one at a time took 4.44x, measured before a step ran one collective
+  of 2-worker trials one at a time took 4.44x, measured before a step ran one all-reduce
   (2-worker trials with today's step were not timed as a study).
 * GPUs (the base sets `use_gpu`) and elastic bases: the base's workers, and as many trials at
   once as the GPUs (or CPUs) hold.
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Optional
 from service.spec import CompareSpec, TrainSpec
 
 if TYPE_CHECKING:
-    from service.compare.grid import Trial
+    from service.grid import Trial
 
 PLAN_FILE = "plan.json"
 
@@ -93,15 +93,15 @@ def plan_workers(spec: CompareSpec) -> tuple[int, str]:
     if spec.workers_per_trial != "auto":
         return spec.workers_per_trial, "workers_per_trial in the study"
     if base.scaling.use_gpu:
-        return base.workers, "the base's workers: trials on GPUs"
+        return base.max_workers, "the base's workers: trials on GPUs"
     if base.scaling.elastic:
-        return base.workers, "the base's workers: an elastic base"
+        return base.max_workers, "the base's workers: an elastic base"
     return 1, "one worker per trial on CPUs: no gradient exchange between processes"
 
 
 def with_workers(spec: CompareSpec, workers: int) -> CompareSpec:
     """`spec` with every trial on `workers` workers (an elastic base keeps its range)."""
-    if spec.base.scaling.elastic and workers == spec.base.workers:
+    if spec.base.scaling.elastic and workers == spec.base.max_workers:
         return spec
     scaling = spec.base.scaling.model_copy(update={"num_workers": workers})
     return spec.model_copy(update={"base": spec.base.model_copy(update={"scaling": scaling})})
@@ -112,8 +112,8 @@ def plan_processes(spec: CompareSpec, trials: list[Trial]) -> tuple[bool, str]:
     line's words for it. Call with the planned workers (`with_workers`)."""
     base: TrainSpec = spec.base
     engines = sorted({t.spec.training.engine for t in trials})
-    if base.workers != 1 or base.scaling.elastic or base.scaling.use_gpu:
-        why = f"trials of {base.workers} worker(s){' on GPUs' if base.scaling.use_gpu else ''}"
+    if base.max_workers != 1 or base.scaling.elastic or base.scaling.use_gpu:
+        why = f"trials of {base.max_workers} worker(s){' on GPUs' if base.scaling.use_gpu else ''}"
     elif len(engines) > 1:
         why = f"the trials use two engines ({', '.join(engines)})"
     elif spec.scheduler is not None:

@@ -24,19 +24,22 @@ from typing import Callable, Optional
 
 import yaml
 
-from service import cluster, engines, events, progress, raylog, report, runlock, runs, signals
+from service import cluster, engines, events, progress, raylog, runlock, runs, signals
 from service import data as data_lib
 from service.compare.aggregate import aggregate
-from service.compare.grid import Setting, Trial, expand
+from service.grid import Setting, Trial, expand
 from service.compare.plan import PLAN_FILE, StudyPlan, plan_processes, plan_workers, with_workers
-from service.compare.seeding import SeedPlan, Step, check_plan
+from service.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
                                     table_rows, trial_row)
+from service.compat import mlflow as compat_mlflow
 from service.console import text_table
 from service.engines import probe
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
 from service.errors import EXIT_FAILED, EXIT_OK, BadInput, cause_line
+from service.files import write_atomic
+from service.report import files as run_files
 from service.spec import CompareSpec, SpecError, dump_spec
 
 Echo = Callable[[str], None]
@@ -61,24 +64,25 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
     study_dir = (Path(spec.output) / spec.name).resolve()
     workers, why = plan_workers(spec)
     spec = with_workers(spec, workers)  # before the trials are made: it is part of their specs
-    plan = SeedPlan.of(spec)
-    every = expand(spec, study_dir / "trials", seeds=list(plan.seeds))  # all validated up front
+    seeding = SeedPlan.of(spec)
+    every = expand(spec, study_dir / "trials", seeds=list(seeding.seeds))  # all validated up front
     engines.check_available(*(trial.spec for trial in every))
     settings = _settings(every)
-    check_plan(plan, len(settings))
-    with runlock.hold(study_dir, command, echo, also=("trials/*",)):
+    check_plan(seeding, len(settings))
+    # MLflow's settings (the study's tracker sets them) end with the study.
+    with runlock.hold(study_dir, command, echo, also=("trials/*",)), compat_mlflow.settings_restored():
         _pin_data(every, echo, data_cache)
         if fresh and study_dir.exists():
             runlock.clear(study_dir)
-        reused = _count_finished(every)
-        echo(f"{spec.name}: {len(settings)} setting(s) x {plan.describe()}, {workers} worker(s) per trial"
+        reused = count_finished(every)
+        echo(f"{spec.name}: {len(settings)} setting(s) x {seeding.describe()}, {workers} worker(s) per trial"
              f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
         runs.mark_started(study_dir, "compare")
         tracker = _tracker(spec, study_dir, echo)
         session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why, *plan_processes(spec, every)))
         try:
             try:
-                outcomes, step = _run_rounds(spec, plan, every, study_dir, session, quiet_trials)
+                outcomes, step = _run_rounds(spec, seeding, every, study_dir, session, quiet_trials)
             except Exception:
                 if signals.received() is None:
                     raise
@@ -166,11 +170,11 @@ class Session:
     first_round: list = field(default_factory=list)   # the first round's trials
 
 
-def _run_rounds(spec: CompareSpec, plan: SeedPlan, every: list[Trial], study_dir: Path, session: Session,
+def _run_rounds(spec: CompareSpec, seeding: SeedPlan, every: list[Trial], study_dir: Path, session: Session,
                 quiet_trials: bool) -> tuple[dict[str, TrialOutcome], Step]:
-    """The first round's seeds, then (sequential seeding) one more seed per round until the plan
-    says stop; every trial name -> its outcome, and the plan's last word."""
-    seeds, outcomes = plan.first_round, {}
+    """The first round's seeds, then (sequential seeding) one more seed per round until the seeding
+    says stop; every trial name -> its outcome, and the seeding's last word."""
+    seeds, outcomes = seeding.first_round, {}
     pace = StudyPace(0, 1)  # its concurrency is the plan's, once Ray is up
     with session.stack:
         while True:
@@ -181,12 +185,12 @@ def _run_rounds(spec: CompareSpec, plan: SeedPlan, every: list[Trial], study_dir
             session.first_round = session.first_round or planned
             outcomes.update(_run_round(spec, [t for t in planned if t.name not in outcomes], every, study_dir,
                                        session, watch))
-            if not plan.sequential:
+            if not seeding.sequential:
                 if not session.trained:
                     session.echo("every trial already finished; use --fresh to train them again")
                 return outcomes, Step(True, "")
             records = aggregate([trial_row(t, outcomes[t.name]) for t in planned], [s.label for s in _settings(every)])
-            step = plan.after_round(records, len(seeds))
+            step = seeding.after_round(records, len(seeds))
             session.echo(step.line)
             if step.stop:
                 return outcomes, step
@@ -219,7 +223,7 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
                                                 trial_cpus=trial_resources(ray_here.embedded).get("CPU", 0))
         session.embedded = ray_here.embedded
         session.echo(f"{spec.name}: {session.plan.line()}")
-        report.write_json(study_dir / PLAN_FILE, session.plan.to_json())
+        run_files.write_json(study_dir / PLAN_FILE, session.plan.to_json())
         session.ray_open = True
     watch.pace.concurrency = session.plan.concurrent
     session.trained += len(todo)
@@ -263,7 +267,7 @@ def _pin_data(trials: list[Trial], echo: Echo, data_cache: Optional[Path]) -> No
             t.spec = t.spec.model_copy(update={"data": t.spec.data.model_copy(update={"source": resolved[key]})})
 
 
-def _count_finished(trials: list[Trial]) -> int:
+def count_finished(trials: list[Trial]) -> int:
     """Trials already finished with the same spec (reused); a different spec there is an error.
     (The output folder may differ: a study folder can be moved.)"""
     reused = 0
@@ -286,8 +290,8 @@ def _count_finished(trials: list[Trial]) -> int:
 def _finished(trial: Trial) -> TrialOutcome:
     folder = Path(trial.spec.output) / trial.name
     summary = json.loads((folder / "summary.json").read_text())
-    return TrialOutcome("ok", summary, "", report.read_history(folder / "history.csv"),
-                        report.read_decisions(folder / "decisions.jsonl"), reused=True)
+    return TrialOutcome("ok", summary, "", run_files.read_history(folder / "history.csv"),
+                        run_files.read_decisions(folder / "decisions.jsonl"), reused=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +299,7 @@ def _finished(trial: Trial) -> TrialOutcome:
 
 
 def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Setting], outcomes: dict,
-                   study_dir: Path, echo: Echo, outcome_line: str = "", study_plan: Optional[StudyPlan] = None,
+                   study_dir: Path, echo: Echo, seeding_line: str = "", study_plan: Optional[StudyPlan] = None,
                    partial: str = "") -> int:
     """comparison.csv/.md/.png, settings.csv and the ranked table on the terminal; returns the
     trials that finished. `partial`: the study was interrupted; comparison.md says so first, and
@@ -305,7 +309,7 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
         outcome = outcomes.get(t.name) or TrialOutcome("failed", error="no result from Tune")
         if outcome.history and not outcome.reused:  # the trial's own folder, here on the driver's node
             folder = Path(t.spec.output) / t.name
-            report.write_run(folder, t.spec, outcome.history, outcome.decisions, outcome.summary)
+            run_files.write_run(folder, t.spec, outcome.history, outcome.decisions, outcome.summary)
             events.write_history(folder / events.FOLDER, outcome.history, outcome.decisions, outcome.summary)
         row = trial_row(t, outcome)
         if outcome.status != "ok" and outcome.history:  # what it trained before it ended
@@ -315,16 +319,16 @@ def _write_results(spec: CompareSpec, trials: list[Trial], settings: list[Settin
         if outcome.status == "ok":
             curves[t.setting.label].append(outcome.history)
     records = aggregate(rows, [s.label for s in settings])
-    outcome_text = f"Sequential seeding: {outcome_line}." if outcome_line else ""
+    how_it_ran = f"Sequential seeding: {seeding_line}." if seeding_line else ""
     if study_plan is not None and study_plan.concurrent:  # how this run of the study ran its trials
-        outcome_text = f"{outcome_text}\n\nHow the trials ran: {study_plan.line()}.".strip()
-    report.write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
-    report.write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
-    text = markdown(spec, records, rows, settings, trials, outcome_text)
+        how_it_ran = f"{how_it_ran}\n\nHow the trials ran: {study_plan.line()}.".strip()
+    write_atomic(study_dir / "comparison.csv", csv_text(rows, list(spec.grid)))
+    write_atomic(study_dir / "settings.csv", settings_csv(records, settings, list(spec.grid)))
+    text = markdown(spec, records, rows, settings, trials, how_it_ran)
     if partial:
         title, _, rest = text.partition("\n")
         text = f"{title} (partial)\n\n{partial}\n{rest}"
-    report.write_atomic(study_dir / "comparison.md", text)
+    write_atomic(study_dir / "comparison.md", text)
     plot_comparison(study_dir / "comparison.png", curves, title=f"{spec.name}{' (partial)' if partial else ''}",
                     rows=rows, baseline=settings[0].label)
     if partial:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from service import report
 from service.compare import stats
-from service.compare.grid import Setting, Trial
+from service.compare.aggregate import SettingRecord
+from service.grid import Setting, Trial
 from service.errors import cause_line
+from service.report.plots import save_figure
 from service.spec import CompareSpec, TrainSpec
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -58,11 +59,12 @@ CSV_RESULTS = ["seed", "status", "error", "epochs_run", "stop_epoch", "best_epoc
                "lr_reduction_epochs", "best_val_accuracy", "test_accuracy", "test_error", "wall_seconds"]
 
 
-def _pm(mean: Optional[float], std: Optional[float], fmt: str, scale: float = 1.0, unit: str = "") -> str:
+def _pm(mean_sd: tuple[Optional[float], Optional[float]], fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    mean, sd = mean_sd
     if mean is None:
         return "–"
     text = f"{mean * scale:{fmt}}{unit}"
-    return text if std is None else f"{text} ± {std * scale:{fmt}}{unit}"
+    return text if sd is None else f"{text} ± {sd * scale:{fmt}}{unit}"
 
 
 TABLE_HEADER = ["rank", "setting", "seeds ok", "test accuracy", "test error", "best val_accuracy",
@@ -88,27 +90,27 @@ def paired_cells(paired: Optional[stats.PairedComparison]) -> list[str]:
     return [_signed(paired.diff_mean), ci, _p(paired.p_value), needed]
 
 
-def table_rows(records: list[dict]) -> list[list[str]]:
+def table_rows(records: list[SettingRecord]) -> list[list[str]]:
     """The ranked table's cells, shared by comparison.md and the terminal."""
     rows = []
     for r in records:
-        beats = "baseline" if r["baseline"] else f"{r['beats']}/{r['compared']}"
+        beats = "baseline" if r.baseline else f"{r.beats}/{r.compared}"
         rows.append([
-            str(r["rank"]), r["setting"], f"{r['n_ok']}/{r['n']}",
-            _pm(r["test_accuracy_mean"], r["test_accuracy_std"], ".4f"),
-            _pm(r["test_error_mean"], r["test_error_std"], ".2f", 100.0, "%"),
-            _pm(r["best_val_accuracy_mean"], r["best_val_accuracy_std"], ".4f"),
-            _pm(r["epochs_run_mean"], r["epochs_run_std"], ".1f"),
+            str(r.rank), r.setting, f"{r.n_ok}/{r.n}",
+            _pm(r.mean_sd("test_accuracy"), ".4f"),
+            _pm(r.mean_sd("test_error"), ".2f", 100.0, "%"),
+            _pm(r.mean_sd("best_val_accuracy"), ".4f"),
+            _pm(r.mean_sd("epochs_run"), ".1f"),
             beats,
-            *paired_cells(r.get("paired")),
+            *paired_cells(r.paired),
         ])
     return rows
 
 
-def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings: list[Setting],
-             trials: Optional[list[Trial]] = None, outcome: str = "") -> str:
+def markdown(spec: CompareSpec, records: list[SettingRecord], rows: list[dict], settings: list[Setting],
+             trials: Optional[list[Trial]] = None, how_it_ran: str = "") -> str:
     """comparison.md: the ranked table, a verdict per setting against the baseline, and
-    `outcome` (what sequential seeding concluded, when it ran)."""
+    `how_it_ran` (what sequential seeding concluded, when it ran; how the trials were run)."""
     baseline = settings[0].label if settings else "base"
     specs = [t.spec for t in trials] if trials else [spec.base]
     seeds = list(dict.fromkeys(t.seed for t in trials)) if trials else list(spec.seeds)
@@ -119,7 +121,7 @@ def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings:
     lines = [
         f"# {spec.name}",
         "",
-        f"Base spec `{spec.base.name}`; trials ran {distinct(lambda s: s.workers)} worker(s), "
+        f"Base spec `{spec.base.name}`; trials ran {distinct(lambda s: s.max_workers)} worker(s), "
         f"up to {distinct(lambda s: s.training.epochs)} epochs, data `{distinct(lambda s: s.data.source)}`, "
         f"validation on {distinct(lambda s: s.data.validation)}. "
         f"{len(settings)} setting(s) x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}).",
@@ -134,9 +136,9 @@ def markdown(spec: CompareSpec, records: list[dict], rows: list[dict], settings:
     ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(records)]
     lines += ["", *PAIRED_EXPLAINED, ""]
-    lines += [verdict(r, baseline) for r in sorted(records, key=lambda r: r["position"]) if not r["baseline"]]
-    if outcome:
-        lines += ["", outcome]
+    lines += [verdict(r, baseline) for r in sorted(records, key=lambda r: r.position) if not r.baseline]
+    if how_it_ran:
+        lines += ["", how_it_ran]
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         lines += ["", "Trials that did not finish:", ""]
@@ -156,10 +158,10 @@ PAIRED_EXPLAINED = [
 ]
 
 
-def verdict(record: dict, baseline: str) -> str:
+def verdict(record: SettingRecord, baseline: str) -> str:
     """One sentence per setting: its paired difference from the baseline and whether it is resolved."""
-    c: Optional[stats.PairedComparison] = record.get("paired")
-    head = f"- `{record['setting']}` against `{baseline}`"
+    c = record.paired
+    head = f"- `{record.setting}` against `{baseline}`"
     if c is None or c.n_seeds == 0:
         return f"{head}: no seed where both finished."
     if c.diff_ci_low is None:
@@ -180,20 +182,20 @@ SETTINGS_RESULTS = ["rank", "n_trials", "n_ok", "test_accuracy_mean", "test_accu
                     "seeds_needed", "resolved", "beats"]
 
 
-def settings_csv(records: list[dict], settings: list[Setting], grid_fields: list[str]) -> str:
+def settings_csv(records: list[SettingRecord], settings: list[Setting], grid_fields: list[str]) -> str:
     """settings.csv: one row per setting in grid order (the baseline first); the paired columns
     are empty for the baseline, whose n_seeds is the seeds it finished."""
-    by_label = {r["setting"]: r for r in records}
+    by_label = {r.setting: r for r in records}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["setting", *grid_fields, *SETTINGS_RESULTS], lineterminator="\n")
     writer.writeheader()
     for setting in settings:
         r = by_label[setting.label]
-        c: Optional[stats.PairedComparison] = r.get("paired")
-        row = {"setting": setting.label, **setting.columns, "rank": r["rank"], "n_trials": r["n"],
-               "n_ok": r["n_ok"], "test_accuracy_mean": r["test_accuracy_mean"],
-               "test_accuracy_sd": r["test_accuracy_std"], "n_seeds": r["n_ok"] if c is None else c.n_seeds,
-               "beats": "" if c is None else r["beats"]}
+        c = r.paired
+        row = {"setting": setting.label, **setting.columns, "rank": r.rank, "n_trials": r.n,
+               "n_ok": r.n_ok, "test_accuracy_mean": r.test_accuracy_mean,
+               "test_accuracy_sd": r.test_accuracy_sd, "n_seeds": r.n_ok if c is None else c.n_seeds,
+               "beats": "" if c is None else r.beats}
         if c is not None:
             row.update(diff_mean=c.diff_mean, diff_sd=c.diff_sd, diff_ci_low=c.diff_ci_low,
                        diff_ci_high=c.diff_ci_high, p_value=c.p_value, p_sign=c.p_sign,
@@ -269,7 +271,7 @@ def plot_comparison(path: Path, curves: dict[str, list[list[dict]]], title: str 
         _plot_seeds(fig.add_subplot(grid[:, 1]), rows, list(curves), colors, baseline)
     if title:
         fig.suptitle(title)
-    report.save_figure(path, fig)
+    save_figure(path, fig)
 
 
 def _plot_curves(ax_acc: Axes, ax_lr: Axes, curves: dict[str, list[list[dict]]], colors: dict) -> None:

@@ -30,8 +30,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from service import cluster, progress, raylog, signals
-from service.compare.grid import Trial
+from service import cluster, envvars, progress, raylog, signals, usermodel
+from service.grid import Trial
 from service.compare.tables import TrialOutcome
 from service.compare.watch import StudyWatch
 from service.progress import StudyPace
@@ -117,7 +117,8 @@ def run_trial(config: dict) -> dict:
     here = _warm_process() if trial.get("warm") else None
     try:
         result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[] if here else [EpochsToTune()],
-                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False, in_process=here)
+                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False, in_process=here,
+                           model_tried=True)  # the study tried every trial's model before Tune started
     except Exception as exc:  # noqa: BLE001 - a trial's failure, of any kind, is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
     outcome = {"history": result.history, "decisions": result.decisions, "scratch": str(scratch / spec.name)}
@@ -186,7 +187,7 @@ def _trial_dirname(tune_trial: TuneTrial) -> str:
 def study_cpus(trials: list[Trial]) -> int:
     """Logical CPUs for an embedded Ray: the machine's, or more when one trial's workers need more
     (they then share the cores)."""
-    return max(os.cpu_count() or 1, math.ceil(max(t.spec.workers * t.spec.scaling.cpus_per_worker for t in trials)))
+    return max(os.cpu_count() or 1, math.ceil(max(t.spec.max_workers * t.spec.scaling.cpus_per_worker for t in trials)))
 
 
 def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo: Callable[[str], None], data_cache: Path | None,
@@ -227,11 +228,12 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
     own lines (the trials' output among them) go to `log`."""
     import ray
 
-    with cluster.ray_session(address, study_cpus(trials), verbose, log, echo) as started_here:
+    code = usermodel.shipped_code(t.spec for t in trials)
+    with cluster.ray_session(address, study_cpus(trials), verbose, log, echo, code=code) as started_here:
         signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
         for t in trials:  # each trial's workers must fit, or no trial could ever start
             scaling = t.spec.scaling
-            cluster.wait_for_resources(scaling.resources_per_worker, t.spec.workers, scaling.placement_strategy,
+            cluster.wait_for_resources(scaling.resources_per_worker, t.spec.max_workers, scaling.placement_strategy,
                                        can_grow=not started_here, timeout_s=scaling.resources_timeout_s, echo=echo)
         yield StudyRay(dict(ray.cluster_resources()), embedded=started_here and not address)
 
@@ -255,7 +257,7 @@ def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: O
             shutil.rmtree(study_dir / "tune" / spec.name)
         # Tune's own SIGINT handler would end the study as if it had finished (exit 0); without it
         # Ctrl-C reaches `signals`, as SIGTERM does, and the study ends as an interrupted run.
-        with cluster.tune_console(verbose), cluster.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
+        with cluster.tune_console(verbose), envvars.environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
             results = tuner.fit()
         outcomes = {}
         for result in results:

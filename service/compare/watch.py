@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from service.compare.grid import Trial
+from service.grid import Trial
 from service.compare.tables import TrialOutcome, live_line
 from service.progress import Clock, StudyPace
 

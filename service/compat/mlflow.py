@@ -3,7 +3,7 @@ name touched; these are its settings by name and behaviours a version bump could
 MLflow is never imported here.
 
 * The environment variables a driver sets, unless the user did (`DRIVER_SETTINGS`, applied by
-  `driver_settings`): no HTTP retries and a 10 s request timeout (a tracking store that does not
+  `driver_settings`, put back after a command by `settings_restored`): no HTTP retries and a 10 s request timeout (a tracking store that does not
   answer costs seconds, not minutes), a folder store allowed (MLflow 3 refuses `./mlruns` unless
   told), no telemetry. Each is one of `mlflow.environment_variables`; a renamed one would be
   silently ignored.
@@ -14,12 +14,16 @@ MLflow is never imported here.
 
 Example::
 
-    driver_settings()       # before the first MlflowClient of the process
+    with settings_restored():   # a command
+        driver_settings()       # before its first MlflowClient
 """
 
 from __future__ import annotations
 
 import os
+from typing import ContextManager
+
+from service.envvars import restored
 
 # How long the driver's client waits on a tracking server: once, briefly. MLflow's defaults
 # (7 retries with exponential backoff, 120 s timeouts) would stall a run for minutes on a dead server.
@@ -33,3 +37,8 @@ def driver_settings() -> None:
     """Set `DRIVER_SETTINGS` in this process's environment; a user's own setting wins."""
     for name, value in DRIVER_SETTINGS.items():
         os.environ.setdefault(name, value)
+
+
+def settings_restored() -> ContextManager[None]:
+    """The variables `driver_settings` sets, as they were before the block, after it."""
+    return restored(*DRIVER_SETTINGS)

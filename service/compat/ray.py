@@ -10,12 +10,25 @@ are imported only where a function needs them.
   both engines' `backend.py` do the same without importing a framework.
 * `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (`REPORT_POLL_VAR`, Ray Train's
   `HEALTH_CHECK_INTERVAL_S_ENV_VAR`): how often Ray Train's controller polls its workers, and so
-  collects their reports; `cluster.py` shortens it.
+  collects their reports; `cluster.py` shortens it for a Ray session (`report_polling`).
 * `checkpoint_manager_snapshot.json` (`SNAPSHOT_FILE`, Ray Train's
   `CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`): Ray Train's record of a run's kept checkpoints and the
-  latest one (Ray Train's `_CheckpointManagerState`); `checkpoint.py` reads it and rewrites it
-  without a damaged checkpoint, through the fields `SNAPSHOT_FIELDS` (each result with a
-  `checkpoint_dir_name` and its `metrics`).
+  latest one (Ray Train's `_CheckpointManagerState`), read (`read_snapshot`, `kept_checkpoints`,
+  `latest_checkpoint`) to find the checkpoint a run resumes from (`checkpoints/resume.py`), and
+  rewritten without a damaged checkpoint (`drop_from_snapshot`), through the fields
+  `SNAPSHOT_FIELDS` (each result with a `checkpoint_dir_name` and its `metrics`).
+
+  Why rewrite it rather than name the checkpoint to resume from through Ray Train's public API:
+  on a restart of a run name, Ray Train V2's `CheckpointManager` loads this record
+  (`_maybe_load_state_from_storage`), refuses a record naming a folder that is gone
+  (`_assert_checkpoints_exist`), and hands every worker its latest checkpoint
+  (`before_init_train_context`, what `ray.train.get_checkpoint()` returns). The public way to
+  choose another, the trainer's `resume_from_checkpoint=`, raises DeprecationWarning in V2
+  (`DataParallelTrainer.__init__`); the replacement Ray's migration guide gives (the checkpoint in
+  `train_loop_config`, taken when `get_checkpoint()` is None) only works for a run without a record,
+  and dropping the record would make Ray Train forget the kept checkpoints (so `num_to_keep` would
+  never delete them) and restart its report count. So the record itself names the checkpoint the
+  workers restore, and every later restart within the run takes the run's newer ones as usual.
 * `ray.train.v2._internal.execution.context.TrainRunContext`: only a type name, for the
   annotation of a Ray Train callback (`compare/trials.py`).
 * `JobSubmissionClient._do_request` (overridden, to give every request a timeout) and
@@ -32,7 +45,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
+
+from service.envvars import environment
+from service.files import write_atomic
 
 if TYPE_CHECKING:
     from ray.train.v2._internal.execution.context import TrainRunContext  # noqa: F401 - a type name
@@ -68,6 +86,12 @@ def autoscaler_events() -> Callable[[list[str]], Any]:
     return _ray_worker().filter_autoscaler_events
 
 
+def report_polling(seconds: str) -> ContextManager[None]:
+    """Ray Train's controller polls its workers every `seconds` during the block, unless the user
+    set `REPORT_POLL_VAR`; put back after."""
+    return environment(**{REPORT_POLL_VAR: seconds})
+
+
 def build_address(host: str, port: int | str) -> str:
     """host:port as Ray writes it (brackets around an IPv6 host)."""
     from ray._common.network_utils import build_address as build
@@ -99,3 +123,46 @@ def client_headers(client: Any) -> dict:
     """The headers a `JobSubmissionClient` sends (its authentication among them), for a call of
     our own to the same server."""
     return client._headers or {}
+
+
+def read_snapshot(checkpoints_dir: Path) -> Optional[dict]:
+    """Ray Train's record of the run whose checkpoints are in `checkpoints_dir`; None when there is
+    none. OSError when it cannot be read, ValueError when it is not JSON."""
+    try:
+        text = Path(checkpoints_dir, SNAPSHOT_FILE).read_text()
+    except FileNotFoundError:
+        return None
+    return json.loads(text)
+
+
+def kept_checkpoints(snapshot: dict) -> list[tuple[str, dict]]:
+    """(folder name, reported metrics) of every checkpoint the record keeps; KeyError, TypeError or
+    AttributeError when the record lacks them."""
+    return [(r["checkpoint_dir_name"], dict(r["metrics"])) for r in snapshot["checkpoint_results"]]
+
+
+def latest_checkpoint(snapshot: dict) -> Optional[tuple[str, dict]]:
+    """(folder name, reported metrics) of the checkpoint Ray Train hands the workers; None if none."""
+    found = snapshot.get("latest_checkpoint_result")
+    return (found["checkpoint_dir_name"], dict(found.get("metrics") or {})) if found else None
+
+
+def drop_from_snapshot(checkpoints_dir: Path, names: set[str], latest: str) -> None:
+    """Rewrite Ray Train's record of the run in `checkpoints_dir` without the checkpoints `names`,
+    with `latest` (a folder name it keeps) as its latest: the one the workers restore."""
+    snapshot = read_snapshot(checkpoints_dir)
+    kept = [i for i, r in enumerate(snapshot["checkpoint_results"]) if r["checkpoint_dir_name"] not in names]
+    pending = [i for i, r in enumerate(snapshot.get("pending_training_results") or [])
+               if r["checkpoint_dir_name"] not in names]
+    out = dict(snapshot)
+    out["checkpoint_results"] = [snapshot["checkpoint_results"][i] for i in kept]
+    out["checkpoint_report_indices"] = [snapshot["checkpoint_report_indices"][i] for i in kept]
+    out["latest_checkpoint_result"] = next(r for r in out["checkpoint_results"] if r["checkpoint_dir_name"] == latest)
+    if "pending_training_results" in snapshot:
+        out["pending_training_results"] = [snapshot["pending_training_results"][i] for i in pending]
+        out["pending_validation_specs"] = [snapshot["pending_validation_specs"][i] for i in pending]
+    for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                "failed_validation_checkpoint_dir_names"):
+        if key in snapshot:
+            out[key] = [n for n in snapshot[key] if n not in names]
+    write_atomic(Path(checkpoints_dir, SNAPSHOT_FILE), json.dumps(out))

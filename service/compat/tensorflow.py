@@ -11,8 +11,10 @@ where a function needs it.
   epoch's metric tensors to Python numbers, which `model.SeedModel` uses where it reads the
   metrics' totals once an epoch (`sync_to_numpy_or_python_type`).
 * `tf_keras.Model._validate_and_get_metrics_result` (overridden) and `_validate_target_and_loss`
-  (called): `model.SeedModel`'s train step returns no metrics (reading them would cost collectives
-  every step), and fit asks the first at every epoch's end for the epoch's logs (`MODEL_HOOKS`).
+  (called, `validate_target_and_loss`): `model.SeedModel`'s train step returns no metrics (reading
+  them would cost collectives every step), and fit asks the first at every epoch's end for the
+  epoch's logs (`MODEL_HOOKS`; tests/test_compat.py allows an engine's model class to define only
+  these private names).
 
 Example::
 
@@ -49,3 +51,9 @@ def sync_to_numpy_or_python_type(tensors: Any) -> Any:
     from tf_keras.src.utils import tf_utils
 
     return tf_utils.sync_to_numpy_or_python_type(tensors)
+
+
+def validate_target_and_loss(model: Any, y: Any, loss: Any) -> None:
+    """tf_keras's own check in a train step that there are targets and a loss (its one-line
+    errors), as stock `train_step` makes it."""
+    model._validate_target_and_loss(y, loss)

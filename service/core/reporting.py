@@ -74,7 +74,7 @@ class ReportEachEpoch:
     def on_epoch_end(self, epoch: int, logs: dict | None = None):
         import ray.train
 
-        from service import checkpoint
+        from service.checkpoints import layout
 
         decision = self.deciders.consensus.last
         report = EpochReport(epoch=epoch + 1, seconds=self.deciders.metrics.seconds, lr=decision.lr_before,
@@ -87,7 +87,7 @@ class ReportEachEpoch:
             return
         with tempfile.TemporaryDirectory() as tmp:
             for rank, trace in [*self.former.items(), (self.rank, self.trace)]:
-                checkpoint.write_trace(tmp, rank, trace)
+                layout.write_trace(tmp, rank, trace)
             if self.rank == 0:
                 self.save(tmp, self.model, epoch + 1, self.deciders.state_dicts())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

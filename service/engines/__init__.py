@@ -49,6 +49,8 @@ class Engine:
     install: str        # how to get them, in words
     versions: tuple[tuple[str, str], ...] = ()  # summary.json's `versions` beside the default ones: (key, dist)
     unread: tuple[tuple[str, str], ...] = ()    # spec fields this engine does not read: (section.field, why)
+    # What loading its model.keras needs, as pip requirements: (requirement, summary.json's `versions` key).
+    model_requirements: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def loop(config: dict) -> Any:
@@ -79,6 +81,10 @@ class Engine:
                              f"or train with another engine")
         return found
 
+    def requirements(self, versions: dict[str, Any]) -> list[str]:
+        """The pip requirements of this engine's `model.keras`, pinned to `versions` (summary.json's)."""
+        return [f"{requirement}=={versions[key]}" for requirement, key in self.model_requirements]
+
     def missing(self) -> list[str]:
         """The packages of `packages` that cannot be imported here (found without importing them)."""
         return [name for name in self.packages if not _installed(name)]
@@ -100,11 +106,13 @@ KERAS_ON_JAX = ("KERAS_BACKEND", "jax")
 ENGINES = {
     "tf_keras": Engine("tf_keras", "service.engines.tf_keras.worker:Worker",
                        "service.engines.tf_keras.backend:TensorflowWorkers", env=(LEGACY_KERAS,),
-                       packages=("tensorflow", "tf_keras"), install='pip install -e "."'),
+                       packages=("tensorflow", "tf_keras"), install='pip install -e "."',
+                       model_requirements=(("tensorflow", "tensorflow"), ("tf-keras", "tf_keras"))),
     "keras_jax": Engine("keras_jax", "service.engines.keras_jax.worker:Worker",
                         "service.engines.keras_jax.backend:JaxWorkers", env=(KERAS_ON_JAX,),
                         packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"',
                         versions=(("keras", "keras"), ("jax", "jax")),
+                        model_requirements=(("keras", "keras"), ("jax[cpu]", "jax")),
                         unread=(("training.steps_per_execution", "an epoch is one jitted call"),
                                 ("scaling.collective", "JAX's processes use gloo between CPUs and NCCL between "
                                                        "GPUs"))),

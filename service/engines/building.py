@@ -98,7 +98,7 @@ def file_bytes(model: Any) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from service.report import MODEL_FILE
+    from service.report.files import MODEL_FILE
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, MODEL_FILE)

@@ -10,7 +10,7 @@ a Keras callback class or a dataset is `Any` to this module.
 | `EngineWorker(spec, rank, workers)` | the process ready for the framework (threads, JAX's processes joined) |
 | `prepare_devices()` | "CPU", or its GPU's name; `DeviceError` when the spec's device is not there |
 | `build_model(split, input_shape, classes)` | the compiled model, the same weights on every rank (from the seed) |
-| `restore(directory, model)` / `save(...)` / `state_arrays(model)` | the model's state in a checkpoint (`service/checkpoint.py`) |
+| `restore(directory, model)` / `save(...)` / `state_arrays(model)` | the model's state in a checkpoint (`service/checkpoints/layout.py`) |
 | `collective()` | a `Collective`: all-gather and sum of small float64 vectors, in rank order |
 | `evaluator(model, x, y)` | a `ShardEvaluator`: the loss and accuracy sums of this rank's shard |
 | `callbacks` | the shared callbacks on the engine's Keras (`service/core/callbacks.declare`) |
@@ -96,7 +96,7 @@ class EngineWorker(abc.ABC):
 
     @abc.abstractmethod
     def restore(self, directory: str | Path, model: Any) -> Any:
-        """A checkpoint's state back into `model`; the `checkpoint.Restored` (epoch, callbacks' state)."""
+        """A checkpoint's state back into `model`; the `layout.Restored` (epoch, callbacks' state)."""
 
     @abc.abstractmethod
     def save(self, directory: str | Path, model: Any, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:

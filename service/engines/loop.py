@@ -19,7 +19,7 @@ import importlib
 import ray
 import ray.train
 
-from service import checkpoint
+from service.checkpoints import layout
 from service import data as data_lib
 from service.core import deciding, replicas, reporting
 from service.core.messages import FinalReport
@@ -61,12 +61,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     # -- the model, from the latest checkpoint when Ray Train restarts the run
     model = engine.build_model(split, arrays["x_train"].shape[1:], config["classes"])
-    restored, traces = checkpoint.Restored(), {}
+    restored, traces = layout.Restored(), {}
     saved = ray.train.get_checkpoint() if ray_train else None
     if saved is not None:
         with saved.as_directory() as directory:
             restored = engine.restore(directory, model)
-            traces = checkpoint.read_traces(directory)
+            traces = layout.read_traces(directory)
 
     # -- callbacks: global metrics -> stock deciders -> consensus -> replica check -> report (-> drill)
     kinds = engine.callbacks

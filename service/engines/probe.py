@@ -31,7 +31,10 @@ def check_model(spec: Any, engine: Any, input_shape: tuple[int, ...], classes: i
     """ModelRefused with the probe's line when `spec.model.build`'s model cannot take the data."""
     request = {"spec": spec.model_dump(mode="json"), "input_shape": list(input_shape), "classes": classes,
                "dtype": dtype}
-    env = {**os.environ, **dict(engine.env), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # The probe imports what this process can import (a job's uploaded code, a test's folders),
+    # whatever its working directory.
+    env = {**os.environ, **dict(engine.env), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
     try:
         done = subprocess.run([sys.executable, "-m", "service.engines.probe"], input=json.dumps(request),
                               capture_output=True, text=True, env=env, timeout=PROBE_TIMEOUT_S)

@@ -30,7 +30,8 @@ def seed_mlp_by_name(input_shape: tuple[int, ...], classes: int, keras: Any, see
 def one_class_too_many(input_shape: tuple[int, ...], classes: int, keras: Any) -> Any:
     """A model whose output is not one probability per class."""
     inputs = keras.Input(shape=input_shape)
-    return keras.Model(inputs, keras.layers.Dense(classes + 1, activation="softmax")(inputs))
+    flat = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(classes + 1, activation="softmax")(flat))
 
 
 def broken(input_shape: tuple[int, ...], classes: int) -> Any:

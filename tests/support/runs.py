@@ -62,20 +62,20 @@ def without_seconds(rows):
 
 def checkpoints(spec) -> dict[int, Path]:
     """Every epoch checkpoint a run kept, by epoch."""
-    from service import checkpoint
+    from service.checkpoints import resume
     from service.rundir import RunPaths
 
-    return checkpoint.by_epoch(RunPaths.of(spec).checkpoints_dir)
+    return resume.by_epoch(RunPaths.of(spec).checkpoints_dir)
 
 
 def model_at(spec, directory: Path, input_shape: tuple[int, ...] = (784,), classes: int = 10):
     """The spec's model, built with tf_keras whatever the run's engine (the checkpoint's names are
     every engine's), with the weights of one epoch's checkpoint."""
-    from service import checkpoint
+    from service.checkpoints import layout
     from service.engines.tf_keras.model import build_model
 
     model = build_model(spec.model, seed=spec.training.seed, input_shape=input_shape, classes=classes)
-    checkpoint.load_weights(directory, model)
+    layout.load_weights(directory, model)
     return model
 
 

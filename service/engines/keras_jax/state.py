@@ -1,4 +1,4 @@
-"""The keras_jax engine's state in a checkpoint: the named arrays of `service/checkpoint.py`'s layout
+"""The keras_jax engine's state in a checkpoint: the named arrays of `service/checkpoints/layout.py`
 (the tf_keras engine's names: `model/0.dense/kernel`, `optimizer/m/model/0.dense/kernel`, ...) from
 a Keras 3 model and its optimizer, and back.
 
@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from service.checkpoint import Restored, read, weight_names, write
+from service.checkpoints.layout import Restored, read, weight_names, write
 from service.compat.keras import adam_slots
 
 
@@ -59,7 +59,7 @@ def load_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
 
 
 def save(directory: Any, model: keras.Model, epoch: int, callbacks: dict[str, dict[str, Any]]) -> None:
-    """The checkpoint's files (`service/checkpoint.py`) from a Keras 3 model."""
+    """The checkpoint's files (`service/checkpoints/layout.py`) from a Keras 3 model."""
     write(directory, state_arrays(model), weight_names(model), epoch, callbacks)
 
 

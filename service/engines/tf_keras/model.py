@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from service.compat.tensorflow import sync_to_numpy_or_python_type
+from service.compat.tensorflow import sync_to_numpy_or_python_type, validate_target_and_loss
 from service.data import BatchSplit
 from service.engines.building import model_of, seeded_dropout_layers
 from service.engines.contract import DROPOUT
@@ -122,7 +122,7 @@ class QuietSteps:
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight)
-        self._validate_target_and_loss(y, loss)
+        validate_target_and_loss(self, y, loss)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         # Something must come back (fit's step loop carries it), and nothing that needs the

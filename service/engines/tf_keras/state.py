@@ -1,4 +1,4 @@
-"""The tf_keras engine's state in a checkpoint: the named arrays of `service/checkpoint.py`'s layout
+"""The tf_keras engine's state in a checkpoint: the named arrays of `service/checkpoints/layout.py`
 from a tf_keras model and its optimizer, and back.
 
 Example::
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
-from service.checkpoint import Restored, read, weight_names, write
+from service.checkpoints.layout import Restored, read, weight_names, write
 
 
 def _optimizer_names(model: keras.Model) -> list[str]:

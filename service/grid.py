@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from service.compare.seeding import SeedPlan
+from service.seeding import SeedPlan
 from service.spec import CompareSpec, SpecError, TrainSpec, set_path, validate_train
 
 # Fields a grid may not vary: the study sets them for every trial.

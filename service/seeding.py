@@ -16,9 +16,9 @@ accuracy); the study stops when
 
 Example::
 
-    plan = SeedPlan.of(spec)          # spec.seeds = {start: 3, max: 10}, base seed 7
-    plan.first_round                  # [7, 8, 9]
-    step = plan.after_round(records, seeds_run=3)
+    seeding = SeedPlan.of(spec)       # spec.seeds = {start: 3, max: 10}, base seed 7
+    seeding.first_round               # [7, 8, 9]
+    step = seeding.after_round(records, seeds_run=3)
     step.stop, step.line              # False, 'after 3 seeds: unresolved reduce_lr=on; adding seed 10'
 """
 
@@ -62,13 +62,13 @@ class SeedPlan:
     def first_round(self) -> list[int]:
         return list(self.seeds[:self.start])
 
-    def after_round(self, records: list[dict], seeds_run: int) -> Step:
-        """Whether to add a seed, from the aggregate records (each with its `paired`) after
-        `seeds_run` seeds."""
+    def after_round(self, records: list, seeds_run: int) -> Step:
+        """Whether to add a seed, from the study's records (`compare.aggregate.SettingRecord`, each
+        with its `paired`) after `seeds_run` seeds."""
         if self.rule is None:
             return Step(True, "")
-        unresolved = tuple(r["setting"] for r in sorted(records, key=lambda r: r["position"])
-                           if not r["baseline"] and not (r.get("paired") and r["paired"].resolved()))
+        unresolved = tuple(r.setting for r in sorted(records, key=lambda r: r.position)
+                           if not r.baseline and not (r.paired and r.paired.resolved()))
         if not unresolved and seeds_run >= self.rule.min_to_stop:
             return Step(True, f"every setting resolved after {seeds_run} seeds")
         if seeds_run >= len(self.seeds):
@@ -80,7 +80,7 @@ class SeedPlan:
         return Step(False, f"after {seeds_run} seeds {why}; adding seed {nxt}", unresolved, nxt)
 
     def describe(self) -> str:
-        """How the plan reads in the study's first line and in comparison.md."""
+        """How the seeding reads in the study's first line and in comparison.md."""
         if self.rule is None:
             return f"{len(self.seeds)} seed(s)"
         return (f"sequential seeds from {self.seeds[0]}: {self.start} at first, one more per round until "
@@ -94,8 +94,8 @@ def _base_seed(spec: CompareSpec) -> int:
     return base.training.seed
 
 
-def check_plan(plan: SeedPlan, n_settings: int) -> None:
+def check_plan(seeding: SeedPlan, n_settings: int) -> None:
     """Sequential seeding compares settings with the baseline: it needs at least two."""
-    if plan.sequential and n_settings < 2:
+    if seeding.sequential and n_settings < 2:
         raise SpecError("seeds: sequential seeding compares settings with the baseline (the grid's first "
                         "setting); the grid has only one setting: list the seeds instead, e.g. [7, 8, 9]")
