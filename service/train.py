@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import queue as queue_lib
 import re
 import threading
 import time
@@ -60,6 +62,24 @@ REPLICA_MISMATCH = re.compile(r"ReplicaMismatch: (replicas differ .*)$", re.M)
 
 
 @dataclasses.dataclass
+class InProcess:
+    """A run that trains in the calling process while its spec keeps its one worker: a study's
+    warm trial, in a process that already imported the engine. The maths is the 1-worker run's
+    (the same loop, as rank 0 of 1); no checkpoint is written (a trial that does not finish is
+    trained again); `on_epoch` gets each epoch's report as a worker gives it to Ray Train, and
+    `splits` keeps the data this process loaded, for the next run on the same data.
+
+    Example::
+
+        here = InProcess(on_epoch=lambda metrics: print(metrics["epoch"]))
+        run(spec, in_process=here); run(other_spec, in_process=here)   # the data is loaded once
+    """
+
+    on_epoch: Callable[[dict], None] = lambda metrics: None
+    splits: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class RunResult:
     ok: bool
     out_dir: Path
@@ -72,7 +92,7 @@ class RunResult:
 def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, fresh: bool = False,
         echo: Echo = say, callbacks: Sequence = (), data_cache: Optional[Path] = None,
         tensorboard: bool = True, command: Optional[str] = None, lock: bool = True,
-        model_tried: bool = False) -> RunResult:
+        model_tried: bool = False, in_process: Optional[InProcess] = None) -> RunResult:
     """Train `spec`; raises a `BadInput` (spec, data, address) before anything starts.
 
     A run whose OUTPUT/NAME already holds a summary is finished and is not trained again; one
@@ -88,16 +108,22 @@ def run(spec: TrainSpec, address: Optional[str] = None, verbose: bool = False, f
     command holds it); a study's trials do not, their study holds the study's folder.
     `model_tried`: `spec.model.build` was already tried on this data (`probe`), as a study does
     for all its trials before Tune starts; the run does not try it again.
+    `in_process`: train a 1-worker spec in this process (`InProcess`).
     """
+    if in_process is not None and (spec.max_workers != 1 or spec.scaling.use_gpu):
+        raise ValueError(f"only a 1-worker run on CPUs trains in the calling process, not {spec.max_workers} "
+                         f"worker(s){' on GPUs' if spec.scaling.use_gpu else ''}")
     holding = runlock.hold(rundir.RunPaths.of(spec).out_dir, command, echo) if lock else contextlib.nullcontext()
     with holding, compat_mlflow.settings_restored():  # MLflow's settings end with the run
-        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command, model_tried)
+        return _run(spec, address, verbose, fresh, echo, callbacks, data_cache, tensorboard, command, model_tried,
+                    in_process)
 
 
 def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, echo: Echo, callbacks: Sequence,
-         data_cache: Optional[Path], tensorboard: bool, command: Optional[str], model_tried: bool) -> RunResult:
+         data_cache: Optional[Path], tensorboard: bool, command: Optional[str], model_tried: bool,
+         in_process: Optional[InProcess]) -> RunResult:
     started, started_at = time.perf_counter(), utc_now()
-    setup = prepare(spec, address, fresh, echo, data_cache, model_tried)
+    setup = prepare(spec, address, fresh, echo, data_cache, model_tried, in_process.splits if in_process else None)
     rundir.check_same_spec(spec)
     done = setup.finished_result()
     if done is not None:
@@ -110,12 +136,15 @@ def _run(spec: TrainSpec, address: Optional[str], verbose: bool, fresh: bool, ec
     collector = finished_or_resume(setup, echo)
     if tensorboard:
         collector.events = events.RunEvents(setup.out_dir / events.FOLDER)
+    if in_process is not None:
+        collector.on_report = in_process.on_epoch
     starting = progress.Startup(echo, f"starting Ray and {spec.max_workers} worker(s)")
     ray_log = setup.out_dir / raylog.LOG_FILE   # Ray's own lines, out of the user's view
     try:
         with starting, cluster.ray_session(address, cpus_needed(spec), verbose, ray_log, echo,
                                                  code=usermodel.shipped_code([spec])) as started_here:
-            fit_end = fit_and_collect(setup, collector, started_here, verbose, callbacks, starting)
+            fit_end = fit_and_collect(setup, collector, started_here, verbose, callbacks, starting,
+                                      in_process=in_process is not None)
             # The run's files before Ray stops: stopping it takes seconds nobody needs to wait for.
             return finish(setup, collector, fit_end, time.perf_counter() - started, echo,
                           provenance(started_at, command, dict(engines.ENGINES[spec.training.engine].versions)))
@@ -158,7 +187,9 @@ class RunSetup:
 
 
 def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
-            data_cache: Optional[Path], model_tried: bool = False) -> RunSetup:
+            data_cache: Optional[Path], model_tried: bool = False, loaded: Optional[dict] = None) -> RunSetup:
+    """The run's setup, all checked. `loaded`: data this process already loaded (`InProcess.splits`),
+    by source, validation, cache and layout; what is loaded here is added to it."""
     if address:
         cluster.check_gcs_address(address)
     if spec.tracking is not None:
@@ -168,8 +199,12 @@ def prepare(spec: TrainSpec, address: Optional[str], fresh: bool, echo: Echo,
     engines.check_available(spec)
     if spec.model.build:
         usermodel.check(usermodel.resolve(spec.model.build, None))
-    splits = data_lib.load(spec.data.source, spec.data.validation, warn=lambda m: echo(f"WARNING: {m}"),
-                           cache_dir=data_cache, layout=data_lib.Layout.of(spec))
+    key = (spec.data.source, spec.data.validation, str(data_cache), data_lib.Layout.of(spec))
+    splits = (loaded or {}).get(key) or data_lib.load(spec.data.source, spec.data.validation,
+                                                      warn=lambda m: echo(f"WARNING: {m}"), cache_dir=data_cache,
+                                                      layout=key[3])
+    if loaded is not None:
+        loaded[key] = splits
     if not address:  # an embedded Ray: every worker on this machine
         data_lib.check_fits(splits, spec.max_workers)
     if spec.model.build is not None and not model_tried:  # a user's model: tried on the data's shape before Ray starts
@@ -204,6 +239,7 @@ class EpochCollector:
         self.pace = progress.Pace(spec.training.epochs)
         self.events: Optional[events.RunEvents] = None  # TensorBoard, when the run writes it
         self.tracker = None  # the run's MLflow run (tracking.RunTracker), when the spec asks for one
+        self.on_report: Optional[Callable[[dict], None]] = None  # each epoch's report, as Ray Train got it
         self.shapes: tuple[tuple[int, ...], int] = ((784,), 10)  # one example's features, the classes
 
     def resume(self, epoch: int, saved: Optional[Path]) -> None:
@@ -276,6 +312,8 @@ class EpochCollector:
             self.events.epoch(row.to_row(), head.decision)
         if self.tracker is not None:
             self.tracker.epoch(row.to_row(), head.decision)
+        if announce and self.on_report is not None:
+            self.on_report(head.metrics())
         if announce and len(self.history) == 1:
             import_plotting_soon()  # while training goes on, not after its last epoch
         if announce:
@@ -325,40 +363,45 @@ def cpus_needed(spec: TrainSpec) -> float:
 
 
 def fit_and_collect(setup: RunSetup, collector: EpochCollector, started_here: bool, verbose: bool,
-                    callbacks: Sequence, starting: progress.Startup) -> dict:
+                    callbacks: Sequence, starting: progress.Startup, in_process: bool = False) -> dict:
     """Run the trainer on the Ray of `cluster.ray_session` (`started_here`: an embedded one, which
     cannot grow); hand every report to `collector` as it arrives; `starting` stops saying "still
-    starting" once the workers said where they run.
+    starting" once the workers said where they run. `in_process`: the loop runs in this process
+    (`InProcess`), on the caller's resources, with the data and the reports' queue of this process.
 
     Returns {"result": Ray Train's Result} or {"error": what fit raised}: a failure is reported
     after the epochs that finished are saved.
     """
     import ray
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     scaling = setup.spec.scaling
     signals.take_over()  # ray.init installed a native SIGTERM handler that prints stack pages
-    try:
-        cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
-                                   can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
-                                   echo=collector.echo)
-    except cluster.ResourcesTimeout as exc:
-        return {"error": exc}
-    arrays = {k: ray.put(getattr(setup.splits, k)) for k in
-              ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-    # The queue is an actor: without these options it asks for a CPU and may land on a
-    # worker node, and die with it.
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)})
+    names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    if in_process:  # the caller holds the CPUs; the loop reads this process's arrays and queue
+        arrays, queue = {k: getattr(setup.splits, k) for k in names}, queue_lib.Queue()
+    else:
+        try:
+            cluster.wait_for_resources(scaling.resources_per_worker, scaling.min_workers, scaling.placement_strategy,
+                                       can_grow=not started_here, timeout_s=scaling.resources_timeout_s,
+                                       echo=collector.echo)
+        except cluster.ResourcesTimeout as exc:
+            return {"error": exc}
+        arrays = {k: ray.put(getattr(setup.splits, k)) for k in names}
+        # The queue is an actor: without these options it asks for a CPU and may land on a
+        # worker node, and die with it.
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)})
     config = {"spec": setup.spec.model_dump(mode="json"), "data": arrays, "steps": setup.steps,
-              "classes": setup.splits.classes, "progress": queue, "attempt": uuid.uuid4().hex}
-    trainer = _trainer(setup, config, callbacks, verbose)
+              "classes": setup.splits.classes, "progress": queue, "attempt": uuid.uuid4().hex,
+              "in_process": in_process}
+    train = _in_process(setup, config, verbose) if in_process else _trainer(setup, config, callbacks, verbose).fit
     fit_end: dict = {}
 
     def fit() -> None:
         try:
-            fit_end["result"] = trainer.fit()
+            fit_end["result"] = train()
         except BaseException as exc:  # noqa: BLE001 - whatever ends fit here (an error, an interrupt) goes to `finish`
             # which reports it after the last epochs are saved
             fit_end["error"] = exc
@@ -368,12 +411,22 @@ def fit_and_collect(setup: RunSetup, collector: EpochCollector, started_here: bo
     while thread.is_alive() or not queue.empty():
         try:
             collector.on_message(*queue.get(timeout=0.2))
-        except Empty:
+        except queue_lib.Empty:  # ray.util.queue.Empty is one too
             pass
         if collector.placement:
             starting.done()
     thread.join()
     return fit_end
+
+
+def _in_process(setup: RunSetup, config: dict, verbose: bool) -> Callable[[], None]:
+    """The engine's worker loop as this process runs it (`InProcess`): rank 0 of 1, without Ray
+    Train, which refuses its calls inside a Tune trial. The process gets what a worker's runtime
+    env would set, before the engine is first imported here."""
+    engine = engines.engine_for(setup.spec)
+    for name, value in engine.runtime_env(cluster.worker_runtime_env(verbose))["env_vars"].items():
+        os.environ.setdefault(name, value)
+    return lambda: engine.loop(config)
 
 
 def _trainer(setup: RunSetup, config: dict, callbacks: Sequence, verbose: bool):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service import grid as grid_lib
-from service.compare.plan import StudyPlan, plan_workers, with_workers
+from service.compare.plan import StudyPlan, plan_processes, plan_workers, with_workers
 from service.spec import SpecError, load_spec
 
 SEED_STUDY = Path(__file__).resolve().parent.parent / "jobs" / "seed-comparison.yaml"
@@ -68,6 +68,38 @@ def test_every_trial_gets_the_planned_workers():
     assert spec.base.scaling.num_workers == 2            # what `plateau train` of the base uses
     trials = grid_lib.expand(with_workers(spec, plan_workers(spec)[0]))
     assert {t.spec.scaling.num_workers for t in trials} == {1}
+
+
+def processes(overrides=()) -> tuple[bool, str]:
+    spec = load_spec(SEED_STUDY, list(overrides))
+    spec = with_workers(spec, plan_workers(spec)[0])
+    return plan_processes(spec, grid_lib.expand(spec))
+
+
+def test_one_worker_trials_on_cpus_train_in_warm_processes():
+    warm, words = processes()
+    assert warm and words.startswith("warm processes:")
+    assert processes(["workers_per_trial=1"])[0]
+    spec = load_spec(SEED_STUDY)
+    workers, why = plan_workers(spec)
+    warm_plan = StudyPlan(workers, why, *processes()).concurrency(spec, {"CPU": 8.0}, trials=10, trial_cpus=1)
+    # A warm trial's process is its worker: it needs the worker's CPU, not one more.
+    assert warm_plan.concurrent == 8 and "a trial needs 1" in warm_plan.line()
+    assert warm_plan.line().endswith("; " + words)
+    assert warm_plan.to_json()["warm"] is True
+
+
+@pytest.mark.parametrize("overrides, why", [
+    (["workers_per_trial=2"], "each trial starts its own Ray Train workers: trials of 2 worker(s)"),
+    (["base.scaling.use_gpu=true", "base.scaling.num_workers=1"],
+     "each trial starts its own Ray Train workers: trials of 1 worker(s) on GPUs"),
+    (["base.scaling.num_workers=[1, 2]"], "each trial starts its own Ray Train workers: trials of 2 worker(s)"),
+    (["grid={training.engine: [tf_keras, keras_jax]}"],
+     "each trial starts its own Ray Train workers: the trials use two engines (keras_jax, tf_keras)"),
+    (["scheduler=asha"], "each trial starts its own Ray Train workers: the asha scheduler stops trials midway"),
+])
+def test_other_plans_keep_their_placement(overrides, why):
+    assert processes(overrides) == (False, why)
 
 
 @pytest.mark.parametrize("override, message", [

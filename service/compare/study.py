@@ -28,7 +28,7 @@ from service import cluster, engines, events, progress, raylog, runlock, runs, s
 from service import data as data_lib
 from service.compare.aggregate import aggregate
 from service.grid import Setting, Trial, expand
-from service.compare.plan import PLAN_FILE, StudyPlan, plan_workers, with_workers
+from service.compare.plan import PLAN_FILE, StudyPlan, plan_processes, plan_workers, with_workers
 from service.seeding import SeedPlan, Step, check_plan
 from service.compare.tables import (TABLE_HEADER, TrialOutcome, csv_text, markdown, plot_comparison, settings_csv,
                                     table_rows, trial_row)
@@ -79,7 +79,7 @@ def run(spec: CompareSpec, address: Optional[str] = None, verbose: bool = False,
              f"{f', {reused} already finished' if reused else ''} -> {study_dir}")
         runs.mark_started(study_dir, "compare")
         tracker = _tracker(spec, study_dir, echo)
-        session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why))
+        session = Session(address, verbose, echo, data_cache, StudyPlan(workers, why, *plan_processes(spec, every)))
         try:
             try:
                 outcomes, step = _run_rounds(spec, seeding, every, study_dir, session, quiet_trials)
@@ -229,7 +229,7 @@ def _run_round(spec: CompareSpec, trials: list[Trial], every: list[Trial], study
     session.trained += len(todo)
     outcomes.update(run_tune(spec, todo, study_dir, session.address, session.verbose, session.echo,
                              session.data_cache, watch, concurrent=session.plan.concurrent,
-                             embedded=session.embedded))
+                             embedded=session.embedded, warm=session.plan.warm))
     for t in todo:  # a trial Tune returned nothing for is a failed row, not a hole in the study
         outcomes.setdefault(t.name, TrialOutcome("failed", error="no result from Tune"))
     return outcomes

@@ -1,10 +1,14 @@
 """The trial runner: every trial of a study as a Ray Tune trial that runs one `train.run`.
 
-Under Ray Train V2 a Tune trial is a plain function: it builds its own Ray Train trainer (through
-`train.run`) and passes Tune's `TuneReportCallback` in the trainer's RunConfig, so every epoch
-reaches Tune while it runs. The trial returns its outcome (status, summary, history) as its last
-result, which is what the study's driver reads back: no trial folder on another node's disk is
-needed to build the study's tables.
+Under Ray Train V2 a Tune trial is a plain function. In a warm process (`plan.plan_processes`:
+one worker per trial on CPUs) it trains the trial itself, in Ray Train's local mode, and Tune
+keeps the process for the next trial (`reuse_actors`), which finds its engine imported, its data
+loaded and (keras_jax) its epoch compiled; each epoch reaches Tune from the run's own reports.
+Otherwise it builds its own Ray Train trainer (through `train.run`) and passes Tune's
+`TuneReportCallback` in the trainer's RunConfig, so every epoch reaches Tune while it runs.
+Either way the trial returns its outcome (status, summary, history) as its last result, which is
+what the study's driver reads back: no trial folder on another node's disk is needed to build
+the study's tables.
 
 Example::
 
@@ -36,6 +40,7 @@ from service.spec import CompareSpec, TrainSpec
 
 if TYPE_CHECKING:
     import ray.train
+    from service.train import InProcess
     from service.compat.ray import TrainRunContext
     from ray.tune.experiment import Trial as TuneTrial
 
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
 METRIC, MODE = "val_accuracy", "max"
 
 
-def trial_resources(embedded: bool) -> dict[str, float]:
+def trial_resources(embedded: bool, warm_cpus: float = 0) -> dict[str, float]:
     """What a trial's own process reserves (its Ray Train workers reserve theirs in the placement
     group the trainer makes).
 
@@ -51,8 +56,10 @@ def trial_resources(embedded: bool) -> dict[str, float]:
     Train's controller reserves none either), so the machine's cores go to workers; Tune refuses
     a trial that asks for nothing at all, so it asks for one byte of memory. On a cluster one
     CPU: a trial must not land on a head started with none (cluster.yaml's), which keeps work
-    off the head.
+    off the head. A warm trial trains in its own process: it reserves its worker's `warm_cpus`.
     """
+    if warm_cpus:
+        return {"CPU": warm_cpus}
     return {"CPU": 0, "memory": 1} if embedded else {"CPU": 1}
 
 
@@ -68,15 +75,28 @@ class EpochsToTune(TuneReportCallback):
     def after_report(self, run_context: TrainRunContext, metrics: list[dict[str, Any]], checkpoint: ray.train.Checkpoint | None):
         if metrics and metrics[0].get("final"):
             return
-        slim = [{**{k: v for k, v in m.items() if k != "decision"}, **_decided(m.get("decision"))} for m in metrics]
-        super().after_report(run_context, slim, checkpoint)
+        super().after_report(run_context, [tune_result(m) for m in metrics], checkpoint)
 
 
-def _decided(decision: Optional[dict]) -> dict:
-    """What the driver's per-epoch line needs of a decision record: the rate after it, and the stop."""
-    if not decision:
-        return {}
-    return {"lr_after": decision["lr_after"], "reduced": bool(decision["reduced"]), "stop": bool(decision["stop"])}
+def tune_result(metrics: dict) -> dict:
+    """An epoch's report as Tune gets it: without the decision record, with what the driver's
+    per-epoch line needs of it (the rate after it, and the stop)."""
+    decision = metrics.get("decision")
+    decided = {"lr_after": decision["lr_after"], "reduced": bool(decision["reduced"]),
+               "stop": bool(decision["stop"])} if decision else {}
+    return {**{k: v for k, v in metrics.items() if k != "decision"}, **decided}
+
+
+_HERE: Optional[InProcess] = None   # what this process keeps from one warm trial to the next
+
+
+def _warm_process() -> InProcess:
+    """This process's `train.InProcess` (made by its first trial), its epochs reported to Tune."""
+    global _HERE
+    from service.train import InProcess
+
+    _HERE = _HERE or InProcess(on_epoch=lambda metrics: tune.report(tune_result(metrics)))
+    return _HERE
 
 
 def run_trial(config: dict) -> dict:
@@ -94,9 +114,10 @@ def run_trial(config: dict) -> dict:
     spec = TrainSpec.model_validate({**trial["spec"], "output": str(scratch)})
     verbose = bool(trial.get("verbose"))
     echo = (lambda m: print(f"[{spec.name}] {m}", flush=True)) if verbose else (lambda m: None)
+    here = _warm_process() if trial.get("warm") else None
     try:
-        result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[EpochsToTune()],
-                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False,
+        result = train.run(spec, verbose=verbose, fresh=True, echo=echo, callbacks=[] if here else [EpochsToTune()],
+                           data_cache=trial.get("data_cache"), tensorboard=False, lock=False, in_process=here,
                            model_tried=True)  # the study tried every trial's model before Tune started
     except Exception as exc:  # noqa: BLE001 - a trial's failure, of any kind, is its row, not the study's end
         return {"status": "failed", "error": cause_line(exc), METRIC: float("nan")}
@@ -170,19 +191,20 @@ def study_cpus(trials: list[Trial]) -> int:
 
 
 def _tuner(spec: CompareSpec, trials: list[Trial], study_dir: Path, verbose: bool, echo: Callable[[str], None], data_cache: Path | None,
-           watch: StudyWatch, concurrent: int, embedded: bool):
+           watch: StudyWatch, concurrent: int, embedded: bool, warm: bool):
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="training_iteration", grace_period=1,
             max_t=max(t.spec.training.epochs for t in trials) + 2)  # never cut the final report
-    space = [{"spec": t.spec.model_dump(mode="json"), "verbose": verbose,
+    space = [{"spec": t.spec.model_dump(mode="json"), "verbose": verbose, "warm": warm,
               "data_cache": str(data_cache) if data_cache else None} for t in trials]
+    warm_cpus = spec.base.scaling.cpus_per_worker if warm else 0
     return tune.Tuner(
-        tune.with_resources(run_trial, trial_resources(embedded)),
+        tune.with_resources(run_trial, trial_resources(embedded, warm_cpus)),
         param_space={"trial": tune.grid_search(space)},
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent,
+                                    max_concurrent_trials=concurrent, reuse_actors=warm,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(study_dir / "tune"),
                                   callbacks=[StudyLines(watch, echo), NoTuneEvents()],
@@ -219,18 +241,18 @@ def study_session(spec: CompareSpec, trials: list[Trial], address: Optional[str]
 def run_tune(spec: CompareSpec, trials: list[Trial], study_dir: Path, address: Optional[str],
              verbose: bool, echo: Callable[[str], None], data_cache: Optional[Path] = None,
              watch: Optional[StudyWatch] = None, concurrent: int = 1,
-             embedded: Optional[bool] = None) -> dict[str, TrialOutcome]:
+             embedded: Optional[bool] = None, warm: bool = False) -> dict[str, TrialOutcome]:
     """Run the trials on Ray Tune, `concurrent` at a time; trial name -> outcome. Raises whatever
     keeps the study itself from running (Ray, Tune). `watch` words the lines printed meanwhile
     (default: a line per trial epoch, over these trials). Inside `study_session` it uses that
     session's Ray, and `embedded` says whether that session started it (a nested session cannot
-    tell: it only joins)."""
+    tell: it only joins). `warm`: the trials train in warm processes (`plan.plan_processes`)."""
     if watch is None:
         watch = StudyWatch(trials, StudyPace(len(trials), concurrent))
     by_name = {t.name: t for t in trials}
     with study_session(spec, trials, address, verbose, echo, study_dir / raylog.LOG_FILE) as ray_here:
         embedded = ray_here.embedded if embedded is None else embedded
-        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, embedded)
+        tuner = _tuner(spec, trials, study_dir, verbose, echo, data_cache, watch, concurrent, embedded, warm)
         if (study_dir / "tune" / spec.name).exists():  # Tune's bookkeeping of an earlier study run
             shutil.rmtree(study_dir / "tune" / spec.name)
         # Tune's own SIGINT handler would end the study as if it had finished (exit 0); without it

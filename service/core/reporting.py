@@ -59,16 +59,17 @@ class ReportEachEpoch:
     the checkpoint a run resumes from carries the history up to it. Rank 0 also writes `former`
     traces, those of ranks an earlier, larger worker group had, so that no epoch's records are
     lost when an elastic run shrinks. Then the rank posts the same report to the driver.
-    `save` writes the model's state (the engine's `state.save`).
+    `save` writes the model's state (the engine's `state.save`). `ray_train=False`: the loop runs
+    without Ray Train (`train.InProcess`): no report to it and no checkpoint, only the driver's.
     """
 
     def __init__(self, rank: int, deciders: DecisionCallbacks, driver: DriverQueue, trace: list[dict] | None = None,
-                 former: dict[int, list[dict]] | None = None, *, save: Callable[..., None]):
+                 former: dict[int, list[dict]] | None = None, *, save: Callable[..., None], ray_train: bool = True):
         super().__init__()
         self.rank, self.deciders, self.driver = rank, deciders, driver
         self.trace = list(trace or [])
         self.former = dict(former or {})
-        self.save = save
+        self.save, self.ray_train = save, ray_train
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None):
         import ray.train
@@ -81,6 +82,9 @@ class ReportEachEpoch:
                              check_seconds=(logs or {}).get(CHECK_SECONDS))  # what the replica check cost
         metrics = report.metrics()
         self.trace.append(metrics)
+        if not self.ray_train:
+            self.driver.post(self.rank, report)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             for rank, trace in [*self.former.items(), (self.rank, self.trace)]:
                 layout.write_trace(tmp, rank, trace)

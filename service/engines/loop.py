@@ -40,12 +40,15 @@ def train_loop_per_worker(config: dict) -> None:
 
     `config`: {"spec": resolved spec dict, "data": {name: ObjectRef}, "classes": the number of
     classes, "steps": steps per epoch, "progress": a ray.util.queue.Queue for the driver, or None,
-    "attempt": an id of the driver invocation}.
+    "attempt": an id of the driver invocation, "in_process": True when the driver's process runs
+    the loop itself, as rank 0 of 1 (`train.InProcess`; data as arrays, a queue.Queue)}.
     """
     # -- who this worker is, and its shards of the data
     spec = TrainSpec.model_validate(config["spec"])
-    context = ray.train.get_context()
-    rank, workers = context.get_world_rank(), context.get_world_size()
+    # In process (`train.InProcess`, a study's warm trial): rank 0 of 1, without Ray Train.
+    ray_train = not config.get("in_process")
+    context = ray.train.get_context() if ray_train else None
+    rank, workers = (context.get_world_rank(), context.get_world_size()) if context else (0, 1)
     driver = reporting.DriverQueue(config.get("progress"))
     engine = engine_worker(spec, rank, workers)
     device = engine.prepare_devices()
@@ -59,7 +62,7 @@ def train_loop_per_worker(config: dict) -> None:
     # -- the model, from the latest checkpoint when Ray Train restarts the run
     model = engine.build_model(split, arrays["x_train"].shape[1:], config["classes"])
     restored, traces = layout.Restored(), {}
-    saved = ray.train.get_checkpoint()
+    saved = ray.train.get_checkpoint() if ray_train else None
     if saved is not None:
         with saved.as_directory() as directory:
             restored = engine.restore(directory, model)
@@ -74,7 +77,8 @@ def train_loop_per_worker(config: dict) -> None:
     former = {r: t for r, t in traces.items() if r >= workers} if rank == 0 else {}
     checks = replicas.replica_callbacks(spec, collective, rank, deciders.consensus, kinds, engine.state_arrays)
     callbacks = [*deciders.as_list(), *checks,
-                 kinds.ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former, save=engine.save),
+                 kinds.ReportEachEpoch(rank, deciders, driver, traces.get(rank, []), former, save=engine.save,
+                                       ray_train=ray_train),
                  *reporting.drills(spec, rank, config.get("attempt", ""), kinds)]
 
     # -- train, unless the checkpoint is of a run that already ended
@@ -90,7 +94,8 @@ def train_loop_per_worker(config: dict) -> None:
         collective, engine.evaluator(model, arrays["x_test"][part["test"]], arrays["y_test"][part["test"]]))
     # No checkpoint here: the last epoch's checkpoint stays the one a resume starts from.
     final = FinalReport(test_loss=test["loss"], test_accuracy=test["accuracy"], workers=workers)
-    ray.train.report(final.metrics())
+    if ray_train:
+        ray.train.report(final.metrics())
     if rank == 0:
         final.model_keras = engine.keras_file(model)
     driver.post(rank, final)

@@ -18,6 +18,10 @@ Data parallelism never changes the maths, whatever the number of workers:
 Ranks hold the same number of rows per step (the largest share), padded with zero-weight rows, so
 that every process runs the same program.
 
+A process compiles an epoch once for every run it trains of the same program (`compiled`): a
+study's warm trials of one model differ in their seed and weights, which are the function's
+arguments, not in what it computes.
+
 Example::
 
     model = build_model(spec.model, seed=7, input_shape=(784,), classes=10)
@@ -28,6 +32,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -163,20 +169,53 @@ def rank_rows(batches: np.ndarray, split: BatchSplit, rank: int) -> tuple[np.nda
     return idx, weight
 
 
+_COMPILED: dict[str, Callable] = {}  # this process's jitted functions, by what their program depends on
+
+
+def program_key(model: keras.Model, *parts: Any) -> str | None:
+    """What a jitted function of `model` computes, as a key: its layers and their settings (names
+    included: `build_model` starts each model from Keras's cleared counters), its optimizer's
+    settings but the learning rate (a variable, an argument), and `parts`. None when the model
+    cannot say (a layer without a config): its functions are then its own."""
+    try:
+        optimizer = {k: v for k, v in model.optimizer.get_config().items() if k not in ("learning_rate", "name")}
+        return json.dumps([model.to_json(), optimizer, type(model.optimizer).__name__, *map(repr, parts)],
+                          sort_keys=True, default=repr)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+
+
+def compiled(key: str | None, make: Callable[[], Callable]) -> Callable:
+    """The jitted function for `key`, made by `make` the first time this process asks for it (it
+    then traces the model it was made from: a model of the same key has the same program)."""
+    if key is None:
+        return make()
+    if key not in _COMPILED:
+        _COMPILED[key] = make()
+    return _COMPILED[key]
+
+
 class Epoch:
     """One epoch of training as one jitted call on every process (see the module's docstring).
 
     `run` reads the model's variables and Adam's state (its learning rate included: a callback may
     have changed it) from the Keras model, trains `steps` global batches, and writes them back. The
-    forward pass is the model's own (`stateless_call`), so any Keras 3 model trains here.
+    forward pass is the model's own (`stateless_call`), so any Keras 3 model trains here. The
+    seed is an argument of the jitted function, which this process keeps for the next run of the
+    same program (`compiled`).
     """
 
     def __init__(self, model: keras.Model, mesh: Mesh, split: BatchSplit, rank: int, seed: int, classes: int):
         self.model, self.mesh, self.split, self.rank = model, mesh, split, rank
+        # The dropout stream's key, as data: an argument of the jitted function, not a constant in it.
+        self.dropout_key = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), DROPOUT)))
         self.rows = max(split.sizes)  # every rank's rows per step, padding included
+        key = program_key(model, "epoch", split, rank, classes, [(d.process_index, d.id) for d in mesh.devices.flat])
+        self._run = compiled(key, lambda: self._program(model, mesh, split, classes))
+
+    def _program(self, model: keras.Model, mesh: Mesh, split: BatchSplit, classes: int) -> Callable:
         optimizer = model.optimizer
         global_batch, rows = split.global_batch, self.rows
-        dropout_key = jax.random.fold_in(jax.random.key(seed), DROPOUT)
         # Where Adam's step counter is among its variables (the state `stateless_apply` takes).
         counter = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
         # Float non-trainable variables (a BatchNormalization's moving statistics) follow each rank's
@@ -185,7 +224,9 @@ class Epoch:
         averaged = [jnp.issubdtype(v.dtype, jnp.floating) for v in model.non_trainable_variables]
 
         def one_rank(weights: list, fixed: list, state: list, x: jax.Array, y: jax.Array, w: jax.Array,
-                     first: jax.Array):
+                     first: jax.Array, key_data: jax.Array):
+            dropout_key = jax.random.wrap_key_data(key_data)
+
             def step(carry: tuple, batch: tuple):
                 weights, fixed, state = carry
                 xb, yb, wb = batch
@@ -212,8 +253,9 @@ class Epoch:
         # check_vma off: with it, JAX's autodiff would itself sum the gradient of the replicated
         # weights over the ranks (the transpose of their broadcast), and the explicit psum above
         # would count it N times. Off, each rank's gradient is its own until that psum.
-        self._run = jax.jit(jax.shard_map(
-            one_rank, mesh=mesh, in_specs=(replicated, replicated, replicated, by_rank, by_rank, by_rank, P(AXIS)),
+        return jax.jit(jax.shard_map(
+            one_rank, mesh=mesh,
+            in_specs=(replicated, replicated, replicated, by_rank, by_rank, by_rank, P(AXIS), replicated),
             out_specs=(replicated, replicated, replicated, replicated), check_vma=False))
 
     def _global(self, local: np.ndarray, spec: P) -> jax.Array:
@@ -230,7 +272,8 @@ class Epoch:
         *values, sums = self._run(*values, self._global(x[idx], P(None, AXIS)),
                                   self._global(y[idx].astype(np.int32), P(None, AXIS)),
                                   self._global(weight, P(None, AXIS)),
-                                  self._global(np.array([first], np.int32), P(AXIS)))
+                                  self._global(np.array([first], np.int32), P(AXIS)),
+                                  self._global(self.dropout_key, P()))
         for group, new in zip(groups, values):
             for variable, value in zip(group, new):
                 variable.assign(value.addressable_data(0))
@@ -253,7 +296,7 @@ class ShardEvaluator:
             probs, _ = model.stateless_call(weights, fixed, scale_features(x), training=False)
             return example_losses(probs, y, classes), jnp.argmax(probs, axis=-1) == y
 
-        self._examples = jax.jit(per_example)
+        self._examples = compiled(program_key(model, "examples", classes), lambda: jax.jit(per_example))
 
     def sums(self) -> np.ndarray:
         """[loss sum, correct count, example count] over this shard."""

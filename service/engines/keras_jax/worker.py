@@ -110,7 +110,13 @@ class Worker(EngineWorker):
         return prepare_devices(self.spec.scaling.use_gpu, self.rank)
 
     def build_model(self, split: BatchSplit, input_shape: tuple[int, ...], classes: int) -> Any:
+        import keras
+
         self.classes = classes
+        # As in a new process, when this one trained a run before (a study's warm trial): Keras's
+        # name counters start over, so a model of the same layers has the same names and program
+        # (`model.compiled`).
+        keras.backend.clear_session()
         return self._model.build_model(self.spec.model, seed=self.spec.training.seed, input_shape=input_shape,
                                        classes=classes)
 

@@ -154,8 +154,13 @@ class Worker(EngineWorker):
         return prepare_devices(self.spec.scaling.use_gpu, self.rank)
 
     def build_model(self, split: BatchSplit, input_shape: tuple[int, ...], classes: int) -> Any:
+        import tf_keras
+
         scaling = self.spec.scaling
         self.classes = classes
+        # As in a new process, when this one trained a run before (a study's warm trial): Keras's
+        # name counters and graph start over.
+        tf_keras.backend.clear_session()
         self.strategy = make_strategy(self.workers, scaling.collective, scaling.use_gpu)
         with self.strategy.scope():
             return build_model(self.spec.model, seed=self.spec.training.seed,
