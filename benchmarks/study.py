@@ -16,7 +16,8 @@ Two ways to answer "does ReduceLROnPlateau help?" for the same arms:
             machine (its plan line is shown)
 
 and prints the wall times (command start to exit), the epochs each trained, the ratio study / by
-hand for each engine, and start-up: the by-hand script's from its process's start to its first
+hand for each engine (and per epoch trained: the study seeds its trials its own way, so they stop
+at other epochs than the script's), and start-up: the by-hand script's from its process's start to its first
 epoch's end (the median over its runs), against a trial's from its start to its first epoch line.
 A trial starts when the study hands it a slot: the first trials at the study's plan line (Tune's
 start and the trial's process's start count), each later one when an earlier trial's finished
@@ -27,6 +28,7 @@ line frees a slot (trials start in the grid's order). `--set` passes overrides t
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -106,8 +108,8 @@ def by_hand(data: str, seeds: list[int]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The study
 
-EPOCH_ONE = re.compile(r"^\[(\d+)/\d+\] .*  epoch 1/\d+  ")
-FINISHED = re.compile(r"^\[(\d+)/\d+\] .*  \| study: ")
+EPOCH_ONE = re.compile(r"^\[ *(\d+)/\d+\] .*  epoch 1/\d+  ")
+FINISHED = re.compile(r"^\[ *(\d+)/\d+\] .*  \| study: ")
 PLAN = re.compile(r"^\S+: plan: (\d+) trial\(s\) at once")
 
 
@@ -133,9 +135,11 @@ def study(data: str, seeds: list[int], engine: str, overrides: list[str], workdi
     if code != 0:
         raise SystemExit(f"the study failed ({code}):\n" + "\n".join(text for _, text in lines[-40:]))
     plan = next((text for _, text in lines if re.match(r"^\S+: plan:", text)), "")
-    rows = (output / "seed-comparison" / "comparison.csv").read_text().splitlines()
+    with (output / "seed-comparison" / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
     startups = trial_startups(lines)
-    return {"engine": engine, "seconds": seconds, "plan": plan, "trials": len(rows) - 1, "startups": startups,
+    return {"engine": engine, "seconds": seconds, "plan": plan, "trials": len(rows),
+            "epochs": sum(int(r["epochs_run"] or 0) for r in rows), "startups": startups,
             "startup_seconds": statistics.median(t["seconds"] for t in startups.values())}
 
 
@@ -188,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             for engine, entry in pair["studies"].items():
                 entry["ratio"] = entry["seconds"] / hand["seconds"]
                 entry["startup_ratio"] = entry["startup_seconds"] / hand["startup_seconds"]
-                print(f"  study on {engine}: {entry['seconds']:.1f}s (seeds {seeds}, {entry['trials']} trials), "
-                      f"study / by hand {entry['ratio']:.2f}", flush=True)
+                # The study's seeding is plateau's, not the script's: its trials stop at other epochs.
+                per_epoch = (entry["seconds"] / entry["epochs"]) / (hand["seconds"] / hand["epochs"])
+                print(f"  study on {engine}: {entry['seconds']:.1f}s (seeds {seeds}, {entry['trials']} trials, "
+                      f"{entry['epochs']} epochs), study / by hand {entry['ratio']:.2f}, per epoch trained "
+                      f"{per_epoch:.2f}", flush=True)
                 print(f"    {startup_words(entry, hand['startup_seconds'])}", flush=True)
                 print(f"    {entry['plan']}", flush=True)
             results.append(pair)

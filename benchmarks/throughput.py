@@ -3,6 +3,7 @@
     python benchmarks/throughput.py --data mnist.npz [--epochs 5] [--repeats 1] [--json OUT.json]
                                     [--modes plain,workers_1,workers_2,local] [--set KEY=VALUE ...]
                                     [--beside]
+    python benchmarks/throughput.py --data mnist.npz --model examples/cnn.py:build --modes workers_1,jax_1,workers_2,jax_2
     python benchmarks/throughput.py --data mnist.npz --modes plain,plain_jax,workers_1,jax_1,workers_2,jax_2
 
 Ways to train the seed's model (Dense 784 relu -> Dropout 0.5 -> Dense 10 softmax, Adam
@@ -38,6 +39,10 @@ not always land on the same mode. Per mode the table shows:
 
 --beside starts a second, identical plateau run next to each measured one (not measured
 itself): the same numbers on a machine that is busy with another run.
+
+--model FILE.py:FUNCTION trains your own model (`model.build`, with its default kwargs) instead
+of the seed's, in every mode: the plain ones build it with the engine's `build_model`, as the
+workers do, and feed it the data in its own shape (28x28 for MNIST).
 
 Numbers from a shared machine are noisy: read the ratios, repeat (--repeats 3) when the
 machine is busy, and look at the load averages printed with the table.
@@ -84,7 +89,7 @@ EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/")
 # (a) plain tf_keras, run as `throughput.py --plain-child ...` in its own process
 
 
-def plain_child(data: str, epochs: int, engine: str = "tf_keras") -> None:
+def plain_child(data: str, epochs: int, engine: str = "tf_keras", build: str | None = None) -> None:
     """The yardstick: stock `model.fit` on arrays, in one process, no Ray, no strategy.
 
     Same data split as plateau (service.data.load with the holdout), same compiled model
@@ -102,21 +107,27 @@ def plain_child(data: str, epochs: int, engine: str = "tf_keras") -> None:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         import keras
 
-        from service.engines.keras_jax.model import build_model
+        from service.engines.building import stock_copy
+        from service.engines.keras_jax.model import SeededDropout
+        from service.engines.keras_jax.model import build_model as seeded_build
+
+        def build_model(spec: ModelSpec, **kwargs) -> keras.Model:  # Keras 3's stock Dropout: the seeded one draws in plateau's epoch only
+            return stock_copy(seeded_build(spec, **kwargs), keras, SeededDropout, spec.learning_rate)
     else:
         import tf_keras as keras
 
         from service.engines.tf_keras.model import build_model
 
-    splits = data_lib.load(data, "holdout", warn=lambda m: None)
+    splits = data_lib.load(data, "holdout", warn=lambda m: None, layout=data_lib.Layout(own=build is not None))
     n = len(splits.x_train) // GLOBAL_BATCH * GLOBAL_BATCH  # whole batches, like plateau's steps
 
     def prepare(x: np.ndarray, y: np.ndarray):
-        return x.reshape(len(x), -1).astype("float32") / 255.0, keras.utils.to_categorical(y, 10)
+        return x.astype("float32") / (255.0 if x.dtype.name == "uint8" else 1.0), keras.utils.to_categorical(y, 10)
 
     x, y = prepare(splits.x_train[:n], splits.y_train[:n])
     x_val, y_val = prepare(splits.x_val, splits.y_val)
-    model = build_model(ModelSpec(), seed=SEED)
+    model_spec = ModelSpec(build=build, learning_rate=0.01) if build else ModelSpec()
+    model = build_model(model_spec, seed=SEED, input_shape=x.shape[1:], classes=10)
 
     class EpochTimer(keras.callbacks.Callback):
         # on_epoch_end runs after Keras validated, so the span is fit + validation, the same
@@ -178,6 +189,8 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec_path: Path
     if mode in PLAIN:
         cmd = [sys.executable, os.path.abspath(__file__), "--plain-child", PLAIN[mode], "--data", args.data,
                "--epochs", str(args.epochs)]
+        if args.model:
+            cmd += ["--model", _absolute(args.model)]
     else:
         cmd = [sys.executable, "-m", "service.cli", "train", str(spec_path), "--data", args.data,
                "--workers", str(WORKERS[mode]), "--epochs", str(args.epochs),
@@ -248,18 +261,25 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path, spec_path: Path
     }
 
 
-def benchmark_spec(workdir: Path) -> Path:
-    """The spec every plateau mode trains: the seed model, nothing that acts mid-run.
+def _absolute(build: str) -> str:
+    """FILE.py:FUNCTION with FILE made absolute (the spec and the children live elsewhere)."""
+    file, _, function = build.rpartition(":")
+    return f"{Path(file).resolve()}:{function}" if file.endswith(".py") else build
+
+
+def benchmark_spec(workdir: Path, build: str | None = None) -> Path:
+    """The spec every plateau mode trains: the seed model (or `build`'s), nothing that acts mid-run.
 
     No ReduceLROnPlateau and no EarlyStopping (they would end runs at different epochs);
     holdout validation like the plain run; one checkpoint kept, as a default run would
     write one per epoch anyway.
     """
+    model = {"build": _absolute(build)} if build else {"hidden_units": 784, "dropout": 0.5}
     spec = {
         "kind": "train",
         "name": "throughput",
         "data": {"validation": "holdout"},
-        "model": {"hidden_units": 784, "dropout": 0.5, "learning_rate": 0.01},
+        "model": {**model, "learning_rate": 0.01},
         "training": {"batch_size": GLOBAL_BATCH, "seed": SEED},
         "early_stopping": None,
         "reduce_lr": None,
@@ -327,13 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="spec override for the plateau modes, e.g. training.steps_per_execution=50")
+    parser.add_argument("--model", metavar="FILE.py:FUNCTION", help="your own model's builder, for the plateau modes")
     parser.add_argument("--verbose", action="store_true", help="echo every subprocess line")
     parser.add_argument("--beside", action="store_true", help="a second identical plateau run beside each measured one")
     parser.add_argument("--plain-child", choices=sorted(set(PLAIN.values())), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.plain_child:
-        plain_child(args.data, args.epochs, args.plain_child)
+        plain_child(args.data, args.epochs, args.plain_child, args.model)
         return 0
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -349,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="plateau-throughput-") as tmp:
         workdir = Path(tmp)
-        spec_path = benchmark_spec(workdir)
+        spec_path = benchmark_spec(workdir, args.model)
         for repeat in range(args.repeats):
             # Rotate the order each repeat: a noisy neighbour then hits every mode in turn.
             order = modes[repeat % len(modes):] + modes[: repeat % len(modes)]
@@ -373,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": args.epochs,
             "repeats": args.repeats,
             "overrides": args.set,
+            "model": args.model or "the seed's",
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
