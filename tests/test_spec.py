@@ -80,8 +80,8 @@ def test_a_setting_the_engine_does_not_read_is_one_line_for_that_engine_only():
     tuned = ["training.steps_per_execution=10", "scaling.collective=ring"]
     assert lint(load_spec(None, tuned)) == []  # tf_keras reads both
     assert lint(load_spec(None, [*tuned, "training.engine=keras_jax"])) == [
-        "training.steps_per_execution 10 has no effect on training.engine keras_jax: an epoch is one jitted call; "
-        "remove it, or train with another engine",
+        "training.steps_per_execution 10 has no effect on training.engine keras_jax: an epoch is one jitted call (a step, "
+        "for a model with a convolution); remove it, or train with another engine",
         "scaling.collective ring has no effect on training.engine keras_jax: JAX's processes use gloo between "
         "CPUs and NCCL between GPUs; remove it, or train with another engine"]
     assert lint(load_spec(None, ["training.engine=keras_jax", "training.steps_per_execution=50"])) == []  # the default

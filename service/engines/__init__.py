@@ -113,7 +113,8 @@ ENGINES = {
                         packages=("keras", "jax", "jaxlib"), install='pip install -e ".[jax]"',
                         versions=(("keras", "keras"), ("jax", "jax")),
                         model_requirements=(("keras", "keras"), ("jax[cpu]", "jax")),
-                        unread=(("training.steps_per_execution", "an epoch is one jitted call"),
+                        unread=(("training.steps_per_execution", "an epoch is one jitted call (a step, for a model "
+                                                                 "with a convolution)"),
                                 ("scaling.collective", "JAX's processes use gloo between CPUs and NCCL between "
                                                        "GPUs"))),
 }

@@ -5,7 +5,8 @@ The model is the spec's (its builder's, or the seed's MLP: 784 -> Dense 784 relu
 epochs, the stock callbacks read and change it, and rank 0 saves it as the run's `model.keras`. An
 epoch runs as one jitted function over every process (`Epoch`): a `lax.scan` of the steps inside
 `shard_map` over a mesh of one CPU device per process, where each process holds its rows of every
-global batch, and each step is the model's own forward pass (`stateless_call`).
+global batch, and each step is the model's own forward pass (`stateless_call`). A model with a
+convolution calls the same function once a step on CPUs instead (`steps_per_call`).
 
 Data parallelism never changes the maths, whatever the number of workers:
 

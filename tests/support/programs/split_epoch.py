@@ -48,7 +48,7 @@ def main(workers: int) -> None:
         state = [put(np.asarray(v.value), P()) for v in model.optimizer.variables]
         weights, fixed, state, sums = epoch._run(variables, fixed, state, put(x[idx], P(None, jm.AXIS)),
                                           put(y[idx].astype(np.int32), P(None, jm.AXIS)), put(weight, P(None, jm.AXIS)),
-                                          put(first, P(jm.AXIS)))
+                                          put(first, P(jm.AXIS)), put(epoch.dropout_key, P()))
         # Adam's first moment after one step is 0.1 x the gradient.
         moments = [i for i, v in enumerate(model.optimizer.variables)
                    if any(v is m for m in model.optimizer._momentums)]
