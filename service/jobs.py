@@ -374,13 +374,14 @@ def submit(spec_path: str, address: str | None, overrides: list[str], *, wait: b
     job_id = base
     for attempt in range(2, 12):
         try:
-            job_id = starting.call(lambda: server.client.submit_job(
-                entrypoint=job["entrypoint"],
-                submission_id=job_id,
-                runtime_env=copy.deepcopy(job["runtime_env"]),  # Ray's client rewrites its working_dir
-                metadata=job["metadata"],
-                entrypoint_num_cpus=job["entrypoint_num_cpus"],
-            ), server.address)
+            with compat_ray.job_py_modules(copy.deepcopy(job["runtime_env"])) as runtime_env:  # Ray's client rewrites it
+                job_id = starting.call(lambda: server.client.submit_job(
+                    entrypoint=job["entrypoint"],
+                    submission_id=job_id,
+                    runtime_env=runtime_env,
+                    metadata=job["metadata"],
+                    entrypoint_num_cpus=job["entrypoint_num_cpus"],
+                ), server.address)
             break
         except JobError:
             raise

@@ -237,7 +237,9 @@ def local_code(ref: ModelRef) -> Optional[Path]:
         where = Path(found.origin)
     else:
         return None
-    return None if {"site-packages", "dist-packages"} & set(where.parts) else where
+    # Installed, or shipped by Ray already (a submitted job's working_dir or py_modules, which a
+    # job's driver may not ship again: Ray refuses to merge the two runtime envs).
+    return None if {"site-packages", "dist-packages", "runtime_resources"} & set(where.parts) else where
 
 
 def load_builder(ref: Union[ModelRef, str]) -> Callable:

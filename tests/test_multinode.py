@@ -224,17 +224,17 @@ def test_a_spread_job_trains_on_two_nodes_and_its_ranks_agree(multinode_cluster,
     assert_job_views(cluster, submission_id, epochs=3)
 
 
-def test_a_submitted_builder_file_next_to_its_spec_trains_on_nodes_that_never_had_it(multinode_cluster, tmp_path):
-    """A spec and its builder in a folder of their own, outside the project: `plateau submit` ships
-    the file with the job (`py_modules`), and the file is gone from this disk before the job's
-    driver and workers start, so each of the two nodes imports the copy Ray shipped."""
+def test_a_submitted_builder_file_outside_the_project_trains_on_nodes_that_never_had_it(multinode_cluster, tmp_path):
+    """A builder in a folder of its own, outside the project that `plateau submit` uploads: submit
+    ships the file with the job (`py_modules`), and the file is gone from this disk before the
+    job's driver and workers start, so each of the two nodes imports the copy Ray shipped."""
     cluster = multinode_cluster
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "nets.py").write_text((PROJECT_ROOT / "examples" / "features.py").read_text())
-    (folder / "net.yaml").write_text("model:\n  build: nets.py:build\n  kwargs: {units: [16]}\n"
-                                     "training: {engine: keras_jax, epochs: 2}\n")
-    proc = cluster.plateau("submit", str(folder / "net.yaml"), "--data", "sample", "--workers", "2",
+    proc = cluster.plateau("submit", "jobs/seed-reduce-lr.yaml", "--data", "sample", "--workers", "2",
+                           "--epochs", "2", "--set", f"model={{build: '{folder / 'nets.py'}:build', "
+                           "kwargs: {units: [16]}}", "--set", "training.engine=keras_jax",
                            "--set", "scaling.placement_strategy=STRICT_SPREAD", "--set", f"output={tmp_path}",
                            timeout=COMMAND_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -245,11 +245,11 @@ def test_a_submitted_builder_file_next_to_its_spec_trains_on_nodes_that_never_ha
         assert time.monotonic() < deadline, f"{submission_id} still {status}"
         time.sleep(2)
     assert status == "SUCCEEDED", cluster.plateau("logs", submission_id, timeout=COMMAND_S).stdout[-3000:]
-    summary = json.loads((tmp_path / "plateau" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "seed-reduce-lr" / "summary.json").read_text())
     ids = cluster.node_ids()
     assert {p["node_id"] for p in summary["placement"]} == {ids["n1"], ids["n2"]}
     assert summary["epochs_run"] == 2 and summary["replicas_identical"] is True
-    assert load_spec(tmp_path / "plateau" / "spec.yaml").model.build == "nets:build"
+    assert load_spec(tmp_path / "seed-reduce-lr" / "spec.yaml").model.build == "nets:build"
 
 
 @contextlib.contextmanager

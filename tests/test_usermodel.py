@@ -265,3 +265,28 @@ def test_plateau_check_refuses_a_missing_module(tmp_path):
     assert done.stderr.splitlines() == ["plateau: no module nosuchmod_xyz.models on the import path; set PYTHONPATH "
                                         "to the folder that holds it, install it, or give the file: FILE.py:FUNCTION "
                                         "(a path relative to the spec file's folder)"]
+
+
+def test_a_file_in_a_jobs_py_modules_goes_as_a_package_of_its_name(tmp_path):
+    """Ray's job client packs every py_modules entry as a folder; a lone file goes as NAME/__init__.py,
+    so the job's workers still `import NAME`, and the folder is gone after the upload."""
+    from service.compat.ray import job_py_modules
+
+    (tmp_path / "nets.py").write_text("def build():\n    return 1\n")
+    env = {"working_dir": "/project", "py_modules": [str(tmp_path / "nets.py"), str(tmp_path / "pkg")]}
+    with job_py_modules(env) as shipped:
+        package = Path(shipped["py_modules"][0])
+        assert package.name == "nets" and (package / "__init__.py").read_text() == "def build():\n    return 1\n"
+        assert shipped["py_modules"][1] == str(tmp_path / "pkg") and shipped["working_dir"] == "/project"
+    assert not package.exists()
+    assert env["py_modules"][0] == str(tmp_path / "nets.py")  # the caller's env is left as it was
+
+
+def test_code_ray_shipped_to_a_job_is_not_shipped_again(tmp_path, monkeypatch):
+    """A job's driver finds its builder in Ray's runtime_resources: Ray refuses to merge a second
+    py_modules into the job's, and the workers have it already."""
+    shipped = tmp_path / "session" / "runtime_resources" / "py_modules_files" / "_ray_pkg_1" / "nets"
+    shipped.mkdir(parents=True)
+    (shipped / "__init__.py").write_text("def build():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(shipped.parent))
+    assert runtime_env_for(resolve("nets:build", None)) == {}

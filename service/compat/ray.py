@@ -45,9 +45,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
 from service.envvars import environment
 from service.files import write_atomic
@@ -166,3 +169,24 @@ def drop_from_snapshot(checkpoints_dir: Path, names: set[str], latest: str) -> N
         if key in snapshot:
             out[key] = [n for n in snapshot[key] if n not in names]
     write_atomic(Path(checkpoints_dir, SNAPSHOT_FILE), json.dumps(out))
+
+
+@contextlib.contextmanager
+def job_py_modules(runtime_env: dict) -> Iterator[dict]:
+    """`runtime_env` as Ray's job client can upload it: each `.py` file in `py_modules` becomes a
+    temporary folder holding the module as a package of the same name (`nets.py` ->
+    `nets/__init__.py`), so workers still `import nets`. Ray's own `ray.init` uploads a lone file;
+    its job client (2.60) passes a file to the folder packer, which refuses it ("must be an
+    existing directory"). The folders are removed when the block ends (after the upload)."""
+    files = [m for m in runtime_env.get("py_modules", []) if isinstance(m, str) and m.endswith(".py")]
+    if not files:
+        yield runtime_env
+        return
+    with tempfile.TemporaryDirectory(prefix="plateau-py-modules-") as tmp:
+        folders = {}
+        for i, file in enumerate(files):
+            package = Path(tmp) / str(i) / Path(file).stem
+            package.mkdir(parents=True)
+            shutil.copyfile(file, package / "__init__.py")
+            folders[file] = str(package)
+        yield {**runtime_env, "py_modules": [folders.get(m, m) for m in runtime_env["py_modules"]]}
