@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
+from service.compat import ray as compat_ray
 from service.errors import BadInput, first_line
 
 FORMS = "MODULE:FUNCTION (a module on the import path) or FILE.py:FUNCTION, e.g. examples/cnn.py:build"
@@ -237,9 +238,9 @@ def local_code(ref: ModelRef) -> Optional[Path]:
         where = Path(found.origin)
     else:
         return None
-    # Installed, or shipped by Ray already (a submitted job's working_dir or py_modules, which a
-    # job's driver may not ship again: Ray refuses to merge the two runtime envs).
-    return None if {"site-packages", "dist-packages", "runtime_resources"} & set(where.parts) else where
+    if compat_ray.shipped_by_ray(where):  # a job's driver may not ship it again: Ray refuses to merge the envs
+        return None
+    return None if {"site-packages", "dist-packages"} & set(where.parts) else where
 
 
 def load_builder(ref: Union[ModelRef, str]) -> Callable:

@@ -20,8 +20,8 @@ compare spec (`workers_per_trial`, or `--workers`; `max_concurrent_trials`). Oth
   once as the GPUs (or CPUs) hold.
 
 Where a trial trains: with one worker per trial on CPUs (one engine, no scheduler), in a warm
-process: a Tune actor that trains the trial itself (Ray Train's local mode, the 1-worker run's
-maths) and is kept for the next trial, with its engine imported, its data loaded and (keras_jax)
+process: a Tune actor that runs the worker loop itself, as rank 0 of 1 (the 1-worker run's
+maths, without Ray Train) and is kept for the next trial, with its engine imported, its data loaded and (keras_jax)
 its epoch compiled. Every other plan keeps its placement: each trial starts its own Ray Train
 workers, as `plateau train` does.
 

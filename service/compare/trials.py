@@ -1,7 +1,7 @@
 """The trial runner: every trial of a study as a Ray Tune trial that runs one `train.run`.
 
 Under Ray Train V2 a Tune trial is a plain function. In a warm process (`plan.plan_processes`:
-one worker per trial on CPUs) it trains the trial itself, in Ray Train's local mode, and Tune
+one worker per trial on CPUs) it runs the worker loop itself, as rank 0 of 1, and Tune
 keeps the process for the next trial (`reuse_actors`), which finds its engine imported, its data
 loaded and (keras_jax) its epoch compiled; each epoch reaches Tune from the run's own reports.
 Otherwise it builds its own Ray Train trainer (through `train.run`) and passes Tune's

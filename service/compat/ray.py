@@ -171,6 +171,12 @@ def drop_from_snapshot(checkpoints_dir: Path, names: set[str], latest: str) -> N
     write_atomic(Path(checkpoints_dir, SNAPSHOT_FILE), json.dumps(out))
 
 
+def shipped_by_ray(path: Path) -> bool:
+    """Whether `path` is code Ray unpacked for this process (a submitted job's working_dir or
+    py_modules, under the session's `runtime_resources/` folder, Ray's layout, not an API)."""
+    return "runtime_resources" in path.parts
+
+
 @contextlib.contextmanager
 def job_py_modules(runtime_env: dict) -> Iterator[dict]:
     """`runtime_env` as Ray's job client can upload it: each `.py` file in `py_modules` becomes a

@@ -197,9 +197,9 @@ def compiled(key: str | None, make: Callable[[], Callable]) -> Callable:
 
 
 # Layers that XLA on CPUs runs several times slower inside a loop (an epoch's `lax.scan`) than
-# at the top of a jitted call: a CNN's step took 0.80 s in a scan against 0.14 s called alone
-# (Keras 3.15, jaxlib on 2 cores, batch 200), while the seed's MLP is faster scanned (3.2 ms a
-# step against 4.6 ms).
+# at the top of a jitted call: examples/cnn.py took 33-37 s an epoch of the sample scanned against
+# 6.3-7.6 s a step a call (docs/speed.md), while the seed's MLP is faster scanned (so it keeps
+# its one call an epoch).
 SLOW_IN_A_LOOP = tuple(getattr(keras.layers, name) for name in (
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
     "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"))
