@@ -16,7 +16,7 @@ import pytest
 from service import data as data_lib
 from service import train
 from tests.support.engines import ENGINES
-from tests.support.project import PROJECT_ROOT, plateau
+from tests.support.project import PROJECT_ROOT, plateau, python_env
 from tests.support.runs import (by_epoch, checkpoints, exact_metrics, make_spec, model_at, score_model_file,
                                 without_seconds)
 from tests.support.stock import stock_replay_on
@@ -173,8 +173,9 @@ def test_a_study_varies_a_builder_kwarg(tmp_path, module_ray):
                            "give one probability per class (Dense(10, activation='softmax'))"),
 ])
 def test_a_builder_that_cannot_train_on_the_data_is_one_line_before_ray_starts(builder, line, tmp_path):
+    # The module is reached as a user reaches theirs: PYTHONPATH names the folder that holds it.
     done = plateau("train", "--data", "sample", "--set", f"model.build=tests.support.models:{builder}",
-                   cwd=tmp_path)
+                   cwd=tmp_path, env=python_env())
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"plateau: model.build tests.support.models:{builder}: {line}"
     assert not (tmp_path / "results").exists()
