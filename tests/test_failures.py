@@ -3,9 +3,11 @@ result is the run that never failed (real Ray, real TensorFlow, real process kil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 
 from service import train
 from service.report import files as run_files
+from service.runlock import LOCK_FILE
 from service.signals import EXIT_SIGINT, EXIT_SIGTERM
 from service.spec import dump_spec
 from tests.support.limits import COMMAND_S, LONG_RUN_S, SIGNAL_EXIT_WITHIN_S
@@ -50,8 +53,10 @@ def test_killed_worker_resumes_to_the_run_that_never_failed(reference, tmp_path)
     assert len(epoch3) == 1
 
 
-@pytest.mark.heavy  # the driver's end and resume: SIGTERM's test covers them by default
-def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
+def test_killed_driver_leaves_its_lock_and_the_same_command_takes_it_over_and_resumes(reference, tmp_path):
+    """SIGKILL to the driver and the Ray it started (a lost laptop): the folder keeps the dead
+    driver's lock and reads as interrupted; the same command takes the lock over with one warning
+    line, resumes from the last checkpoint and ends equal to the run that never failed."""
     spec = make_spec(tmp_path, *DECIDING, name="ft")
     (tmp_path / "ft.yaml").write_text(dump_spec(spec))
     command = [sys.executable, "-m", "service.cli", "train", "ft.yaml"]
@@ -70,9 +75,17 @@ def test_killed_driver_resumes_from_its_last_checkpoint(reference, tmp_path):
     out = Path(spec.output) / "ft"
     assert not (out / "summary.json").exists()
     assert [r["epoch"] for r in run_files.read_history(out / "history.csv")][:2] == [1, 2]  # saved before printed
+    left = json.loads((out / LOCK_FILE).read_text())
+    assert left["pid"] == driver.pid
+    listing = subprocess.run([*command[:3], "runs", spec.output, "--json"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=COMMAND_S)
+    assert json.loads(listing.stdout)[0]["status"] == "interrupted", listing.stdout + listing.stderr
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LONG_RUN_S)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert (f"warning: took over {out / LOCK_FILE} from pid {driver.pid} on {socket.gethostname()} since "
+            f"{left['started']} (plateau train ft.yaml): its process is gone") in again.stderr.splitlines()
+    assert not (out / LOCK_FILE).exists()
     # The kill lands right after the epoch 2 line; epoch 2's checkpoint may or may not have
     # been registered by then (and on a slow machine epoch 3's may have been).
     resumed = re.search(r"ft: resuming after epoch (\d+) from its last checkpoint", again.stdout)

@@ -377,58 +377,6 @@ ELASTIC = ("--set", "scaling.num_workers=[1, 2]", "--set", "scaling.max_failures
 CLUSTER_SINGLETON = "_AutoscalingCoordinatorActor"
 
 
-@pytest.mark.heavy
-def test_sigterm_to_a_driver_on_the_cluster_ends_its_actors_and_the_same_command_resumes(multinode_cluster,
-                                                                                           tmp_path):
-    """`plateau train --address` (a driver joined to the cluster, as from a login node) gets
-    SIGTERM mid-run: exit 143 within 15 s with one line; the cluster keeps none of the run's
-    actors (Ray's state API: its controller, workers and queue are all DEAD); the same command
-    resumes from the last checkpoint."""
-    from service.signals import EXIT_SIGTERM
-
-    cluster = multinode_cluster
-    argv = [sys.executable, "-m", "service.cli", "train", SPEC, "--data", "sample", "--epochs", "5", "--name", "term",
-            "--address", cluster.gcs_address, "--output", str(tmp_path)]
-    driver = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        for line in driver.stdout:
-            if re.match(r"epoch +2/", line):
-                break
-        jobs = {a["job_id"] for a in cluster.state("actors")
-                if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"}
-        assert len(jobs) == 1, jobs   # the driver's own Ray job
-        sent = time.monotonic()
-        driver.send_signal(signal.SIGTERM)
-        _, stderr = driver.communicate(timeout=COMMAND_S)
-        seconds = time.monotonic() - sent
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == EXIT_SIGTERM, stderr
-    assert seconds < SIGNAL_EXIT_WITHIN_S, seconds
-    assert re.fullmatch(r"plateau: interrupted by SIGTERM after epoch (2|3); the checkpoint of epoch [1-3] is in "
-                        r".*/term/checkpoints/term: run the same command again to resume",
-                        stderr.splitlines()[-1]), stderr
-    deadline = time.monotonic() + 30   # the GCS marks a gone driver's actors DEAD within seconds
-    while True:
-        # Ray Data's AutoscalingCoordinator is one detached actor per cluster, made by the first
-        # Ray Train run that asks for it and serving every later one: the cluster's, not the run's.
-        left = [(a["class_name"], a["state"]) for a in cluster.state("actors")
-                if a["job_id"] in jobs and a["state"] != "DEAD" and a["class_name"] != CLUSTER_SINGLETON]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert not left, left
-
-    again = subprocess.run(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, capture_output=True, text=True,
-                           timeout=LONG_RUN_S)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert re.search(r"^term: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
-    history = run_files.read_history(tmp_path / "term" / "history.csv")
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
-
-
 def _wait_for_checkpoint(checkpoints_dir: Path, epoch: int, timeout: float = 60) -> None:
     """Until Ray Train has registered the checkpoint of `epoch` (its latest)."""
     from service.checkpoints import resume
@@ -513,3 +461,59 @@ def test_an_elastic_run_loses_and_regains_a_worker_and_decides_as_if_nothing_hap
     lrs = [d["lr_after"] for d in rank0]
     assert lrs == sorted(lrs, reverse=True), "the learning rate went back up"
     assert summary["lr_reductions"], "no LR reduction: the test proves less than it claims; retune ELASTIC"
+
+
+@pytest.mark.heavy
+def test_sigterm_to_a_driver_on_the_cluster_ends_its_actors_and_the_same_command_resumes(multinode_cluster,
+                                                                                           tmp_path):
+    """`plateau train --address` (a driver joined to the cluster, as from a login node) gets
+    SIGTERM mid-run: exit 143 within 15 s with one line; the cluster keeps none of the run's
+    actors (Ray's state API: its controller, workers and queue are all DEAD); the same command
+    resumes from the last checkpoint.
+
+    Last in this module: Ray Train keeps an aborted run's resource request with its autoscaling
+    coordinator (a detached actor, one per cluster) for 180 s, and an elastic run started within
+    that time waits for it (docs/troubleshooting.md)."""
+    from service.signals import EXIT_SIGTERM
+
+    cluster = multinode_cluster
+    argv = [sys.executable, "-m", "service.cli", "train", SPEC, "--data", "sample", "--epochs", "5", "--name", "term",
+            "--address", cluster.gcs_address, "--output", str(tmp_path)]
+    driver = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for line in driver.stdout:
+            if re.match(r"epoch +2/", line):
+                break
+        jobs = {a["job_id"] for a in cluster.state("actors")
+                if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"}
+        assert len(jobs) == 1, jobs   # the driver's own Ray job
+        sent = time.monotonic()
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=COMMAND_S)
+        seconds = time.monotonic() - sent
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == EXIT_SIGTERM, stderr
+    assert seconds < SIGNAL_EXIT_WITHIN_S, seconds
+    assert re.fullmatch(r"plateau: interrupted by SIGTERM after epoch (2|3); the checkpoint of epoch [1-3] is in "
+                        r".*/term/checkpoints/term: run the same command again to resume",
+                        stderr.splitlines()[-1]), stderr
+    deadline = time.monotonic() + 30   # the GCS marks a gone driver's actors DEAD within seconds
+    while True:
+        # Ray Data's AutoscalingCoordinator is one detached actor per cluster, made by the first
+        # Ray Train run that asks for it and serving every later one: the cluster's, not the run's.
+        left = [(a["class_name"], a["state"]) for a in cluster.state("actors")
+                if a["job_id"] in jobs and a["state"] != "DEAD" and a["class_name"] != CLUSTER_SINGLETON]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not left, left
+
+    again = subprocess.run(argv, cwd=PROJECT_ROOT, env=cluster.driver_env, capture_output=True, text=True,
+                           timeout=LONG_RUN_S)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert re.search(r"^term: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M), again.stdout
+    history = run_files.read_history(tmp_path / "term" / "history.csv")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]

@@ -259,38 +259,6 @@ def test_two_trains_of_one_name_one_trains_the_other_is_refused_at_once(tmp_path
 
 
 @pytest.mark.slow
-def test_a_killed_drivers_lock_is_taken_over_and_the_run_resumes(tmp_path):
-    out = tmp_path / "results"
-    # A pause after each epoch: the kill lands before epoch 4's checkpoint, whatever the machine's pace.
-    command = plateau_cmd("train", "jobs/seed-reduce-lr.yaml", "--data", "sample", "--epochs", "4", "--workers", "1",
-                          "--output", str(out), "--set", "debug.epoch_pause_s=3")
-    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        for line in driver.stdout:
-            if line.startswith("epoch 2/"):
-                break
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
-        driver.wait(timeout=COMMAND_S)
-        time.sleep(5)  # Ray's actors notice their raylet is gone
-    folder = out / "seed-reduce-lr"
-    left = lock_of(folder)
-    assert left["pid"] == driver.pid
-    listing = subprocess.run(plateau_cmd("runs", str(out), "--json"), cwd=ROOT, capture_output=True, text=True,
-                             timeout=COMMAND_S)
-    assert json.loads(listing.stdout)[0]["status"] == "interrupted"
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=LONG_RUN_S)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert f"warning: took over {folder / LOCK_FILE} from pid {driver.pid} on {HOST} since {left['started']} " \
-           f"({' '.join(['plateau', *command[3:]])}): its process is gone" in again.stderr.splitlines()
-    assert re.search(r"^seed-reduce-lr: resuming after epoch [1-3] from its last checkpoint", again.stdout, re.M)
-    summary = json.loads((folder / "summary.json").read_text())
-    assert summary["epochs_run"] == 4
-    assert not (folder / LOCK_FILE).exists()
-
-
-@pytest.mark.slow
 def test_a_train_aimed_at_a_trial_folder_of_a_running_study_is_refused(tmp_path):
     out = tmp_path / "results"
     study = subprocess.Popen(plateau_cmd("compare", "jobs/seed-comparison.yaml", "--data", "sample", "--epochs", "2",
