@@ -373,13 +373,12 @@ ELASTIC = ("--set", "scaling.num_workers=[1, 2]", "--set", "scaling.max_failures
            "--set", "early_stopping={monitor: val_accuracy, patience: 8, min_delta: 0.002}")
 
 
-# The detached actor Ray Train 2.60 creates once per cluster (ray.data's default autoscaling coordinator).
-CLUSTER_SINGLETON = "_AutoscalingCoordinatorActor"
-# Detached actors of Ray's own that may outlive a run's driver, holding no CPU: the coordinator,
-# serving every later run, and a run's PlacementGroupCleaner, which outlives the controller on
-# purpose (to remove its placement group) and exits once it has seen the controller dead, which
-# can take minutes after a SIGTERM'd driver (seen on this test cluster).
-RAY_HOUSEKEEPING = {CLUSTER_SINGLETON, "PlacementGroupCleaner"}
+# Detached actors of Ray Train 2.60's own that may outlive a run's driver, holding no CPU: ray.data's
+# autoscaling coordinator, one per cluster, made by the first run and serving every later one; and
+# a run's PlacementGroupCleaner, which outlives the controller on purpose (to remove its placement
+# group) and exits once it has seen the controller dead, which can take minutes after a SIGTERM'd
+# driver (seen on this test cluster).
+RAY_HOUSEKEEPING = {"_AutoscalingCoordinatorActor", "PlacementGroupCleaner"}
 
 
 def _wait_for_checkpoint(checkpoints_dir: Path, epoch: int, timeout: float = 60) -> None:

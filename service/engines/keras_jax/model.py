@@ -198,7 +198,7 @@ def compiled(key: str | None, make: Callable[[], Callable]) -> Callable:
 
 # Layers that XLA on CPUs runs several times slower inside a loop (an epoch's `lax.scan`) than
 # at the top of a jitted call: examples/cnn.py took 33-37 s an epoch of the sample scanned against
-# 6.3-7.6 s a step a call (docs/speed.md), while the seed's MLP is faster scanned (so it keeps
+# 6.3-7.6 s called once a step (docs/speed.md), while the seed's MLP is faster scanned (so it keeps
 # its one call an epoch).
 SLOW_IN_A_LOOP = tuple(getattr(keras.layers, name) for name in (
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
